@@ -1,0 +1,3 @@
+module github.com/resty-ffi/examples/go
+
+go 1.21

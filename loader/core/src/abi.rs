@@ -1,0 +1,405 @@
+//! The C ABI: every function the outside world calls.
+//!
+//! Two audiences:
+//! - runtimes call the three lua-resty-ffi functions
+//!   (`ngx_http_lua_ffi_task_poll`, `ngx_http_lua_ffi_get_req`,
+//!   `ngx_http_lua_ffi_respond`) with exactly its semantics, plus optional
+//!   `resty_ffi_task_*` extensions (non-blocking and batch polling);
+//! - the Lua layer calls the `resty_ffi_*` functions through LuaJIT FFI.
+//!
+//! Every body runs inside [`guard`]: a panic becomes an error value and a
+//! line on stderr (nginx's error.log), never an unwind into C.
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+use crate::completion;
+use crate::queue::TaskQueue;
+use crate::runtime::{Options, Runtime};
+use crate::task::TaskPtr;
+use crate::wake;
+
+fn guard<R>(name: &str, on_panic: R, body: impl FnOnce() -> R) -> R {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = e
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| e.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            eprintln!("resty_ffi: panic in {name}: {msg}");
+            on_panic
+        }
+    }
+}
+
+/// Copies `msg` into the caller's buffer (NUL-terminated, truncated).
+fn write_str(buf: *mut c_char, cap: c_int, msg: &str) -> c_int {
+    if buf.is_null() || cap <= 0 {
+        return 0;
+    }
+    let n = msg.len().min(cap as usize - 1);
+    // SAFETY: the caller gave `cap` writable bytes at `buf`; we write n + 1.
+    unsafe {
+        std::ptr::copy_nonoverlapping(msg.as_ptr(), buf.cast(), n);
+        *buf.add(n) = 0;
+    }
+    n as c_int
+}
+
+fn queue<'a>(tq: *mut c_void) -> Option<&'a TaskQueue> {
+    // SAFETY: tq was handed to libffi_init by Runtime::load and the queue
+    // is never freed (see runtime.rs), so any such pointer stays valid.
+    unsafe { (tq as *const TaskQueue).as_ref() }
+}
+
+fn runtime<'a>(rt: *mut c_void) -> Option<&'a Runtime> {
+    // SAFETY: rt comes from resty_ffi_runtime_load and the Lua layer drops
+    // it before calling resty_ffi_runtime_unload, which frees it.
+    unsafe { (rt as *const Runtime).as_ref() }
+}
+
+fn opt_duration_us(us: c_int, default: Duration) -> Duration {
+    if us < 0 {
+        default
+    } else {
+        Duration::from_micros(us as u64)
+    }
+}
+
+// ---- the lua-resty-ffi runtime ABI --------------------------------------
+
+/// Blocks until a task is queued; NULL once the queue is finished and empty.
+#[no_mangle]
+pub extern "C" fn ngx_http_lua_ffi_task_poll(tq: *mut c_void) -> *mut c_void {
+    guard("ngx_http_lua_ffi_task_poll", std::ptr::null_mut(), || {
+        queue(tq)
+            .and_then(|q| q.poll())
+            .map_or(std::ptr::null_mut(), TaskPtr::as_raw)
+    })
+}
+
+/// The request bytes of a task (NULL for a nil request); `len` may be NULL.
+/// The bytes are NUL-terminated and read-only, valid until the task is
+/// answered.
+#[no_mangle]
+pub extern "C" fn ngx_http_lua_ffi_get_req(task: *mut c_void, len: *mut c_int) -> *mut c_char {
+    guard("ngx_http_lua_ffi_get_req", std::ptr::null_mut(), || {
+        let (req, req_len) = TaskPtr::from_raw(task).map_or((std::ptr::null(), 0), |t| t.request());
+        if !len.is_null() {
+            // SAFETY: the runtime passed a writable int.
+            unsafe { *len = req_len };
+        }
+        req as *mut c_char
+    })
+}
+
+/// Answers a task. `rsp` must come from malloc() (or be NULL) and is ours
+/// from now on; `rsp_len` 0 with `rsp` set means NUL-terminated.
+#[no_mangle]
+pub extern "C" fn ngx_http_lua_ffi_respond(
+    task: *mut c_void,
+    rc: c_int,
+    rsp: *mut c_char,
+    rsp_len: c_int,
+) {
+    guard("ngx_http_lua_ffi_respond", (), || {
+        match TaskPtr::from_raw(task) {
+            Some(t) => t.respond(rc, rsp, rsp_len.max(0)),
+            None => {
+                if !rsp.is_null() {
+                    // SAFETY: the response is ours per the ABI even when the
+                    // task pointer is bad; free it rather than leak it.
+                    unsafe { libc::free(rsp.cast()) };
+                }
+            }
+        }
+    })
+}
+
+// ---- extensions for runtimes --------------------------------------------
+
+/// Like `ngx_http_lua_ffi_task_poll` but never blocks: NULL when no task is
+/// queued right now (see `resty_ffi_queue_finished` to tell why).
+#[no_mangle]
+pub extern "C" fn resty_ffi_task_try_poll(tq: *mut c_void) -> *mut c_void {
+    guard("resty_ffi_task_try_poll", std::ptr::null_mut(), || {
+        queue(tq)
+            .and_then(|q| q.try_poll())
+            .map_or(std::ptr::null_mut(), TaskPtr::as_raw)
+    })
+}
+
+/// Blocks for one task, then takes up to `max - 1` more that are already
+/// queued. Returns how many were written to `out`; 0 means finished.
+#[no_mangle]
+pub extern "C" fn resty_ffi_task_poll_batch(
+    tq: *mut c_void,
+    out: *mut *mut c_void,
+    max: c_int,
+) -> c_int {
+    guard("resty_ffi_task_poll_batch", 0, || {
+        let (Some(q), false, true) = (queue(tq), out.is_null(), max > 0) else {
+            return 0;
+        };
+        // SAFETY: the caller gave `max` writable slots at `out`.
+        let out = unsafe { std::slice::from_raw_parts_mut(out, max as usize) };
+        let Some(first) = q.poll() else { return 0 };
+        out[0] = first.as_raw();
+        let mut n = 1;
+        while n < out.len() {
+            match q.try_poll() {
+                Some(t) => {
+                    out[n] = t.as_raw();
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        n as c_int
+    })
+}
+
+/// 1 once the queue is finished and drained (poll would return NULL).
+#[no_mangle]
+pub extern "C" fn resty_ffi_queue_finished(tq: *mut c_void) -> c_int {
+    guard("resty_ffi_queue_finished", 1, || {
+        queue(tq).is_none_or(|q| q.is_finished() && q.is_empty()) as c_int
+    })
+}
+
+// ---- the Lua layer ------------------------------------------------------
+
+/// Loads a runtime library and starts it. On failure returns NULL with a
+/// message in `err`. `cfg_len < 0` passes a NULL cfg; spin budgets < 0 take
+/// the defaults.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)] // mirrors the Lua opts table, one field each
+pub extern "C" fn resty_ffi_runtime_load(
+    path: *const c_char,
+    cfg: *const c_char,
+    cfg_len: c_int,
+    max_queue: c_int,
+    is_global: c_int,
+    caller_spin_us: c_int,
+    poll_spin_us: c_int,
+    err: *mut c_char,
+    err_len: c_int,
+) -> *mut c_void {
+    guard("resty_ffi_runtime_load", std::ptr::null_mut(), || {
+        if path.is_null() {
+            write_str(err, err_len, "bad argument: library path is NULL");
+            return std::ptr::null_mut();
+        }
+        // SAFETY: Lua passes a NUL-terminated string.
+        let path = unsafe { CStr::from_ptr(path) }.to_string_lossy();
+        let cfg = if cfg.is_null() || cfg_len < 0 {
+            None
+        } else {
+            // SAFETY: Lua passes cfg_len readable bytes.
+            Some(unsafe { std::slice::from_raw_parts(cfg.cast::<u8>(), cfg_len as usize) })
+        };
+        let defaults = Options::default();
+        let opts = Options {
+            max_queue: if max_queue > 0 {
+                max_queue as usize
+            } else {
+                defaults.max_queue
+            },
+            is_global: is_global != 0,
+            caller_spin: opt_duration_us(caller_spin_us, defaults.caller_spin),
+            poll_spin: opt_duration_us(poll_spin_us, defaults.poll_spin),
+        };
+        match Runtime::load(&path, cfg, &opts) {
+            Ok(rt) => Box::into_raw(Box::new(rt)).cast(),
+            Err(e) => {
+                write_str(err, err_len, &e.to_string());
+                std::ptr::null_mut()
+            }
+        }
+    })
+}
+
+/// Finishes the runtime's queue and frees the handle. Queued tasks are still
+/// served; the runtime's pollers then get NULL.
+#[no_mangle]
+pub extern "C" fn resty_ffi_runtime_unload(rt: *mut c_void) {
+    guard("resty_ffi_runtime_unload", (), || {
+        if rt.is_null() {
+            return;
+        }
+        // SAFETY: rt came from Box::into_raw in resty_ffi_runtime_load and
+        // the Lua layer calls unload once, dropping its pointer.
+        let rt = unsafe { Box::from_raw(rt as *mut Runtime) };
+        rt.unload();
+    })
+}
+
+/// Tasks waiting in the runtime's queue.
+#[no_mangle]
+pub extern "C" fn resty_ffi_runtime_queue_len(rt: *mut c_void) -> c_int {
+    guard("resty_ffi_runtime_queue_len", 0, || {
+        runtime(rt).map_or(0, |r| r.queue.len() as c_int)
+    })
+}
+
+/// Posts a request; returns the task, or NULL with `*err` set to 1 (queue
+/// full), 2 (unloaded) or 3 (bad argument). The request bytes are borrowed:
+/// the caller keeps them alive until the task is freed.
+#[no_mangle]
+pub extern "C" fn resty_ffi_post(
+    rt: *mut c_void,
+    req: *const c_char,
+    len: c_int,
+    id: f64,
+    err: *mut c_int,
+) -> *mut c_void {
+    guard("resty_ffi_post", std::ptr::null_mut(), || {
+        let set_err = |code: c_int| {
+            if !err.is_null() {
+                // SAFETY: Lua passes a writable int.
+                unsafe { *err = code };
+            }
+        };
+        let Some(rt) = runtime(rt) else {
+            set_err(2);
+            return std::ptr::null_mut();
+        };
+        let task = TaskPtr::new(id, req.cast(), len);
+        match rt.queue.post(task) {
+            Ok(()) => task.as_raw(),
+            Err(e) => {
+                task.free();
+                set_err(e.post_code());
+                std::ptr::null_mut()
+            }
+        }
+    })
+}
+
+/// Waits for a just-posted task: 1 when answered (read it, then free it),
+/// 0 when parked (its answer will come through `resty_ffi_drain`).
+/// `may_spin` 0 parks at once.
+#[no_mangle]
+pub extern "C" fn resty_ffi_wait(rt: *mut c_void, task: *mut c_void, may_spin: c_int) -> c_int {
+    guard("resty_ffi_wait", 0, || {
+        let Some(task) = TaskPtr::from_raw(task) else {
+            return 0;
+        };
+        let gate = if may_spin != 0 {
+            runtime(rt).map(|r| &r.caller_gate)
+        } else {
+            None
+        };
+        task.wait(gate) as c_int
+    })
+}
+
+/// The answer of a finished task: returns rc, sets `*rsp` (may be NULL) and
+/// `*len`. The bytes live until `resty_ffi_task_free`.
+#[no_mangle]
+pub extern "C" fn resty_ffi_task_result(
+    task: *mut c_void,
+    rsp: *mut *const c_char,
+    len: *mut c_int,
+) -> c_int {
+    guard("resty_ffi_task_result", -1, || {
+        let Some(task) = TaskPtr::from_raw(task) else {
+            return -1;
+        };
+        let r = task.response();
+        // SAFETY: Lua passes writable out-parameters.
+        unsafe {
+            *rsp = r.rsp;
+            *len = r.len.min(c_int::MAX as usize) as c_int;
+        }
+        r.rc
+    })
+}
+
+/// The id the caller gave `resty_ffi_post`.
+#[no_mangle]
+pub extern "C" fn resty_ffi_task_id(task: *mut c_void) -> f64 {
+    guard("resty_ffi_task_id", -1.0, || {
+        TaskPtr::from_raw(task).map_or(-1.0, TaskPtr::id)
+    })
+}
+
+/// Frees a finished task and its response.
+#[no_mangle]
+pub extern "C" fn resty_ffi_task_free(task: *mut c_void) {
+    guard("resty_ffi_task_free", (), || {
+        if let Some(t) = TaskPtr::from_raw(task) {
+            t.free();
+        }
+    })
+}
+
+/// Moves up to `max` answered, parked tasks into `out`; returns how many.
+#[no_mangle]
+pub extern "C" fn resty_ffi_drain(out: *mut *mut c_void, max: c_int) -> c_int {
+    guard("resty_ffi_drain", 0, || {
+        if out.is_null() || max <= 0 {
+            return 0;
+        }
+        // SAFETY: the caller gave `max` writable slots at `out`.
+        let out = unsafe { std::slice::from_raw_parts_mut(out, max as usize) };
+        completion::drain(out) as c_int
+    })
+}
+
+/// Marks the dispatcher asleep unless answers wait; returns how many wait.
+#[no_mangle]
+pub extern "C" fn resty_ffi_prepare_sleep() -> c_int {
+    guard("resty_ffi_prepare_sleep", 1, || {
+        completion::prepare_sleep() as c_int
+    })
+}
+
+/// Creates the wake-up socket; writes its path (or an error) to `buf`.
+/// Returns the path length, or -1 on error.
+#[no_mangle]
+pub extern "C" fn resty_ffi_wake_listen(buf: *mut c_char, cap: c_int) -> c_int {
+    guard("resty_ffi_wake_listen", -1, || match wake::listen() {
+        Ok(path) => {
+            if path.len() as c_int >= cap {
+                wake::close();
+                write_str(buf, cap, "wake socket path longer than buffer");
+                return -1;
+            }
+            write_str(buf, cap, &path)
+        }
+        Err(e) => {
+            write_str(buf, cap, &e.to_string());
+            -1
+        }
+    })
+}
+
+/// Accepts the dispatcher's connection; 0 on success, else -1 and `err`.
+#[no_mangle]
+pub extern "C" fn resty_ffi_wake_accept(err: *mut c_char, cap: c_int) -> c_int {
+    guard("resty_ffi_wake_accept", -1, || match wake::accept() {
+        Ok(()) => 0,
+        Err(e) => {
+            write_str(err, cap, &e.to_string());
+            -1
+        }
+    })
+}
+
+/// Writes a wake byte (the worker-exit timer uses it to stop the dispatcher).
+#[no_mangle]
+pub extern "C" fn resty_ffi_wake() {
+    guard("resty_ffi_wake", (), wake::notify)
+}
+
+/// Number of CPUs this process may use > 1 (spinning is on), as 1 or 0.
+#[no_mangle]
+pub extern "C" fn resty_ffi_multi_cpu() -> c_int {
+    guard("resty_ffi_multi_cpu", 0, || {
+        crate::spin::multi_cpu() as c_int
+    })
+}

@@ -1,0 +1,26 @@
+//! resty-ffi core: the bridge between an nginx worker's Lua code and runtime
+//! threads written in any language that speaks the C ABI.
+//!
+//! The core knows no language. It owns the pieces every call crosses:
+//!
+//! - [`task`]: one call in flight, with the single atomic that decides who
+//!   finishes it (the caller still spinning, or the dispatcher after a park);
+//! - [`queue`]: the bounded task queue of one loaded runtime, polled by the
+//!   runtime's threads;
+//! - [`completion`]: the per-process queue of answers to parked calls, and the
+//!   "is the dispatcher asleep" flag that folds many answers into one wake;
+//! - [`wake`]: the private unix socket that tells the nginx side to look;
+//! - [`runtime`]: loading a runtime library and starting it;
+//! - [`spin`]: the bounded, self-disabling spin both sides use before parking;
+//! - [`abi`]: every `extern "C"` function, the only place the C world enters.
+
+pub mod abi;
+pub mod completion;
+pub mod error;
+pub mod queue;
+pub mod runtime;
+pub mod spin;
+pub mod task;
+pub mod wake;
+
+pub use error::Error;

@@ -1,0 +1,267 @@
+//! The bounded task queue of one loaded runtime.
+//!
+//! Guarantees:
+//! - `post` never blocks beyond a short mutex hold; it fails at once when the
+//!   queue holds `max` tasks (`QueueFull`) or was finished (`Finished`).
+//! - `poll` may be called from any number of runtime threads. It spins for
+//!   the queue's poll budget (see [`crate::spin`]), then blocks until a task
+//!   arrives or the queue is finished.
+//! - Each posted task is returned by exactly one `poll`.
+//! - After `finish`, tasks already posted are still handed out; once the
+//!   queue is empty every `poll`, from every thread, returns `None`, now and
+//!   forever. The queue's memory stays valid for the life of the process, so
+//!   a runtime thread that polls once more after `None` is still safe.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crossbeam_utils::CachePadded;
+
+use crate::spin::SpinGate;
+use crate::task::TaskPtr;
+use crate::Error;
+
+struct Inner {
+    tasks: VecDeque<TaskPtr>,
+    sleepers: usize,
+    finished: bool,
+}
+
+pub struct TaskQueue {
+    inner: Mutex<Inner>,
+    ready: Condvar,
+    /// Mirrors `tasks.len()` so spinning pollers need not take the lock.
+    len: CachePadded<AtomicUsize>,
+    finished: AtomicBool,
+    max: usize,
+    poll_gate: SpinGate,
+}
+
+impl TaskQueue {
+    pub fn new(max: usize, poll_spin: Duration) -> TaskQueue {
+        TaskQueue {
+            inner: Mutex::new(Inner {
+                tasks: VecDeque::new(),
+                sleepers: 0,
+                finished: false,
+            }),
+            ready: Condvar::new(),
+            len: CachePadded::new(AtomicUsize::new(0)),
+            finished: AtomicBool::new(false),
+            max: max.max(1),
+            poll_gate: SpinGate::new(poll_spin),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock only means a thread panicked while holding it; the
+        // queue's data is still consistent (every update is one step).
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn post(&self, task: TaskPtr) -> Result<(), Error> {
+        let wake = {
+            let mut inner = self.lock();
+            if inner.finished {
+                return Err(Error::Finished);
+            }
+            if inner.tasks.len() >= self.max {
+                return Err(Error::QueueFull { max: self.max });
+            }
+            inner.tasks.push_back(task);
+            self.len.fetch_add(1, Ordering::Release);
+            inner.sleepers > 0
+        };
+        if wake {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Next task, blocking; `None` once finished and drained.
+    pub fn poll(&self) -> Option<TaskPtr> {
+        if self.len.load(Ordering::Acquire) == 0 && !self.finished.load(Ordering::Acquire) {
+            self.poll_gate.spin(|| {
+                self.len.load(Ordering::Acquire) != 0 || self.finished.load(Ordering::Acquire)
+            });
+        }
+        let mut inner = self.lock();
+        loop {
+            if let Some(task) = inner.tasks.pop_front() {
+                self.len.fetch_sub(1, Ordering::Release);
+                return Some(task);
+            }
+            if inner.finished {
+                return None;
+            }
+            inner.sleepers += 1;
+            inner = self.ready.wait(inner).unwrap_or_else(|e| e.into_inner());
+            inner.sleepers -= 1;
+        }
+    }
+
+    /// Next task if one is waiting, without blocking.
+    pub fn try_poll(&self) -> Option<TaskPtr> {
+        if self.len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut inner = self.lock();
+        let task = inner.tasks.pop_front()?;
+        self.len.fetch_sub(1, Ordering::Release);
+        Some(task)
+    }
+
+    /// Refuses new tasks; pollers drain what is queued, then get `None`.
+    pub fn finish(&self) {
+        let mut inner = self.lock();
+        inner.finished = true;
+        self.finished.store(true, Ordering::Release);
+        drop(inner);
+        self.ready.notify_all();
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    fn task(id: usize) -> TaskPtr {
+        TaskPtr::new(id as f64, std::ptr::null(), 0)
+    }
+
+    #[test]
+    fn full_queue_refuses_at_once_and_finished_queue_refuses_always() {
+        let q = TaskQueue::new(2, Duration::ZERO);
+        q.post(task(1)).unwrap();
+        q.post(task(2)).unwrap();
+        let extra = task(3);
+        assert!(matches!(q.post(extra), Err(Error::QueueFull { max: 2 })));
+        extra.free();
+        q.finish();
+        let late = task(4);
+        assert!(matches!(q.post(late), Err(Error::Finished)));
+        late.free();
+        // queued tasks are still served after finish, then None forever
+        q.poll().unwrap().free();
+        q.poll().unwrap().free();
+        assert!(q.poll().is_none());
+        assert!(q.poll().is_none());
+    }
+
+    #[test]
+    fn many_producers_and_consumers_see_each_task_exactly_once() {
+        const PRODUCERS: usize = 4;
+        const CONSUMERS: usize = 4;
+        const PER_PRODUCER: usize = 20_000;
+        let q = Arc::new(TaskQueue::new(64, Duration::from_micros(20)));
+        let consumers: Vec<_> = (0..CONSUMERS)
+            .map(|_| {
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    let mut seen = Vec::new();
+                    while let Some(t) = q.poll() {
+                        seen.push(t.id() as usize);
+                        t.free();
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let producers: Vec<_> = (0..PRODUCERS)
+            .map(|p| {
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    for i in 0..PER_PRODUCER {
+                        let t = task(p * PER_PRODUCER + i);
+                        // bounded retry on a full queue: consumers drain it
+                        let mut tries = 0;
+                        loop {
+                            match q.post(t) {
+                                Ok(()) => break,
+                                Err(Error::QueueFull { .. }) => {
+                                    tries += 1;
+                                    assert!(tries < 10_000_000, "consumers stalled");
+                                    std::thread::yield_now();
+                                }
+                                Err(e) => panic!("{e}"),
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for p in producers {
+            p.join().unwrap();
+        }
+        q.finish();
+        let mut all = HashSet::new();
+        let mut total = 0;
+        for c in consumers {
+            for id in c.join().unwrap() {
+                total += 1;
+                assert!(all.insert(id), "task {id} polled twice");
+            }
+        }
+        assert_eq!(total, PRODUCERS * PER_PRODUCER);
+    }
+
+    #[test]
+    fn finish_while_consumers_block_releases_them_all() {
+        let q = Arc::new(TaskQueue::new(8, Duration::ZERO));
+        let consumers: Vec<_> = (0..6)
+            .map(|_| {
+                let q = q.clone();
+                std::thread::spawn(move || q.poll().map(|t| t.free()).is_none())
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+        q.finish();
+        for c in consumers {
+            assert!(
+                c.join().unwrap(),
+                "a blocked poller must get None on finish"
+            );
+        }
+    }
+
+    #[test]
+    fn finish_while_busy_serves_every_queued_task_first() {
+        let q = Arc::new(TaskQueue::new(10_000, Duration::from_micros(10)));
+        for i in 0..5_000 {
+            q.post(task(i)).unwrap();
+        }
+        let consumers: Vec<_> = (0..3)
+            .map(|_| {
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    let mut n = 0;
+                    while let Some(t) = q.poll() {
+                        t.free();
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        q.finish();
+        let served: usize = consumers.into_iter().map(|c| c.join().unwrap()).sum();
+        assert_eq!(served, 5_000);
+        assert!(q.is_empty());
+    }
+}

@@ -1,0 +1,176 @@
+//! Echo runtime for resty-ffi: answers each request with its own bytes.
+//!
+//! It exists for tests, benchmarks, and as the template of a Rust runtime:
+//! it uses only the three lua-resty-ffi functions, so it runs under
+//! lua-resty-ffi too.
+//!
+//! cfg (optional, comma separated): `threads=N` polling threads (default 2),
+//! `fail_init` to make `libffi_init` return 7.
+//!
+//! A request starting with `!` is a command, so tests can drive every path:
+//! - `!sleep:MS:rest`  answer `rest` after MS ms, without blocking other tasks
+//! - `!fail:RC:msg`    answer rc=RC with `msg`
+//! - `!hang:`          never answer (until unload, then rc=1 "unloaded")
+//! - `!nil:`           answer rc=0 with a NULL response
+//! - `!cstr:text`      answer a NUL-terminated `text` with rsp_len 0
+//!
+//! Anything else is echoed byte for byte.
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+extern "C" {
+    fn ngx_http_lua_ffi_task_poll(tq: *mut c_void) -> *mut c_void;
+    fn ngx_http_lua_ffi_get_req(task: *mut c_void, len: *mut c_int) -> *mut c_char;
+    fn ngx_http_lua_ffi_respond(task: *mut c_void, rc: c_int, rsp: *mut c_char, rsp_len: c_int);
+}
+
+/// A task or queue pointer moved to another thread.
+#[derive(Clone, Copy)]
+struct Ptr(*mut c_void);
+// SAFETY: the core's tasks and queues may be used from any thread (ABI).
+unsafe impl Send for Ptr {}
+
+fn malloc_copy(bytes: &[u8], nul: bool) -> *mut c_char {
+    let size = bytes.len() + nul as usize;
+    // SAFETY: fresh allocation of `size` (>= 1) bytes filled within bounds;
+    // the core frees it with free() after respond.
+    unsafe {
+        let p = libc::malloc(size.max(1)) as *mut u8;
+        if p.is_null() {
+            return p.cast();
+        }
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
+        if nul {
+            *p.add(bytes.len()) = 0;
+        }
+        p.cast()
+    }
+}
+
+fn respond(task: Ptr, rc: c_int, body: Option<&[u8]>) {
+    let (rsp, len) = match body {
+        // NUL-terminated too: rsp_len 0 means "measure with strlen", so an
+        // empty answer must still be a valid C string.
+        Some(b) => (malloc_copy(b, true), b.len() as c_int),
+        None => (std::ptr::null_mut(), 0),
+    };
+    // SAFETY: task came from poll and is answered exactly once, here.
+    unsafe { ngx_http_lua_ffi_respond(task.0, rc, rsp, len) }
+}
+
+fn request<'a>(task: Ptr) -> &'a [u8] {
+    let mut len: c_int = 0;
+    // SAFETY: task is live until we respond; the bytes live as long.
+    unsafe {
+        let req = ngx_http_lua_ffi_get_req(task.0, &mut len);
+        if req.is_null() {
+            &[]
+        } else {
+            std::slice::from_raw_parts(req.cast::<u8>(), len as usize)
+        }
+    }
+}
+
+fn split_once(s: &[u8], sep: u8) -> (&[u8], &[u8]) {
+    match s.iter().position(|&b| b == sep) {
+        Some(i) => (&s[..i], &s[i + 1..]),
+        None => (s, &[]),
+    }
+}
+
+fn number(s: &[u8]) -> Option<i64> {
+    std::str::from_utf8(s).ok()?.parse().ok()
+}
+
+fn serve(task: Ptr, hung: &Mutex<Vec<Ptr>>) {
+    let req = request(task);
+    let Some(cmd) = req.strip_prefix(b"!") else {
+        return respond(task, 0, Some(req));
+    };
+    let (name, rest) = split_once(cmd, b':');
+    match name {
+        b"sleep" => {
+            let (ms, body) = split_once(rest, b':');
+            let ms = number(ms).unwrap_or(0).max(0) as u64;
+            let body = body.to_vec();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(ms));
+                respond(task, 0, Some(&body));
+            });
+        }
+        b"fail" => {
+            let (rc, msg) = split_once(rest, b':');
+            respond(task, number(rc).unwrap_or(1) as c_int, Some(msg));
+        }
+        b"hang" => hung.lock().unwrap_or_else(|e| e.into_inner()).push(task),
+        b"nil" => respond(task, 0, None),
+        b"cstr" => {
+            let rsp = malloc_copy(rest, true);
+            // SAFETY: answered once; rsp is NUL-terminated, so len 0.
+            unsafe { ngx_http_lua_ffi_respond(task.0, 0, rsp, 0) }
+        }
+        _ => respond(task, 0, Some(req)),
+    }
+}
+
+fn run(tq: Ptr, hung: Arc<Mutex<Vec<Ptr>>>) {
+    loop {
+        // SAFETY: tq is the queue libffi_init was given, valid forever.
+        let task = unsafe { ngx_http_lua_ffi_task_poll(tq.0) };
+        if task.is_null() {
+            break;
+        }
+        serve(Ptr(task), &hung);
+    }
+    // The queue is finished: answer what was left hanging so nothing leaks.
+    let left = std::mem::take(&mut *hung.lock().unwrap_or_else(|e| e.into_inner()));
+    for task in left {
+        respond(task, 1, Some(b"unloaded before answering"));
+    }
+}
+
+/// # Safety
+/// Called by the loader per the runtime ABI: `cfg` is NULL or a
+/// NUL-terminated string, `tq` a task queue.
+#[no_mangle]
+pub unsafe extern "C" fn libffi_init(cfg: *mut c_char, tq: *mut c_void) -> c_int {
+    let cfg = if cfg.is_null() {
+        String::new()
+    } else {
+        // SAFETY: per the ABI, cfg is NUL-terminated and valid during init.
+        unsafe { CStr::from_ptr(cfg) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    let mut threads = 2;
+    for opt in cfg.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match opt.split_once('=') {
+            Some(("threads", n)) => match n.parse::<usize>() {
+                Ok(n) if (1..=256).contains(&n) => threads = n,
+                _ => {
+                    eprintln!("ffi_echo: bad threads={n} (want 1..256)");
+                    return 2;
+                }
+            },
+            None if opt == "fail_init" => return 7,
+            _ => {
+                eprintln!("ffi_echo: unknown cfg option '{opt}'");
+                return 3;
+            }
+        }
+    }
+    let hung = Arc::new(Mutex::new(Vec::new()));
+    for i in 0..threads {
+        let (tq, hung) = (Ptr(tq), hung.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("ffi-echo-{i}"))
+            .spawn(move || run(tq, hung));
+        if let Err(e) = spawned {
+            eprintln!("ffi_echo: cannot start thread: {e}");
+            return 4;
+        }
+    }
+    0
+}

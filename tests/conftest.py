@@ -1,0 +1,34 @@
+"""pytest fixtures: one build and one staged folder per test session."""
+
+import os
+
+import pytest
+
+import harness
+
+
+@pytest.fixture(scope="session")
+def stage():
+    release = harness.build_all()
+    s = harness.Stage()
+    s.add_lib(os.path.join(release, "libresty_ffi.so"))
+    s.add_lib(os.path.join(release, "libffi_echo.so"))
+    s.add_lib(os.path.join(harness.ROOT, "examples", "go", "libffi_go_echo.so"))
+    yield s
+    s.remove()
+
+
+@pytest.fixture
+def nginx(stage):
+    """Factory: nginx(server=..., http=..., workers=...) -> started Nginx."""
+    started = []
+
+    def start(server, **kw):
+        n = harness.Nginx(stage, server, **kw)
+        started.append(n)
+        n.start()
+        return n
+
+    yield start
+    for n in started:
+        n.stop()
