@@ -72,8 +72,11 @@ fn opt_duration_us(us: c_int, default: Duration) -> Duration {
 // ---- the lua-resty-ffi runtime ABI --------------------------------------
 
 /// Blocks until a task is queued; NULL once the queue is finished and empty.
+///
+/// # Safety
+/// Pointer arguments must be valid as described, per the C ABI.
 #[no_mangle]
-pub extern "C" fn ngx_http_lua_ffi_task_poll(tq: *mut c_void) -> *mut c_void {
+pub unsafe extern "C" fn ngx_http_lua_ffi_task_poll(tq: *mut c_void) -> *mut c_void {
     guard("ngx_http_lua_ffi_task_poll", std::ptr::null_mut(), || {
         queue(tq)
             .and_then(|q| q.poll())
@@ -84,8 +87,14 @@ pub extern "C" fn ngx_http_lua_ffi_task_poll(tq: *mut c_void) -> *mut c_void {
 /// The request bytes of a task (NULL for a nil request); `len` may be NULL.
 /// The bytes are NUL-terminated and read-only, valid until the task is
 /// answered.
+///
+/// # Safety
+/// Pointer arguments must be valid as described, per the C ABI.
 #[no_mangle]
-pub extern "C" fn ngx_http_lua_ffi_get_req(task: *mut c_void, len: *mut c_int) -> *mut c_char {
+pub unsafe extern "C" fn ngx_http_lua_ffi_get_req(
+    task: *mut c_void,
+    len: *mut c_int,
+) -> *mut c_char {
     guard("ngx_http_lua_ffi_get_req", std::ptr::null_mut(), || {
         let (req, req_len) = TaskPtr::from_raw(task).map_or((std::ptr::null(), 0), |t| t.request());
         if !len.is_null() {
@@ -98,8 +107,11 @@ pub extern "C" fn ngx_http_lua_ffi_get_req(task: *mut c_void, len: *mut c_int) -
 
 /// Answers a task. `rsp` must come from malloc() (or be NULL) and is ours
 /// from now on; `rsp_len` 0 with `rsp` set means NUL-terminated.
+///
+/// # Safety
+/// Pointer arguments must be valid as described, per the C ABI.
 #[no_mangle]
-pub extern "C" fn ngx_http_lua_ffi_respond(
+pub unsafe extern "C" fn ngx_http_lua_ffi_respond(
     task: *mut c_void,
     rc: c_int,
     rsp: *mut c_char,
@@ -123,8 +135,11 @@ pub extern "C" fn ngx_http_lua_ffi_respond(
 
 /// Like `ngx_http_lua_ffi_task_poll` but never blocks: NULL when no task is
 /// queued right now (see `resty_ffi_queue_finished` to tell why).
+///
+/// # Safety
+/// Pointer arguments must be valid as described, per the C ABI.
 #[no_mangle]
-pub extern "C" fn resty_ffi_task_try_poll(tq: *mut c_void) -> *mut c_void {
+pub unsafe extern "C" fn resty_ffi_task_try_poll(tq: *mut c_void) -> *mut c_void {
     guard("resty_ffi_task_try_poll", std::ptr::null_mut(), || {
         queue(tq)
             .and_then(|q| q.try_poll())
@@ -134,8 +149,11 @@ pub extern "C" fn resty_ffi_task_try_poll(tq: *mut c_void) -> *mut c_void {
 
 /// Blocks for one task, then takes up to `max - 1` more that are already
 /// queued. Returns how many were written to `out`; 0 means finished.
+///
+/// # Safety
+/// Pointer arguments must be valid as described, per the C ABI.
 #[no_mangle]
-pub extern "C" fn resty_ffi_task_poll_batch(
+pub unsafe extern "C" fn resty_ffi_task_poll_batch(
     tq: *mut c_void,
     out: *mut *mut c_void,
     max: c_int,
@@ -163,8 +181,11 @@ pub extern "C" fn resty_ffi_task_poll_batch(
 }
 
 /// 1 once the queue is finished and drained (poll would return NULL).
+///
+/// # Safety
+/// Pointer arguments must be valid as described, per the C ABI.
 #[no_mangle]
-pub extern "C" fn resty_ffi_queue_finished(tq: *mut c_void) -> c_int {
+pub unsafe extern "C" fn resty_ffi_queue_finished(tq: *mut c_void) -> c_int {
     guard("resty_ffi_queue_finished", 1, || {
         queue(tq).is_none_or(|q| q.is_finished() && q.is_empty()) as c_int
     })
@@ -175,9 +196,12 @@ pub extern "C" fn resty_ffi_queue_finished(tq: *mut c_void) -> c_int {
 /// Loads a runtime library and starts it. On failure returns NULL with a
 /// message in `err`. `cfg_len < 0` passes a NULL cfg; spin budgets < 0 take
 /// the defaults.
+///
+/// # Safety
+/// Pointer arguments must be valid as described, per the C ABI.
 #[no_mangle]
 #[allow(clippy::too_many_arguments)] // mirrors the Lua opts table, one field each
-pub extern "C" fn resty_ffi_runtime_load(
+pub unsafe extern "C" fn resty_ffi_runtime_load(
     path: *const c_char,
     cfg: *const c_char,
     cfg_len: c_int,
@@ -224,8 +248,11 @@ pub extern "C" fn resty_ffi_runtime_load(
 
 /// Finishes the runtime's queue and frees the handle. Queued tasks are still
 /// served; the runtime's pollers then get NULL.
+///
+/// # Safety
+/// Pointer arguments must be valid as described, per the C ABI.
 #[no_mangle]
-pub extern "C" fn resty_ffi_runtime_unload(rt: *mut c_void) {
+pub unsafe extern "C" fn resty_ffi_runtime_unload(rt: *mut c_void) {
     guard("resty_ffi_runtime_unload", (), || {
         if rt.is_null() {
             return;
@@ -238,8 +265,11 @@ pub extern "C" fn resty_ffi_runtime_unload(rt: *mut c_void) {
 }
 
 /// Tasks waiting in the runtime's queue.
+///
+/// # Safety
+/// Pointer arguments must be valid as described, per the C ABI.
 #[no_mangle]
-pub extern "C" fn resty_ffi_runtime_queue_len(rt: *mut c_void) -> c_int {
+pub unsafe extern "C" fn resty_ffi_runtime_queue_len(rt: *mut c_void) -> c_int {
     guard("resty_ffi_runtime_queue_len", 0, || {
         runtime(rt).map_or(0, |r| r.queue.len() as c_int)
     })
@@ -248,8 +278,11 @@ pub extern "C" fn resty_ffi_runtime_queue_len(rt: *mut c_void) -> c_int {
 /// Posts a request; returns the task, or NULL with `*err` set to 1 (queue
 /// full), 2 (unloaded) or 3 (bad argument). The request bytes are borrowed:
 /// the caller keeps them alive until the task is freed.
+///
+/// # Safety
+/// Pointer arguments must be valid as described, per the C ABI.
 #[no_mangle]
-pub extern "C" fn resty_ffi_post(
+pub unsafe extern "C" fn resty_ffi_post(
     rt: *mut c_void,
     req: *const c_char,
     len: c_int,
@@ -282,8 +315,15 @@ pub extern "C" fn resty_ffi_post(
 /// Waits for a just-posted task: 1 when answered (read it, then free it),
 /// 0 when parked (its answer will come through `resty_ffi_drain`).
 /// `may_spin` 0 parks at once.
+///
+/// # Safety
+/// Pointer arguments must be valid as described, per the C ABI.
 #[no_mangle]
-pub extern "C" fn resty_ffi_wait(rt: *mut c_void, task: *mut c_void, may_spin: c_int) -> c_int {
+pub unsafe extern "C" fn resty_ffi_wait(
+    rt: *mut c_void,
+    task: *mut c_void,
+    may_spin: c_int,
+) -> c_int {
     guard("resty_ffi_wait", 0, || {
         let Some(task) = TaskPtr::from_raw(task) else {
             return 0;
@@ -299,8 +339,11 @@ pub extern "C" fn resty_ffi_wait(rt: *mut c_void, task: *mut c_void, may_spin: c
 
 /// The answer of a finished task: returns rc, sets `*rsp` (may be NULL) and
 /// `*len`. The bytes live until `resty_ffi_task_free`.
+///
+/// # Safety
+/// Pointer arguments must be valid as described, per the C ABI.
 #[no_mangle]
-pub extern "C" fn resty_ffi_task_result(
+pub unsafe extern "C" fn resty_ffi_task_result(
     task: *mut c_void,
     rsp: *mut *const c_char,
     len: *mut c_int,
@@ -320,16 +363,22 @@ pub extern "C" fn resty_ffi_task_result(
 }
 
 /// The id the caller gave `resty_ffi_post`.
+///
+/// # Safety
+/// Pointer arguments must be valid as described, per the C ABI.
 #[no_mangle]
-pub extern "C" fn resty_ffi_task_id(task: *mut c_void) -> f64 {
+pub unsafe extern "C" fn resty_ffi_task_id(task: *mut c_void) -> f64 {
     guard("resty_ffi_task_id", -1.0, || {
         TaskPtr::from_raw(task).map_or(-1.0, TaskPtr::id)
     })
 }
 
 /// Frees a finished task and its response.
+///
+/// # Safety
+/// Pointer arguments must be valid as described, per the C ABI.
 #[no_mangle]
-pub extern "C" fn resty_ffi_task_free(task: *mut c_void) {
+pub unsafe extern "C" fn resty_ffi_task_free(task: *mut c_void) {
     guard("resty_ffi_task_free", (), || {
         if let Some(t) = TaskPtr::from_raw(task) {
             t.free();
@@ -338,8 +387,11 @@ pub extern "C" fn resty_ffi_task_free(task: *mut c_void) {
 }
 
 /// Moves up to `max` answered, parked tasks into `out`; returns how many.
+///
+/// # Safety
+/// Pointer arguments must be valid as described, per the C ABI.
 #[no_mangle]
-pub extern "C" fn resty_ffi_drain(out: *mut *mut c_void, max: c_int) -> c_int {
+pub unsafe extern "C" fn resty_ffi_drain(out: *mut *mut c_void, max: c_int) -> c_int {
     guard("resty_ffi_drain", 0, || {
         if out.is_null() || max <= 0 {
             return 0;
@@ -360,8 +412,11 @@ pub extern "C" fn resty_ffi_prepare_sleep() -> c_int {
 
 /// Creates the wake-up socket; writes its path (or an error) to `buf`.
 /// Returns the path length, or -1 on error.
+///
+/// # Safety
+/// Pointer arguments must be valid as described, per the C ABI.
 #[no_mangle]
-pub extern "C" fn resty_ffi_wake_listen(buf: *mut c_char, cap: c_int) -> c_int {
+pub unsafe extern "C" fn resty_ffi_wake_listen(buf: *mut c_char, cap: c_int) -> c_int {
     guard("resty_ffi_wake_listen", -1, || match wake::listen() {
         Ok(path) => {
             if path.len() as c_int >= cap {
@@ -379,8 +434,11 @@ pub extern "C" fn resty_ffi_wake_listen(buf: *mut c_char, cap: c_int) -> c_int {
 }
 
 /// Accepts the dispatcher's connection; 0 on success, else -1 and `err`.
+///
+/// # Safety
+/// Pointer arguments must be valid as described, per the C ABI.
 #[no_mangle]
-pub extern "C" fn resty_ffi_wake_accept(err: *mut c_char, cap: c_int) -> c_int {
+pub unsafe extern "C" fn resty_ffi_wake_accept(err: *mut c_char, cap: c_int) -> c_int {
     guard("resty_ffi_wake_accept", -1, || match wake::accept() {
         Ok(()) => 0,
         Err(e) => {

@@ -58,7 +58,7 @@ pub fn spin_until(budget: Duration, mut done: impl FnMut() -> bool) -> bool {
             std::hint::spin_loop();
         }
         i += 16;
-        if i % PAUSES_PER_YIELD == 0 {
+        if i.is_multiple_of(PAUSES_PER_YIELD) {
             std::thread::yield_now();
         }
         if Instant::now() >= deadline {
