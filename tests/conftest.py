@@ -11,8 +11,10 @@ import harness
 def stage():
     release = harness.build_all()
     s = harness.Stage()
-    s.add_lib(os.path.join(release, "libresty_ffi.so"))
-    s.add_lib(os.path.join(release, "libffi_echo.so"))
+    # every library the workspace builds (core, loaders, runtimes)
+    for name in sorted(os.listdir(release)):
+        if name.startswith("lib") and name.endswith(".so"):
+            s.add_lib(os.path.join(release, name))
     s.add_lib(os.path.join(harness.ROOT, "examples", "go", "libffi_go_echo.so"))
     yield s
     s.remove()
