@@ -29,3 +29,194 @@ def test_binary_payloads_round_trip_byte_for_byte(nginx):
             assert body == b""
         else:
             assert body == p
+
+
+def test_runtime_error_code_and_message_reach_lua(nginx):
+    n = nginx(ECHO)
+    assert n.post("/echo", b"!fail:42:disk on fire") == (502, b"rc=42 err=disk on fire")
+
+
+def test_nil_and_nul_terminated_responses(nginx):
+    n = nginx(ECHO)
+    assert n.post("/echo", b"!nil:") == (200, b"<nil>")
+    assert n.post("/echo", b"!cstr:c string") == (200, b"c string")
+
+
+REQUEST_KINDS = """
+location /kinds {
+    content_by_lua_block {
+        local ffi = require "resty.ffi"
+        local rt = assert(ffi.load("ffi_echo"))
+        local out = {}
+        for _, req in ipairs({ 42, {}, true }) do
+            local ok, rc, err = rt:echo(req)
+            out[#out + 1] = tostring(ok) .. "|" .. tostring(rc) .. "|" .. err
+        end
+        -- nil is a NULL request, as in lua-resty-ffi: the runtime sees
+        -- zero bytes
+        local ok, res = rt:echo(nil)
+        out[#out + 1] = tostring(ok) .. "|" .. res .. "|"
+        ngx.print(table.concat(out, "\\n"))
+    }
+}
+"""
+
+
+def test_non_string_requests_get_a_clear_error_and_nil_is_an_empty_request(nginx):
+    n = nginx(REQUEST_KINDS)
+    status, body = n.get("/kinds")
+    assert status == 200
+    lines = body.decode().split("\n")
+    for line, kind in zip(lines, ["number", "table", "boolean"]):
+        assert line == "false|nil|resty_ffi: request must be a string or nil, got " + kind
+    assert lines[3] == "true||"
+
+
+LOADS = """
+location /load {
+    content_by_lua_block {
+        local ffi = require "resty.ffi"
+        local rt, err = ffi.load(ngx.var.arg_lib, ngx.var.arg_cfg)
+        if rt then
+            local ok, res = rt:echo("ping")
+            return ngx.print("loaded ", tostring(ok), " ", tostring(res))
+        end
+        ngx.status = 500
+        ngx.print(err)
+    }
+}
+location /plain {
+    content_by_lua_block { ngx.print("plain") }
+}
+"""
+
+
+def test_load_errors_are_clear_and_nginx_keeps_serving(nginx, stage):
+    n = nginx(LOADS)
+    status, body = n.get("/load?lib=no_such_runtime")
+    assert status == 500
+    assert b"cannot load runtime library 'libno_such_runtime.so'" in body
+    # a real library without libffi_init
+    status, body = n.get("/load?lib=" + stage.lib + "/libresty_ffi.so")
+    assert status == 500 and b"has no libffi_init" in body, body
+    status, body = n.get("/load?lib=ffi_echo&cfg=fail_init")
+    assert status == 500 and b"libffi_init returned 7" in body, body
+    status, body = n.get("/load?lib=ffi_echo&cfg=bogus_option")
+    assert status == 500 and b"libffi_init returned 3" in body, body
+    assert n.get("/plain") == (200, b"plain")
+    # short name, file name and full path all find the same runtime
+    for lib in ["ffi_echo", "libffi_echo.so", stage.lib + "/libffi_echo.so"]:
+        assert n.get("/load?lib=" + lib) == (200, b"loaded true ping")
+
+
+BAD_OPTS = """
+location /opts {
+    content_by_lua_block {
+        local ffi = require "resty.ffi"
+        local out = {}
+        for _, opts in ipairs({ { max_queue = -1 }, { timeout = "soon" },
+                                { max_queue = 1.5 }, { timeout = 0 }, 7 }) do
+            local rt, err = ffi.load("ffi_echo", "opts-test", opts)
+            out[#out + 1] = tostring(rt) .. " " .. err
+        end
+        ngx.print(table.concat(out, "\\n"))
+    }
+}
+"""
+
+
+def test_bad_options_are_refused_with_their_name(nginx):
+    n = nginx(BAD_OPTS)
+    status, body = n.get("/opts")
+    lines = body.decode().split("\n")
+    assert status == 200
+    assert "opts.max_queue must be a non-negative integer, got -1" in lines[0]
+    assert "opts.timeout must be a non-negative number, got soon" in lines[1]
+    assert "opts.max_queue must be a non-negative integer, got 1.5" in lines[2]
+    assert "must be positive" in lines[3]
+    assert "opts must be a table, got number" in lines[4]
+    assert all(line.startswith("nil ") for line in lines)
+
+
+PHASES = """
+location /phases {
+    header_filter_by_lua_block {
+        local rt = require("resty.ffi").load("ffi_echo")
+        local ok, _, err = rt:echo("from header_filter")
+        ngx.header["X-Header-Filter"] = tostring(ok) .. " " .. tostring(err)
+    }
+    log_by_lua_block {
+        local rt = require("resty.ffi").load("ffi_echo")
+        local ok, _, err = rt:echo("from log")
+        ngx.shared.t:set("log", tostring(ok) .. " " .. tostring(err))
+    }
+    content_by_lua_block {
+        ngx.print(ngx.shared.t:get("init_worker"), "\\n",
+                  tostring(ngx.shared.t:get("log")))
+    }
+}
+"""
+
+PHASES_HTTP = """
+lua_shared_dict t 1m;
+init_worker_by_lua_block {
+    local rt, err = require("resty.ffi").load("ffi_echo")
+    local ok, _, cerr = rt:echo("from init_worker")
+    ngx.shared.t:set("init_worker", tostring(ok) .. " " .. tostring(cerr))
+}
+"""
+
+
+def test_calls_from_phases_that_cannot_yield_fail_clearly_without_hanging(nginx):
+    n = nginx(PHASES, http=PHASES_HTTP)
+    status, body = n.get("/phases", timeout=5)
+    assert status == 200
+    init_worker, _ = body.decode().split("\n")
+    assert init_worker.startswith("false resty_ffi: cannot wait for a runtime in the init_worker phase")
+    # the log phase of the first request ran after its body was sent
+    status, body = n.get("/phases", timeout=5)
+    log_line = body.decode().split("\n")[1]
+    assert log_line.startswith("false resty_ffi: cannot wait for a runtime in the log phase"), log_line
+    req = __import__("urllib.request").request.urlopen(n.url("/phases"), timeout=5)
+    assert req.headers["X-Header-Filter"].startswith(
+        "false resty_ffi: cannot wait for a runtime in the header_filter phase")
+
+
+INIT_LOAD = """
+location /x { content_by_lua_block { ngx.print(ngx.shared.t:get("init")) } }
+"""
+INIT_LOAD_HTTP = """
+lua_shared_dict t 1m;
+init_by_lua_block {
+    local rt, err = require("resty.ffi").load("ffi_echo")
+    ngx.shared.t:set("init", tostring(rt) .. " " .. tostring(err))
+}
+"""
+
+
+def test_loading_in_the_master_is_refused(nginx):
+    n = nginx(INIT_LOAD, http=INIT_LOAD_HTTP)
+    status, body = n.get("/x")
+    assert body.startswith(b"nil resty_ffi: cannot load a runtime in init_by_lua"), body
+
+
+GO = """
+location /go {
+    content_by_lua_block {
+        require "resty_ffi"
+        local reply = require "t.reply"
+        local rt, err = ngx.load_ffi("ffi_go_echo")
+        if not rt then ngx.status = 500 return ngx.print(err) end
+        reply.send(rt:anything(reply.body()))
+    }
+}
+"""
+
+
+def test_unchanged_lua_resty_ffi_go_runtime_loads_and_answers(nginx):
+    n = nginx(GO)
+    assert n.post("/go", b"hello go") == (200, b"hello go")
+    assert n.post("/go", b"upper:shout") == (200, b"SHOUT")
+    assert n.post("/go", b"fail:nope") == (502, b"rc=2 err=nope")
+    big = bytes(range(256)) * 4096
+    assert n.post("/go", big) == (200, big)

@@ -9,6 +9,8 @@
 //!
 //! A request starting with `!` is a command, so tests can drive every path:
 //! - `!sleep:MS:rest`  answer `rest` after MS ms, without blocking other tasks
+//! - `!block:MS:rest`  answer `rest` after MS ms, blocking this runtime thread
+//!                     (so queued tasks wait: fills the queue on purpose)
 //! - `!fail:RC:msg`    answer rc=RC with `msg`
 //! - `!hang:`          never answer (until unload, then rc=1 "unloaded")
 //! - `!nil:`           answer rc=0 with a NULL response
@@ -99,6 +101,11 @@ fn serve(task: Ptr, hung: &Mutex<Vec<Ptr>>) {
                 std::thread::sleep(Duration::from_millis(ms));
                 respond(task, 0, Some(&body));
             });
+        }
+        b"block" => {
+            let (ms, body) = split_once(rest, b':');
+            std::thread::sleep(Duration::from_millis(number(ms).unwrap_or(0).max(0) as u64));
+            respond(task, 0, Some(body));
         }
         b"fail" => {
             let (rc, msg) = split_once(rest, b':');

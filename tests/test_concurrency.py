@@ -1,0 +1,181 @@
+"""Many calls at once: the worker never blocks, answers never mix, queues
+refuse cleanly, clients that go away cost nothing."""
+
+import concurrent.futures
+import http.client
+import socket
+import time
+
+import harness
+
+SLEEPY = """
+location /sleep {
+    content_by_lua_block {
+        local rt = assert(require("resty.ffi").load("ffi_echo", "threads=2"))
+        local reply = require "t.reply"
+        reply.send(rt:echo("!sleep:" .. ngx.var.arg_ms .. ":" .. ngx.var.arg_tag))
+    }
+}
+location /plain {
+    content_by_lua_block { ngx.print("plain") }
+}
+location /waiting {
+    content_by_lua_block { ngx.print(require("resty.ffi").waiting()) }
+}
+"""
+
+
+def test_slow_calls_do_not_block_the_worker(nginx):
+    n = nginx(SLEEPY)
+    n.get("/sleep?ms=1&tag=warm")
+
+    def slow(i):
+        return n.get("/sleep?ms=500&tag=t%d" % i, timeout=30)
+
+    t0 = time.time()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=200) as pool:
+        futures = [pool.submit(slow, i) for i in range(200)]
+        time.sleep(0.2)
+        # while 200 calls wait in the runtime, the worker answers at once
+        plain_times = []
+        for _ in range(5):
+            p0 = time.time()
+            assert n.get("/plain", timeout=5) == (200, b"plain")
+            plain_times.append(time.time() - p0)
+        results = [f.result() for f in futures]
+    elapsed = time.time() - t0
+    assert all(r == (200, b"t%d" % i) for i, r in enumerate(results))
+    # serial would be 100 s; a blocked worker would delay /plain by ~0.5 s
+    assert elapsed < 5, elapsed
+    assert max(plain_times) < 0.3, plain_times
+
+
+QUEUE = """
+location /fill {
+    content_by_lua_block {
+        local rt = assert(require("resty.ffi").load("ffi_echo", "threads=1",
+                                                     { max_queue = 2 }))
+        -- the one runtime thread blocks for 1 s, two calls fill the queue,
+        -- the fourth must be refused at once
+        local blocker = ngx.thread.spawn(function() return rt:echo("!block:1000:b") end)
+        ngx.sleep(0.1)
+        local q1 = ngx.thread.spawn(function() return rt:echo("q1") end)
+        local q2 = ngx.thread.spawn(function() return rt:echo("q2") end)
+        local t0 = ngx.now()
+        ngx.update_time()
+        local ok, rc, err = rt:echo("overflow")
+        ngx.update_time()
+        local refused_in = ngx.now() - t0
+        local out = { tostring(ok), tostring(rc), err, tostring(refused_in < 0.1) }
+        for _, th in ipairs({ blocker, q1, q2 }) do
+            local _, cok, res = ngx.thread.wait(th)
+            out[#out + 1] = tostring(cok) .. ":" .. tostring(res)
+        end
+        ngx.print(table.concat(out, "|"))
+    }
+}
+"""
+
+
+def test_full_queue_refuses_at_once_with_a_clear_error_and_loses_nothing(nginx):
+    n = nginx(QUEUE)
+    status, body = n.get("/fill", timeout=10)
+    assert status == 200
+    parts = body.decode().split("|")
+    assert parts[0:2] == ["false", "nil"]
+    assert parts[2].startswith("resty_ffi: task queue is full (max_queue 2)")
+    assert parts[3] == "true"
+    assert parts[4:] == ["true:b", "true:q1", "true:q2"]
+
+
+ECHO_ID = """
+location /echo {
+    content_by_lua_block {
+        local rt = assert(require("resty.ffi").load("ffi_echo", "threads=2"))
+        local req = ngx.var.arg_id .. ":" .. ngx.worker.pid()
+        local ok, res = rt:echo(req)
+        if ok and res == req then
+            ngx.print(ngx.var.arg_id)
+        else
+            ngx.status = 500
+            ngx.print(tostring(ok), " ", tostring(res))
+        end
+    }
+}
+"""
+
+
+def test_two_workers_many_clients_every_answer_matches_its_request(nginx):
+    n = nginx(ECHO_ID, workers=2)
+    clients, calls = 50, 1000
+
+    def client(c):
+        conn = http.client.HTTPConnection("127.0.0.1", n.port, timeout=30)
+        bad = 0
+        for i in range(calls):
+            rid = "c%d-%d" % (c, i)
+            conn.request("GET", "/echo?id=" + rid)
+            r = conn.getresponse()
+            body = r.read()
+            if r.status != 200 or body != rid.encode():
+                bad += 1
+        conn.close()
+        return bad
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=clients) as pool:
+        bad = sum(pool.map(client, range(clients)))
+    assert bad == 0
+    assert len(n.worker_pids()) == 2
+
+
+ABORTS = """
+location /sleep {
+    lua_check_client_abort on;
+    content_by_lua_block {
+        local rt = assert(require("resty.ffi").load("ffi_echo", "threads=2"))
+        local _, res = rt:echo("!sleep:" .. ngx.var.arg_ms .. ":late answer")
+        ngx.print(res)
+    }
+}
+location /sleep_noabort {
+    content_by_lua_block {
+        local rt = assert(require("resty.ffi").load("ffi_echo", "threads=2"))
+        local _, res = rt:echo("!sleep:" .. ngx.var.arg_ms .. ":late answer")
+        ngx.print(res)
+    }
+}
+location /waiting {
+    content_by_lua_block { ngx.print(require("resty.ffi").waiting()) }
+}
+"""
+
+
+def hit_and_run(port, path, count):
+    """Sends `count` requests and closes each socket right away."""
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.close()
+
+
+def test_clients_that_disconnect_mid_call_leave_the_worker_up_and_flat(nginx):
+    n = nginx(ABORTS)
+    [pid] = n.worker_pids()
+
+    def rounds(k):
+        for _ in range(k):
+            hit_and_run(n.port, b"/sleep?ms=100", 250)
+            hit_and_run(n.port, b"/sleep_noabort?ms=100", 250)
+            # every late answer is drained and freed; nothing waits any more
+            assert harness.wait_until(lambda: n.get("/waiting") == (200, b"0"), 10)
+
+    # warm up: the runtime's sleeper threads and malloc's per-thread arenas
+    # reach their steady size first
+    rounds(2)
+    before = harness.rss_kib(pid)
+    rounds(4)  # 2000 clients that go away mid-call
+    after = harness.rss_kib(pid)
+    assert n.worker_pids() == [pid], "the worker must not have died"
+    assert n.get("/sleep?ms=1") == (200, b"late answer")
+    print("worker RSS before %d KiB, after %d KiB" % (before, after))
+    assert after - before < 4 * 1024, (before, after)
