@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The demo: sets up the machine, builds, starts nginx with
+# examples/demo/nginx.conf on a loopback port, shows nginx answering with
+# results computed by each runtime, and stops it again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+bash ci/setup.sh
+if [ "${RESTY_FFI_SKIP_BUILD:-0}" != 1 ]; then
+    cargo build --release --workspace
+    (cd examples/go && go build -buildmode=c-shared -o libffi_go_echo.so echo.go)
+fi
+
+# Workers run as nobody: stage what they load in a world-readable folder.
+stage=$(mktemp -d /tmp/resty-ffi-demo-XXXXXX)
+prefix=$stage/nginx
+mkdir -p "$stage/lib" "$stage/demo.d" "$prefix/logs" "$prefix/tmp" "$prefix/conf"
+cp -r lua "$stage/lua"
+cp target/release/lib*.so examples/go/libffi_go_echo.so "$stage/lib/"
+# optional demo parts: each language adds a conf snippet and its files
+for part in examples/*/demo.sh; do
+    [ -e "$part" ] && STAGE=$stage ROOT=$root bash "$part"
+done
+chmod -R a+rX "$stage"
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+sed -e "s#@PREFIX@#$prefix#g" -e "s#@STAGE@#$stage#g" -e "s#@PORT@#$port#g" \
+    examples/demo/nginx.conf > "$prefix/conf/nginx.conf"
+if [ "$(id -u)" -ne 0 ]; then sed -i '/^user /d' "$prefix/conf/nginx.conf"; fi
+
+nginx -p "$prefix" -c "$prefix/conf/nginx.conf"
+cleanup() {
+    nginx -p "$prefix" -c "$prefix/conf/nginx.conf" -s quit 2>/dev/null || true
+    sleep 1
+    rm -rf "$stage"
+}
+trap cleanup EXIT
+for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+
+show() {
+    echo "\$ curl $*"
+    curl -sS --max-time 30 "$@"
+}
+base=http://127.0.0.1:$port
+show "$base/rust" -d 'bytes from curl'
+show "$base/go?text=gopher"
+show "$base/parallel"
+for loc in $(cat "$stage"/demo.d/*.locations 2>/dev/null); do
+    show "$base$loc"
+done
+echo
+echo "nginx error.log (runtime output):"
+grep -vE ' \[(notice|info)\] ' "$prefix/logs/error.log" | tail -n 20 || true
