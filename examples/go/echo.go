@@ -37,7 +37,12 @@ func respond(task unsafe.Pointer, rc int, body []byte) {
 func serve(task unsafe.Pointer) {
 	var n C.int
 	req := C.ngx_http_lua_ffi_get_req(task, &n)
-	body := C.GoBytes(unsafe.Pointer(req), n)
+	// A view of the request, not a copy: the bytes stay valid and unchanged
+	// until we respond, and we copy them once, into the malloc()ed answer.
+	var body []byte
+	if req != nil && n > 0 {
+		body = unsafe.Slice((*byte)(unsafe.Pointer(req)), int(n))
+	}
 	switch {
 	case bytes.HasPrefix(body, []byte("upper:")):
 		respond(task, 0, bytes.ToUpper(body[len("upper:"):]))

@@ -49,6 +49,7 @@ void resty_ffi_wake(void);
 _M.DEFAULT_TIMEOUT = 60
 local DRAIN_BATCH = 64
 local FOREVER_MS = 86400 * 1000
+local RESTART_DELAY = 0.1
 
 local function readable(path)
     local f = io.open(path, "rb")
@@ -218,13 +219,15 @@ local function dispatch(premature)
     if not ok or not res then
         log(ERR, "resty_ffi: dispatcher stopped: ", ok and err or res)
         if nwaiting > 0 and not exiting() then
-            start_dispatcher()
+            -- retry soon, not at once: a broken environment (no writable
+            -- TMPDIR) must not turn into a busy loop of timers
+            start_dispatcher(RESTART_DELAY)
         end
     end
 end
 
-start_dispatcher = function()
-    local ok, err = timer_at(0, dispatch)
+start_dispatcher = function(delay)
+    local ok, err = timer_at(delay or 0, dispatch)
     if not ok then
         return nil, err
     end
@@ -378,7 +381,8 @@ end
 --
 -- opts: max_queue (65536), is_global (false), unpin (accepted for
 -- lua-resty-ffi compatibility; libraries always stay loaded), timeout
--- (seconds, default 60), spin_us (caller spin, default 5), poll_spin_us
+-- (seconds, default 60), spin_us (most the caller spins, default 20; the
+-- actual spin adapts to recent answer times), poll_spin_us
 -- (runtime poll spin, default 50).
 function _M.load(lib, cfg, opts)
     if type(lib) ~= "string" or lib == "" then

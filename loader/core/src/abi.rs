@@ -300,7 +300,7 @@ pub unsafe extern "C" fn resty_ffi_post(
             set_err(2);
             return std::ptr::null_mut();
         };
-        let task = TaskPtr::new(id, req.cast(), len);
+        let task = TaskPtr::new(&rt.queue, id, req.cast(), len);
         match rt.queue.post(task) {
             Ok(()) => task.as_raw(),
             Err(e) => {
@@ -314,7 +314,8 @@ pub unsafe extern "C" fn resty_ffi_post(
 
 /// Waits for a just-posted task: 1 when answered (read it, then free it),
 /// 0 when parked (its answer will come through `resty_ffi_drain`).
-/// `may_spin` 0 parks at once.
+/// `may_spin` 0 parks at once. `rt` is unused (the task knows its queue and
+/// its spin budget); it stays in the signature the Lua layer declares.
 ///
 /// # Safety
 /// Pointer arguments must be valid as described, per the C ABI.
@@ -325,15 +326,11 @@ pub unsafe extern "C" fn resty_ffi_wait(
     may_spin: c_int,
 ) -> c_int {
     guard("resty_ffi_wait", 0, || {
+        let _ = rt; // see doc comment
         let Some(task) = TaskPtr::from_raw(task) else {
             return 0;
         };
-        let gate = if may_spin != 0 {
-            runtime(rt).map(|r| &r.caller_gate)
-        } else {
-            None
-        };
-        task.wait(gate) as c_int
+        task.wait(may_spin != 0) as c_int
     })
 }
 

@@ -37,10 +37,14 @@ pub struct TaskQueue {
     finished: AtomicBool,
     max: usize,
     poll_gate: SpinGate,
+    /// The caller's spin for answers to this queue's tasks, adapted to
+    /// their answer times. Lives here because tasks point at their queue,
+    /// which is never freed (see module doc).
+    pub caller_gate: SpinGate,
 }
 
 impl TaskQueue {
-    pub fn new(max: usize, poll_spin: Duration) -> TaskQueue {
+    pub fn new(max: usize, poll_spin: Duration, caller_spin: Duration) -> TaskQueue {
         TaskQueue {
             inner: Mutex::new(Inner {
                 tasks: VecDeque::new(),
@@ -52,6 +56,7 @@ impl TaskQueue {
             finished: AtomicBool::new(false),
             max: max.max(1),
             poll_gate: SpinGate::new(poll_spin),
+            caller_gate: SpinGate::new(caller_spin),
         }
     }
 
@@ -142,12 +147,15 @@ mod tests {
     use std::sync::Arc;
 
     fn task(id: usize) -> TaskPtr {
-        TaskPtr::new(id as f64, std::ptr::null(), 0)
+        TaskPtr::new(&NO_QUEUE, id as f64, std::ptr::null(), 0)
     }
+
+    static NO_QUEUE: std::sync::LazyLock<TaskQueue> =
+        std::sync::LazyLock::new(|| TaskQueue::new(1, Duration::ZERO, Duration::ZERO));
 
     #[test]
     fn full_queue_refuses_at_once_and_finished_queue_refuses_always() {
-        let q = TaskQueue::new(2, Duration::ZERO);
+        let q = TaskQueue::new(2, Duration::ZERO, Duration::ZERO);
         q.post(task(1)).unwrap();
         q.post(task(2)).unwrap();
         let extra = task(3);
@@ -169,7 +177,11 @@ mod tests {
         const PRODUCERS: usize = 4;
         const CONSUMERS: usize = 4;
         const PER_PRODUCER: usize = 20_000;
-        let q = Arc::new(TaskQueue::new(64, Duration::from_micros(20)));
+        let q = Arc::new(TaskQueue::new(
+            64,
+            Duration::from_micros(20),
+            Duration::ZERO,
+        ));
         let consumers: Vec<_> = (0..CONSUMERS)
             .map(|_| {
                 let q = q.clone();
@@ -223,7 +235,7 @@ mod tests {
 
     #[test]
     fn finish_while_consumers_block_releases_them_all() {
-        let q = Arc::new(TaskQueue::new(8, Duration::ZERO));
+        let q = Arc::new(TaskQueue::new(8, Duration::ZERO, Duration::ZERO));
         let consumers: Vec<_> = (0..6)
             .map(|_| {
                 let q = q.clone();
@@ -242,7 +254,11 @@ mod tests {
 
     #[test]
     fn finish_while_busy_serves_every_queued_task_first() {
-        let q = Arc::new(TaskQueue::new(10_000, Duration::from_micros(10)));
+        let q = Arc::new(TaskQueue::new(
+            10_000,
+            Duration::from_micros(10),
+            Duration::ZERO,
+        ));
         for i in 0..5_000 {
             q.post(task(i)).unwrap();
         }

@@ -18,7 +18,6 @@ use std::time::Duration;
 use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_LOCAL, RTLD_NOW};
 
 use crate::queue::TaskQueue;
-use crate::spin::SpinGate;
 use crate::Error;
 
 type InitFn = unsafe extern "C" fn(*mut c_char, *mut c_void) -> c_int;
@@ -28,7 +27,8 @@ type InitFn = unsafe extern "C" fn(*mut c_char, *mut c_void) -> c_int;
 pub struct Options {
     pub max_queue: usize,
     pub is_global: bool,
-    /// How long the caller may spin for an answer before parking.
+    /// The most the caller may spin for an answer before parking (the
+    /// actual budget adapts to recent answer times, see spin.rs).
     pub caller_spin: Duration,
     /// How long runtime threads spin in poll before blocking.
     pub poll_spin: Duration,
@@ -39,7 +39,7 @@ impl Default for Options {
         Options {
             max_queue: 65536,
             is_global: false,
-            caller_spin: Duration::from_micros(5),
+            caller_spin: Duration::from_micros(20),
             poll_spin: Duration::from_micros(50),
         }
     }
@@ -47,7 +47,6 @@ impl Default for Options {
 
 pub struct Runtime {
     pub queue: Arc<TaskQueue>,
-    pub caller_gate: SpinGate,
     pub path: String,
 }
 
@@ -73,7 +72,11 @@ impl Runtime {
                 path: path.into(),
                 reason: e.to_string(),
             })?;
-        let queue = Arc::new(TaskQueue::new(opts.max_queue, opts.poll_spin));
+        let queue = Arc::new(TaskQueue::new(
+            opts.max_queue,
+            opts.poll_spin,
+            opts.caller_spin,
+        ));
         let cfg = match cfg {
             Some(c) => Some(
                 CString::new(c)
@@ -109,7 +112,6 @@ impl Runtime {
         }
         Ok(Runtime {
             queue,
-            caller_gate: SpinGate::new(opts.caller_spin),
             path: path.into(),
         })
     }

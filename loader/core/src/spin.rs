@@ -32,7 +32,8 @@ pub fn multi_cpu() -> bool {
     }
 }
 
-fn now_ns() -> u64 {
+/// Monotonic nanoseconds since the first call in this process.
+pub fn now_ns() -> u64 {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
     ORIGIN.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
@@ -67,6 +68,9 @@ pub fn spin_until(budget: Duration, mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Shortest adaptive budget: below this a spin cannot beat a park anyway.
+const MIN_ADAPTIVE_NS: u64 = 2_000;
+
 /// A spin budget that closes itself after repeated misses.
 ///
 /// Thread-safe; all operations are lock-free and never block.
@@ -75,6 +79,9 @@ pub struct SpinGate {
     budget_ns: u64,
     misses: AtomicU32,
     closed_until_ns: AtomicU64,
+    /// Running average of observed answer times (0: none observed, or not
+    /// adaptive). Written by [`SpinGate::observe`].
+    recent_ns: AtomicU64,
 }
 
 impl SpinGate {
@@ -89,10 +96,13 @@ impl SpinGate {
             budget_ns,
             misses: AtomicU32::new(0),
             closed_until_ns: AtomicU64::new(0),
+            recent_ns: AtomicU64::new(0),
         }
     }
 
-    /// The budget to spin now: zero when disabled or closed after misses.
+    /// The budget to spin now: zero when disabled or closed after misses;
+    /// otherwise twice the recent answer time within the limit, and zero
+    /// when recent answers took longer than the limit.
     pub fn budget(&self) -> Duration {
         if self.budget_ns == 0 {
             return Duration::ZERO;
@@ -101,7 +111,28 @@ impl SpinGate {
         if until != 0 && now_ns() < until {
             return Duration::ZERO;
         }
-        Duration::from_nanos(self.budget_ns)
+        let recent = self.recent_ns.load(Ordering::Relaxed);
+        if recent == 0 {
+            return Duration::from_nanos(self.budget_ns);
+        }
+        if recent > self.budget_ns {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos((recent * 2).clamp(MIN_ADAPTIVE_NS, self.budget_ns))
+    }
+
+    /// Feeds the time one answer took (post to respond) into the average.
+    /// The gate keeps adapting while it spins nothing: parked calls report
+    /// their answer times too, so a runtime that gets fast is spun for again.
+    pub fn observe(&self, answer_ns: u64) {
+        let old = self.recent_ns.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            answer_ns
+        } else {
+            // exponential average, weight 1/8 for the newest sample
+            (old * 7 + answer_ns) / 8
+        };
+        self.recent_ns.store(new.max(1), Ordering::Relaxed);
     }
 
     /// Records whether the last spin found what it waited for.
@@ -141,6 +172,7 @@ mod tests {
             budget_ns: 1_000,
             misses: AtomicU32::new(0),
             closed_until_ns: AtomicU64::new(0),
+            recent_ns: AtomicU64::new(0),
         };
         for _ in 0..MISSES_TO_CLOSE {
             assert!(!gate.budget().is_zero());
@@ -150,6 +182,42 @@ mod tests {
         std::thread::sleep(CLOSED_FOR + Duration::from_millis(20));
         assert!(!gate.budget().is_zero(), "gate must reopen");
         assert!(gate.spin(|| true));
+    }
+
+    #[test]
+    fn budget_follows_recent_answer_times_within_the_limit() {
+        let gate = SpinGate {
+            budget_ns: 20_000,
+            misses: AtomicU32::new(0),
+            closed_until_ns: AtomicU64::new(0),
+            recent_ns: AtomicU64::new(0),
+        };
+        assert_eq!(
+            gate.budget(),
+            Duration::from_micros(20),
+            "no data: the limit"
+        );
+        gate.observe(3_000);
+        assert_eq!(gate.budget(), Duration::from_micros(6));
+        gate.observe(500);
+        // (3000 * 7 + 500) / 8 = 2687 -> 5374 ns
+        assert_eq!(gate.budget(), Duration::from_nanos(5_374));
+        for _ in 0..64 {
+            gate.observe(100);
+        }
+        assert_eq!(gate.budget(), Duration::from_nanos(MIN_ADAPTIVE_NS));
+        for _ in 0..200 {
+            gate.observe(1_000_000);
+        }
+        assert!(gate.budget().is_zero(), "slow answers: do not spin at all");
+        for _ in 0..200 {
+            gate.observe(4_000);
+        }
+        assert_eq!(
+            gate.budget(),
+            Duration::from_nanos(8_000),
+            "fast again: spin again"
+        );
     }
 
     #[test]

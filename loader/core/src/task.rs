@@ -21,7 +21,8 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::completion;
-use crate::spin::SpinGate;
+use crate::queue::TaskQueue;
+use crate::spin::now_ns;
 
 const PENDING: u32 = 0;
 const DONE: u32 = 1;
@@ -38,12 +39,16 @@ struct Answer {
     rc: c_int,
     rsp: *mut c_char,
     rsp_len: c_int,
+    answered_ns: u64,
 }
 
 pub struct Task {
     magic: AtomicU32,
     state: AtomicU32,
     id: f64,
+    /// The queue the task was posted to: never freed, so always valid.
+    queue: *const TaskQueue,
+    posted_ns: u64,
     /// Borrowed request bytes: the Lua side keeps the string referenced until
     /// the task is freed (late answers included), so no copy is made.
     req: *const u8,
@@ -70,18 +75,22 @@ pub struct Response {
 }
 
 impl TaskPtr {
-    /// Allocates a task borrowing `req[..req_len]` (which may be null).
-    pub fn new(id: f64, req: *const u8, req_len: c_int) -> TaskPtr {
+    /// Allocates a task for `queue` borrowing `req[..req_len]` (which may
+    /// be null). `queue` must live for the rest of the process.
+    pub fn new(queue: &TaskQueue, id: f64, req: *const u8, req_len: c_int) -> TaskPtr {
         let task = Box::new(Task {
             magic: AtomicU32::new(MAGIC),
             state: AtomicU32::new(PENDING),
             id,
+            queue,
+            posted_ns: now_ns(),
             req,
             req_len: if req.is_null() { 0 } else { req_len },
             answer: UnsafeCell::new(Answer {
                 rc: 0,
                 rsp: std::ptr::null_mut(),
                 rsp_len: 0,
+                answered_ns: 0,
             }),
         });
         TaskPtr(NonNull::from(Box::leak(task)))
@@ -102,6 +111,12 @@ impl TaskPtr {
 
     pub fn as_raw(self) -> *mut std::ffi::c_void {
         self.0.as_ptr().cast()
+    }
+
+    fn queue(&self) -> &TaskQueue {
+        // SAFETY: queues are never freed (queue.rs), so the pointer taken
+        // from a live reference in `new` is valid for the process's life.
+        unsafe { &*self.task().queue }
     }
 
     fn task(&self) -> &Task {
@@ -128,7 +143,12 @@ impl TaskPtr {
         // SAFETY: only the one runtime thread holding the task writes the
         // answer, once; readers wait for the state change below.
         unsafe {
-            *t.answer.get() = Answer { rc, rsp, rsp_len };
+            *t.answer.get() = Answer {
+                rc,
+                rsp,
+                rsp_len,
+                answered_ns: now_ns(),
+            };
         }
         match t
             .state
@@ -139,15 +159,19 @@ impl TaskPtr {
         }
     }
 
-    /// Waits for the answer, spinning within `gate`'s budget when allowed.
-    /// Returns true when answered (the caller reads and frees the task), false
-    /// when parked (the answer will come through the completion queue).
-    pub fn wait(self, gate: Option<&SpinGate>) -> bool {
+    /// Waits for the answer, spinning within the queue's caller budget when
+    /// `may_spin`. Returns true when answered (the caller reads and frees
+    /// the task), false when parked (the answer will come through the
+    /// completion queue).
+    pub fn wait(self, may_spin: bool) -> bool {
         let state = &self.task().state;
-        if let Some(gate) = gate {
-            if gate.spin(|| state.load(Ordering::Acquire) == DONE) {
-                return true;
-            }
+        if may_spin
+            && self
+                .queue()
+                .caller_gate
+                .spin(|| state.load(Ordering::Acquire) == DONE)
+        {
+            return true;
         }
         state
             .compare_exchange(PENDING, PARKED, Ordering::AcqRel, Ordering::Acquire)
@@ -176,7 +200,17 @@ impl TaskPtr {
     }
 
     /// Frees the task and the runtime's response buffer, exactly once.
+    /// An answered task reports its answer time to its queue's caller gate.
     pub fn free(self) {
+        // SAFETY: freeing means the answer was published (or never written,
+        // answered_ns 0): see `response`.
+        let answered_ns = unsafe { (*self.task().answer.get()).answered_ns };
+        if answered_ns != 0 {
+            let posted_ns = self.task().posted_ns;
+            self.queue()
+                .caller_gate
+                .observe(answered_ns.saturating_sub(posted_ns));
+        }
         // SAFETY: the task came from Box::leak in `new` and this consumes the
         // only pointer left to it; rsp was malloc()ed by the runtime and is
         // ours since respond.
@@ -195,6 +229,10 @@ impl TaskPtr {
 mod tests {
     use super::*;
 
+    static QUEUE: std::sync::LazyLock<TaskQueue> = std::sync::LazyLock::new(|| {
+        TaskQueue::new(1, std::time::Duration::ZERO, std::time::Duration::ZERO)
+    });
+
     fn malloced(s: &[u8]) -> *mut c_char {
         // SAFETY: fresh allocation of s.len() bytes, filled from s.
         unsafe {
@@ -206,9 +244,9 @@ mod tests {
 
     #[test]
     fn answer_before_wait_is_seen_without_parking() {
-        let t = TaskPtr::new(1.0, b"hi".as_ptr(), 2);
+        let t = TaskPtr::new(&QUEUE, 1.0, b"hi".as_ptr(), 2);
         t.respond(0, malloced(b"yo"), 2);
-        assert!(t.wait(None));
+        assert!(t.wait(false));
         let r = t.response();
         assert_eq!(r.len, 2);
         t.free();
@@ -216,10 +254,10 @@ mod tests {
 
     #[test]
     fn nul_terminated_answer_length_is_measured() {
-        let t = TaskPtr::new(1.0, std::ptr::null(), 5);
+        let t = TaskPtr::new(&QUEUE, 1.0, std::ptr::null(), 5);
         assert_eq!(t.request().1, 0, "null request has length 0");
         t.respond(3, malloced(b"abc\0"), 0);
-        assert!(t.wait(None));
+        assert!(t.wait(false));
         let r = t.response();
         assert_eq!((r.rc, r.len), (3, 3));
         t.free();

@@ -9,8 +9,8 @@
 //!
 //! A request starting with `!` is a command, so tests can drive every path:
 //! - `!sleep:MS:rest`  answer `rest` after MS ms, without blocking other tasks
-//! - `!block:MS:rest`  answer `rest` after MS ms, blocking this runtime thread
-//!                     (so queued tasks wait: fills the queue on purpose)
+//! - `!block:MS:rest`  answer `rest` after MS ms, blocking this runtime
+//!   thread (so queued tasks wait: fills the queue on purpose)
 //! - `!fail:RC:msg`    answer rc=RC with `msg`
 //! - `!hang:`          never answer (until unload, then rc=1 "unloaded")
 //! - `!nil:`           answer rc=0 with a NULL response
