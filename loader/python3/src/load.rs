@@ -1,0 +1,175 @@
+//! Starting one Python runtime: what `libffi_init` does for a cfg.
+//!
+//! Parse the cfg, create the interpreter (first time only), set sys.path,
+//! import (or with `?` reload) the module, and call `func(cfg, tq)` exactly
+//! as lua-resty-ffi's Python loader does: `cfg` is the address of the rest
+//! of the string (a `char *`, valid during the call) or None, `tq` the
+//! queue's address. What `func` returns decides the style:
+//! - an int: the compat style; the runtime started its own pollers and the
+//!   int is the return code (0 = ok);
+//! - a callable: the handler style; `resty_ffi._serve` runs the poll loop
+//!   and calls it per request (sync on a thread pool, `async def` on an
+//!   asyncio loop owned by the runtime).
+
+use std::ffi::CString;
+
+use pyo3::exceptions::PyAttributeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyInt};
+
+use crate::{cfg, interpreter, module, paths, Error};
+
+/// Starts the runtime `cfg` names on queue `tq`.
+pub fn start(cfg_text: &str, tq: usize) -> Result<(), Error> {
+    let spec = cfg::parse(cfg_text).map_err(|reason| Error::Cfg {
+        cfg: cfg_text.into(),
+        reason,
+    })?;
+    interpreter::ensure()?;
+    Python::with_gil(|py| start_in(py, &spec, tq))
+}
+
+fn describe(py: Python<'_>, e: &PyErr) -> String {
+    let ty = e
+        .get_type(py)
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "Exception".into());
+    let text = e.value(py).to_string();
+    if ty == "ModuleNotFoundError" {
+        text
+    } else {
+        format!("{ty}: {text}")
+    }
+}
+
+/// Logs the traceback through sys.stderr (error.log).
+fn log_traceback(py: Python<'_>, e: &PyErr) {
+    e.clone_ref(py).print(py);
+}
+
+fn sys_path_text(py: Python<'_>) -> String {
+    py.import("sys")
+        .and_then(|s| s.getattr("path"))
+        .and_then(|p| p.extract::<Vec<String>>())
+        .map(|v| v.join(":"))
+        .unwrap_or_default()
+}
+
+fn import<'py>(py: Python<'py>, spec: &cfg::Spec) -> Result<Bound<'py, PyModule>, Error> {
+    let fail = |e: PyErr| {
+        log_traceback(py, &e);
+        Error::Import {
+            module: spec.module.clone(),
+            reason: describe(py, &e),
+            path: sys_path_text(py),
+        }
+    };
+    let loaded = py
+        .import("sys")
+        .and_then(|s| s.getattr("modules"))
+        .and_then(|m| m.call_method1("get", (&spec.module,)))
+        .map_err(fail)?;
+    if loaded.is_none() {
+        return py.import(spec.module.as_str()).map_err(fail);
+    }
+    if !spec.reload {
+        return loaded
+            .downcast_into::<PyModule>()
+            .map_err(|e| fail(e.into()));
+    }
+    let importlib = py.import("importlib").map_err(fail)?;
+    importlib.call_method0("invalidate_caches").map_err(fail)?;
+    importlib
+        .call_method1("reload", (loaded,))
+        .and_then(|m| Ok(m.downcast_into::<PyModule>()?))
+        .map_err(fail)
+}
+
+fn start_in(py: Python<'_>, spec: &cfg::Spec, tq: usize) -> Result<(), Error> {
+    if let Some(venv) = &spec.venv {
+        paths::add_venv(py, venv).map_err(|reason| Error::Venv {
+            path: venv.clone(),
+            reason,
+        })?;
+    }
+    if let Some(dir) = &spec.dir {
+        paths::prepend(py, dir).map_err(|e| Error::Internal(describe(py, &e)))?;
+    }
+    let m = import(py, spec)?;
+    let no_function = |why: String| Error::NoFunction {
+        module: spec.module.clone(),
+        file: m
+            .getattr("__file__")
+            .map(|f| f.to_string())
+            .unwrap_or_else(|_| "built-in".into()),
+        func: spec.func.clone(),
+        why,
+    };
+    let func = match m.getattr(spec.func.as_str()) {
+        Ok(f) => f,
+        Err(e) if e.is_instance_of::<PyAttributeError>(py) => {
+            return Err(no_function(String::new()))
+        }
+        Err(e) => return Err(no_function(format!(": {}", describe(py, &e)))),
+    };
+    if !func.is_callable() {
+        let ty = func
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_default();
+        return Err(no_function(format!(" (it is a {ty}, not callable)")));
+    }
+    module::register_queue(tq);
+    // The rest of the cfg as a C string whose address the function gets.
+    let rest = spec
+        .rest
+        .as_ref()
+        .map(|r| CString::new(r.as_str()).map_err(|_| Error::Internal("cfg has a NUL byte".into())))
+        .transpose()?;
+    let cfg_arg: Option<usize> = rest.as_ref().map(|c| c.as_ptr() as usize);
+    let init_cfg = rest
+        .as_ref()
+        .map(|c| (c.as_ptr() as usize, spec.rest.clone().unwrap_or_default()));
+    let result = module::with_init_cfg(init_cfg, || func.call1((cfg_arg, tq)));
+    drop(rest);
+    let ret = result.map_err(|e| {
+        log_traceback(py, &e);
+        Error::InitRaised {
+            module: spec.module.clone(),
+            func: spec.func.clone(),
+            reason: describe(py, &e),
+        }
+    })?;
+    if ret.is_instance_of::<PyInt>() && !ret.is_instance_of::<PyBool>() {
+        let rc = ret.extract::<i32>().unwrap_or(-1);
+        if rc == 0 {
+            return Ok(());
+        }
+        return Err(Error::InitReturned {
+            module: spec.module.clone(),
+            func: spec.func.clone(),
+            rc,
+        });
+    }
+    if !ret.is_callable() {
+        let what = ret.repr().map(|r| r.to_string()).unwrap_or_default();
+        return Err(Error::BadReturn {
+            module: spec.module.clone(),
+            func: spec.func.clone(),
+            what,
+        });
+    }
+    py.import("resty_ffi._serve")
+        .and_then(|s| s.call_method1("start", (ret, tq, &spec.module)))
+        .map(|_| ())
+        .map_err(|e| {
+            log_traceback(py, &e);
+            Error::Serve {
+                module: spec.module.clone(),
+                func: spec.func.clone(),
+                reason: describe(py, &e),
+            }
+        })
+}

@@ -1,0 +1,217 @@
+//! `resty_ffi`, the native Python module the loader gives every runtime.
+//!
+//! ```python
+//! import resty_ffi
+//! task = resty_ffi.poll(tq)          # blocks with the GIL released; None: finished
+//! req = task.req                     # the request, bytes (None for a nil request)
+//! task.respond(0, b"answer")         # rc, bytes | bytearray | memoryview | str | None
+//! tasks = resty_ffi.poll_batch(tq)   # one blocking wait, then up to 63 queued more
+//! ```
+//!
+//! Guarantees: a task is answered exactly once (a second `respond` raises);
+//! a task dropped unanswered (say, a runtime bug) is answered with rc 1 so
+//! the nginx side is never left waiting. `tq` must be a queue the loader
+//! handed to `init`: anything else raises instead of crashing the worker.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::sync::{Mutex, MutexGuard, RwLock};
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyString};
+
+use crate::abi::{self, TaskRef};
+
+/// Queue addresses the loader handed to a runtime's init.
+static QUEUES: RwLock<Option<HashSet<usize>>> = RwLock::new(None);
+
+thread_local! {
+    /// The cfg address and text passed to the init being called right now.
+    static INIT_CFG: RefCell<Option<(usize, String)>> = const { RefCell::new(None) };
+}
+
+pub fn register_queue(tq: usize) {
+    let mut q = QUEUES.write().unwrap_or_else(|e| e.into_inner());
+    q.get_or_insert_with(HashSet::new).insert(tq);
+}
+
+fn check_queue(tq: usize) -> PyResult<()> {
+    let q = QUEUES.read().unwrap_or_else(|e| e.into_inner());
+    if q.as_ref().is_some_and(|q| q.contains(&tq)) {
+        Ok(())
+    } else {
+        Err(PyValueError::new_err(format!(
+            "resty_ffi: {tq:#x} is not a task queue (pass the tq your init was given)"
+        )))
+    }
+}
+
+/// Runs `f` with `resty_ffi.cfg_string(addr)` answering `text`.
+pub fn with_init_cfg<R>(cfg: Option<(usize, String)>, f: impl FnOnce() -> R) -> R {
+    INIT_CFG.with(|c| *c.borrow_mut() = cfg);
+    let r = f();
+    INIT_CFG.with(|c| *c.borrow_mut() = None);
+    r
+}
+
+/// One call from nginx, waiting for its answer.
+#[pyclass(module = "resty_ffi", frozen)]
+pub struct Task {
+    inner: Mutex<Option<TaskRef>>,
+}
+
+impl Task {
+    fn new(t: TaskRef) -> Task {
+        Task {
+            inner: Mutex::new(Some(t)),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<TaskRef>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn body_bytes(rsp: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    if let Ok(b) = rsp.downcast::<PyBytes>() {
+        Ok(b.as_bytes().to_vec())
+    } else if let Ok(s) = rsp.downcast::<PyString>() {
+        Ok(s.to_str()?.as_bytes().to_vec())
+    } else if let Ok(b) = rsp.downcast::<PyByteArray>() {
+        Ok(b.to_vec())
+    } else if rsp.is_instance_of::<PyMemoryView>() {
+        Ok(rsp
+            .call_method0("tobytes")?
+            .downcast::<PyBytes>()?
+            .as_bytes()
+            .to_vec())
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "resty_ffi: a response must be bytes, bytearray, memoryview, str or None, got {}",
+            rsp.get_type().name()?
+        )))
+    }
+}
+
+#[pymethods]
+impl Task {
+    /// The request bytes (None for a nil request from Lua).
+    #[getter]
+    fn req<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let guard = self.lock();
+        let t = guard
+            .as_ref()
+            .ok_or_else(|| PyRuntimeError::new_err("resty_ffi: the task is already answered"))?;
+        Ok(t.request().map(|r| PyBytes::new(py, r)))
+    }
+
+    /// Answers the call: `rc` 0 means ok; the body may be bytes-like, str
+    /// (sent as UTF-8) or None.
+    #[pyo3(signature = (rc = 0, rsp = None))]
+    fn respond(&self, rc: i32, rsp: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let body = rsp.map(body_bytes).transpose()?;
+        if body.as_ref().is_some_and(|b| b.len() > i32::MAX as usize) {
+            return Err(PyValueError::new_err(
+                "resty_ffi: response larger than 2 GiB",
+            ));
+        }
+        let t = self
+            .lock()
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err("resty_ffi: the task is already answered"))?;
+        t.respond(rc, body.as_deref());
+        Ok(())
+    }
+
+    /// True once `respond` was called.
+    #[getter]
+    fn answered(&self) -> bool {
+        self.lock().is_none()
+    }
+
+    fn __repr__(&self) -> String {
+        match self.lock().as_ref() {
+            Some(t) => format!(
+                "<resty_ffi.Task {} request bytes>",
+                t.request().map_or(0, <[u8]>::len)
+            ),
+            None => "<resty_ffi.Task answered>".into(),
+        }
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        if let Some(t) = self.lock().take() {
+            t.respond(
+                1,
+                Some(b"ffi_python3: the runtime dropped the task without answering it"),
+            );
+        }
+    }
+}
+
+/// Blocks (GIL released) until a task arrives; None once the queue is
+/// finished (after `rt:__unload()`): stop polling then.
+#[pyfunction]
+fn poll(py: Python<'_>, tq: usize) -> PyResult<Option<Task>> {
+    check_queue(tq)?;
+    Ok(py.allow_threads(|| abi::poll(tq)).map(Task::new))
+}
+
+/// Blocks (GIL released) for one task, then takes up to `max - 1` more that
+/// are already queued; an empty list once the queue is finished.
+#[pyfunction]
+#[pyo3(signature = (tq, max = 64))]
+fn poll_batch(py: Python<'_>, tq: usize, max: usize) -> PyResult<Vec<Task>> {
+    check_queue(tq)?;
+    let tasks = py.allow_threads(|| abi::poll_batch(tq, max));
+    Ok(tasks.into_iter().map(Task::new).collect())
+}
+
+/// Never blocks: a task if one is queued right now, else None (see
+/// `finished` to tell an empty queue from a finished one).
+#[pyfunction]
+fn try_poll(tq: usize) -> PyResult<Option<Task>> {
+    check_queue(tq)?;
+    Ok(abi::try_poll(tq).map(Task::new))
+}
+
+/// True once the queue is finished and drained.
+#[pyfunction]
+fn finished(tq: usize) -> PyResult<bool> {
+    check_queue(tq)?;
+    Ok(abi::finished(tq))
+}
+
+/// The text of the `cfg` address your init was given (None for None).
+/// Only valid during init, as the address itself is.
+#[pyfunction]
+fn cfg_string(cfg: Option<usize>) -> PyResult<Option<String>> {
+    let Some(addr) = cfg else { return Ok(None) };
+    INIT_CFG.with(|c| match &*c.borrow() {
+        Some((a, text)) if *a == addr => Ok(Some(text.clone())),
+        _ => Err(PyValueError::new_err(
+            "resty_ffi.cfg_string: pass the cfg your init was given, during init",
+        )),
+    })
+}
+
+/// Names the calling OS thread (15 bytes kept), for top -H and /proc.
+#[pyfunction]
+fn name_thread(name: &str) {
+    abi::name_thread(name);
+}
+
+/// Fills the `resty_ffi` module (the interpreter registers it in sys.modules).
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Task>()?;
+    m.add_function(wrap_pyfunction!(poll, m)?)?;
+    m.add_function(wrap_pyfunction!(poll_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(try_poll, m)?)?;
+    m.add_function(wrap_pyfunction!(finished, m)?)?;
+    m.add_function(wrap_pyfunction!(cfg_string, m)?)?;
+    m.add_function(wrap_pyfunction!(name_thread, m)?)?;
+    Ok(())
+}

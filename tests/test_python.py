@@ -1,0 +1,479 @@
+"""The Python loader (libffi_python3.so) against a real nginx and the real
+CPython it embeds (Debian's python3.11), with workers running as `nobody`.
+
+Runtimes under test are the examples in examples/python and small modules
+each test writes into a world-readable folder of the stage.
+"""
+
+import json
+import os
+import re
+import subprocess
+import tempfile
+import textwrap
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+import harness
+
+VENV = os.environ.get("RESTY_FFI_VENV", "/var/cache/resty-ffi/venv")
+
+SERVER = r"""
+location /call {
+    content_by_lua_block {
+        require "resty_ffi"
+        local reply = require "t.reply"
+        local args = ngx.req.get_uri_args()
+        local rt, err = ngx.load_ffi("ffi_python3", args.cfg,
+                                     { timeout = tonumber(args.timeout) or 10 })
+        if not rt then
+            ngx.status = 500
+            return ngx.print("load failed: ", err)
+        end
+        reply.send(rt:call(reply.body()))
+    }
+}
+location /unload {
+    content_by_lua_block {
+        require "resty_ffi"
+        local rt, err = ngx.load_ffi("ffi_python3", ngx.req.get_uri_args().cfg)
+        if not rt then
+            ngx.status = 500
+            return ngx.print("load failed: ", err)
+        end
+        rt:__unload()
+        ngx.print("unloaded")
+    }
+}
+location /par {
+    content_by_lua_block {
+        require "resty_ffi"
+        local args = ngx.req.get_uri_args()
+        local rt, err = ngx.load_ffi("ffi_python3", args.cfg, { timeout = 30 })
+        if not rt then
+            ngx.status = 500
+            return ngx.print("load failed: ", err)
+        end
+        local n = tonumber(args.n)
+        local t0 = ngx.now()
+        local threads = {}
+        for i = 1, n do
+            threads[i] = ngx.thread.spawn(function()
+                return rt:call(args.req .. i)
+            end)
+        end
+        local good = 0
+        for i = 1, n do
+            local _, ok, res, e = ngx.thread.wait(threads[i])
+            if ok and res == args.want .. i then
+                good = good + 1
+            else
+                ngx.log(ngx.ERR, "call ", i, ": ", tostring(res), " ", tostring(e))
+            end
+        end
+        ngx.update_time()
+        ngx.print("good=", good, " elapsed=", ngx.now() - t0)
+    }
+}
+"""
+
+
+@pytest.fixture(scope="session")
+def pystage(stage):
+    """The stage plus the Python examples and a venv with their PyPI deps."""
+    subprocess.run(["bash", os.path.join(harness.ROOT, "ci", "setup-python.sh")],
+                   check=True, env=dict(os.environ, RESTY_FFI_VENV=VENV))
+    stage.examples = stage.add_tree(os.path.join(harness.ROOT, "examples", "python"),
+                                    "python-examples")
+    return stage
+
+
+@pytest.fixture
+def moddir(pystage):
+    """A world-readable folder for the modules a test writes."""
+    d = tempfile.mkdtemp(prefix="py-", dir=pystage.dir)
+    os.chmod(d, 0o755)
+    return d
+
+
+def write_module(folder, name, src):
+    path = os.path.join(folder, name + ".py")
+    with open(path, "w") as f:
+        f.write(textwrap.dedent(src))
+    os.chmod(path, 0o644)
+    return path
+
+
+@pytest.fixture
+def py_nginx(nginx, pystage):
+    def start(**kw):
+        return nginx(SERVER, **kw)
+    return start
+
+
+def q(cfg):
+    return urllib.parse.quote(cfg, safe="")
+
+
+def call(n, cfg, body=b"", timeout=None):
+    path = "/call?cfg=" + q(cfg)
+    if timeout:
+        path += "&timeout=%s" % timeout
+    return n.post(path, body)
+
+
+def unload(n, cfg):
+    status, body = n.get("/unload?cfg=" + q(cfg))
+    assert (status, body) == (200, b"unloaded"), body
+
+
+def par(n, cfg, count, req, want):
+    status, body = n.get("/par?cfg=%s&n=%d&req=%s&want=%s" % (
+        q(cfg), count, q(req), q(want)), timeout=60)
+    assert status == 200, body
+    m = re.fullmatch(rb"good=(\d+) elapsed=([\d.]+)", body)
+    assert m, body
+    return int(m.group(1)), float(m.group(2))
+
+
+def python_threads(n, prefix):
+    names = []
+    for pid in n.worker_pids():
+        names += [t for t in harness.thread_names(pid) if t.startswith(prefix)]
+    return names
+
+
+# ---- compat style (lua-resty-ffi runtimes, cffi) --------------------------
+
+def test_lua_resty_ffi_style_echo_runs_unchanged_without_is_global(py_nginx, pystage):
+    n = py_nginx()
+    cfg = pystage.examples + "/ffi.echo?,init"
+    for body in (b"hello", b"", b"a\x00b" * 1000, os.urandom(256 * 1024)):
+        status, got = call(n, cfg, body)
+        assert status == 200, got[:300] + n.error_log().encode()[-2000:]
+        assert got == (body if body else b"")
+    # the cfg rest reaches init as a char * address
+    status, got = call(n, pystage.examples + "/ffi.echo,init,threads=3", b"x")
+    assert (status, got) == (200, b"x")
+
+
+def test_compat_runtime_threads_end_on_unload_and_print_reaches_error_log(py_nginx, pystage):
+    n = py_nginx()
+    cfg = pystage.examples + "/ffi.echo,init"
+    assert call(n, cfg, b"hi") == (200, b"hi")
+    unload(n, cfg)
+    assert harness.wait_until(
+        lambda: n.error_log().count("python echo runtime: queue finished, poller exits") == 2, 5), \
+        n.error_log()[-2000:]
+    line = [l for l in n.error_log().splitlines() if "poller exits" in l][0]
+    assert re.match(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[notice\] \d+#\d+: ffi_python3: ", line), line
+
+
+# ---- handler style ------------------------------------------------------
+
+def test_sync_handler_answers_on_worker_threads(py_nginx, pystage, moddir):
+    write_module(moddir, "sync_h", """
+        import threading, resty_ffi
+        def init(cfg, tq):
+            prefix = resty_ffi.cfg_string(cfg).encode()
+            def handle(req):
+                return prefix + req + b" on " + threading.current_thread().name.encode()
+            handle.threads = 3
+            return handle
+    """)
+    n = py_nginx()
+    status, got = call(n, moddir + "/sync_h,init,got:", b"abc")
+    assert status == 200, got
+    assert got.startswith(b"got:abc on ") and b"MainThread" not in got
+    assert len(python_threads(n, "py")) == 3, harness.thread_names(n.worker_pids()[0])
+    # the example echo handler too, with and without a cfg rest
+    assert call(n, pystage.examples + "/ffi.echo_handler,init", b"e") == (200, b"e")
+    assert call(n, pystage.examples + "/ffi.echo_handler,init,>", b"e") == (200, b">e")
+    assert call(n, pystage.examples + "/ffi.echo_handler,init_async", b"a") == (200, b"a")
+
+
+def test_sync_handler_threads_run_calls_in_parallel(py_nginx, moddir):
+    write_module(moddir, "sleepy", """
+        import time
+        def handle(req):
+            time.sleep(0.5)          # releases the GIL, as blocking I/O does
+            return b"r" + req
+        handle.threads = 8
+        def init(cfg, tq):
+            return handle
+    """)
+    n = py_nginx()
+    good, elapsed = par(n, moddir + "/sleepy,init", 8, "x", "rx")
+    assert good == 8
+    assert elapsed < 1.4, elapsed
+
+
+def test_100_calls_to_an_async_handler_sleeping_1s_finish_in_about_1s(py_nginx, moddir):
+    write_module(moddir, "asleep", """
+        import asyncio
+        async def handle(req):
+            await asyncio.sleep(1)
+            return b"slept " + req
+        def init(cfg, tq):
+            return handle
+    """)
+    n = py_nginx()
+    cfg = moddir + "/asleep,init"
+    assert call(n, cfg, b"warm") == (200, b"slept warm")
+    good, elapsed = par(n, cfg, 100, "c", "slept c")
+    assert good == 100, n.error_log()[-3000:]
+    assert 0.95 < elapsed < 1.8, elapsed
+
+
+@pytest.mark.parametrize("style", ["sync", "async"])
+def test_handler_exceptions_become_error_answers_and_the_runtime_keeps_serving(
+        py_nginx, moddir, style):
+    write_module(moddir, "raiser_" + style, """
+        class Boom(Exception):
+            pass
+        {d}def handle(req):
+            if req == b"raise":
+                raise Boom("no luck with " + req.decode())
+            if req == b"int":
+                return 42
+            return b"fine"
+        def init(cfg, tq):
+            return handle
+    """.replace("{d}", "async " if style == "async" else ""))
+    n = py_nginx()
+    cfg = moddir + "/raiser_%s,init" % style
+    assert call(n, cfg, b"raise") == (502, b"rc=1 err=Boom: no luck with raise")
+    status, got = call(n, cfg, b"int")
+    assert status == 502 and got.startswith(b"rc=1 err=TypeError: resty_ffi: a response must be"), got
+    assert call(n, cfg, b"ok") == (200, b"fine")
+    log = n.error_log()
+    assert "handler raised Boom: no luck with raise" in log
+    assert "Traceback (most recent call last)" in log
+    assert "[error]" in log
+
+
+def test_handler_threads_end_on_unload_and_quit_is_prompt(py_nginx, moddir):
+    write_module(moddir, "thr_s", """
+        def handle(req):
+            return req
+        handle.threads = 3
+        def init(cfg, tq):
+            return handle
+    """)
+    write_module(moddir, "thr_a", """
+        import asyncio
+        async def handle(req):
+            await asyncio.sleep(0.2)
+            return req
+        def init(cfg, tq):
+            return handle
+    """)
+    n = py_nginx()
+    s_cfg, a_cfg = moddir + "/thr_s,init", moddir + "/thr_a,init"
+    assert call(n, s_cfg, b"1") == (200, b"1")
+    assert call(n, a_cfg, b"2") == (200, b"2")
+    assert sorted(python_threads(n, "py")) == ["py0-thr_a", "py0-thr_s", "py1-thr_a",
+                                               "py1-thr_s", "py2-thr_s"]
+    unload(n, s_cfg)
+    assert harness.wait_until(lambda: not python_threads(n, "py0-thr_s")
+                              and not python_threads(n, "py2-thr_s"), 5)
+    assert len(python_threads(n, "py")) == 2
+    # an async call in flight is still answered after unload, then its threads end
+    results = []
+    t = threading.Thread(target=lambda: results.append(call(n, a_cfg, b"late")))
+    t.start()
+    time.sleep(0.05)
+    unload(n, a_cfg)
+    t.join(10)
+    assert results == [(200, b"late")]
+    assert harness.wait_until(lambda: not python_threads(n, "py"), 5), python_threads(n, "py")
+    # load again, leave it busy, and quit
+    assert call(n, a_cfg, b"again") == (200, b"again")
+    assert n.quit() < 5
+
+
+# ---- loading ------------------------------------------------------------
+
+def test_reload_with_question_mark_picks_up_a_changed_module_after_unload(py_nginx, moddir):
+    src = """
+        VERSION = b"{v}"
+        def handle(req):
+            return VERSION
+        def init(cfg, tq):
+            return handle
+    """
+    write_module(moddir, "hot", src.replace("{v}", "v1"))
+    n = py_nginx()
+    assert call(n, moddir + "/hot?,init") == (200, b"v1")
+    unload(n, moddir + "/hot?,init")
+    write_module(moddir, "hot", src.replace("{v}", "version-2"))
+    # without '?' an imported module is reused as is
+    assert call(n, moddir + "/hot,init") == (200, b"v1")
+    unload(n, moddir + "/hot,init")
+    assert call(n, moddir + "/hot?,init") == (200, b"version-2")
+
+
+def test_two_runtimes_from_different_modules_share_one_worker(py_nginx, pystage, moddir):
+    write_module(moddir, "upper", """
+        def init(cfg, tq):
+            return lambda req: req.upper()
+    """)
+    n = py_nginx()
+    echo = pystage.examples + "/ffi.echo,init"
+    upper = moddir + "/upper,init"
+    for i in range(5):
+        assert call(n, echo, b"abc%d" % i) == (200, b"abc%d" % i)
+        assert call(n, upper, b"abc%d" % i) == (200, b"ABC%d" % i)
+    assert len(n.worker_pids()) == 1
+
+
+def load_error(n, cfg):
+    status, got = call(n, cfg, b"x")
+    assert status == 500, got
+    return got.decode()
+
+
+def test_import_errors_and_missing_functions_fail_load_clearly_and_nginx_keeps_serving(
+        py_nginx, pystage, moddir):
+    write_module(moddir, "broken", "def init(cfg, tq):\n    return 0 +\n")
+    write_module(moddir, "fine", """
+        NOT_CALLABLE = 1
+        def init(cfg, tq):
+            raise RuntimeError("cannot reach the backend")
+        def returns_none(cfg, tq):
+            pass
+        def returns_seven(cfg, tq):
+            return 7
+    """)
+    n = py_nginx()
+    cases = [
+        ("nope.mod,init", "libffi_init returned 5",
+         "ffi_python3: cannot import module 'nope.mod': No module named 'nope' (sys.path: "),
+        (moddir + "/broken,init", "libffi_init returned 5",
+         "ffi_python3: cannot import module 'broken': SyntaxError: invalid syntax"),
+        (moddir + "/fine,missing", "libffi_init returned 6",
+         "ffi_python3: module 'fine' (%s/fine.py) has no function 'missing'" % moddir),
+        (moddir + "/fine,NOT_CALLABLE", "libffi_init returned 6",
+         "has no function 'NOT_CALLABLE' (it is a int, not callable)"),
+        (moddir + "/fine,init", "libffi_init returned 7",
+         "ffi_python3: fine.init(cfg, tq) raised RuntimeError: cannot reach the backend"),
+        (moddir + "/fine,returns_none", "libffi_init returned 8",
+         "fine.returns_none(cfg, tq) returned None: return 0 once your own threads"),
+        (moddir + "/fine,returns_seven", "libffi_init returned 7",
+         "ffi_python3: fine.returns_seven(cfg, tq) returned 7"),
+        ("ffi.echo", "libffi_init returned 2",
+         "ffi_python3: bad cfg 'ffi.echo': no function name"),
+        ("venv=/nonexistent/venv:" + moddir + "/fine,init", "libffi_init returned 4",
+         "ffi_python3: venv '/nonexistent/venv': venv /nonexistent/venv does not exist"),
+        ("venv=" + moddir + ":" + moddir + "/fine,init", "libffi_init returned 4",
+         "no lib/python3.11/site-packages in it: the loader embeds /usr/bin/python3.11"),
+    ]
+    for cfg, lua_err, log_line in cases:
+        err = load_error(n, cfg)
+        assert err.startswith("load failed: resty_ffi: ") and lua_err in err, (cfg, err)
+        assert log_line in n.error_log(), (cfg, n.error_log()[-3000:])
+        # and the worker keeps serving
+        assert call(n, pystage.examples + "/ffi.echo,init", b"alive") == (200, b"alive")
+    assert "Traceback" in n.error_log()
+    assert len(n.worker_pids()) == 1
+
+
+def test_print_and_logging_from_runtimes_reach_error_log(py_nginx, moddir):
+    write_module(moddir, "chatty", """
+        import logging, sys
+        log = logging.getLogger("chatty")
+        def handle(req):
+            print("print says", req.decode())
+            log.warning("logging says %s", req.decode())
+            sys.stderr.write("partial ")
+            sys.stderr.write("line\\n")
+            return b"ok"
+        def init(cfg, tq):
+            print("chatty starting")
+            return handle
+    """)
+    n = py_nginx()
+    assert call(n, moddir + "/chatty,init", b"hello") == (200, b"ok")
+    log = n.error_log()
+    assert re.search(r"\[notice\] \d+#\d+: ffi_python3: chatty starting\n", log), log[-2000:]
+    assert re.search(r"\[notice\] \d+#\d+: ffi_python3: print says hello\n", log)
+    assert re.search(r"\[error\] \d+#\d+: ffi_python3: logging says hello\n", log)
+    assert re.search(r"\[error\] \d+#\d+: ffi_python3: partial line\n", log)
+
+
+def test_interpreter_is_debians_python_with_its_stdlib_in_a_nobody_worker(py_nginx, moddir):
+    write_module(moddir, "where", """
+        import json, os, ssl, sqlite3, sys
+        def handle(req):
+            return json.dumps({"exe": sys.executable, "prefix": sys.prefix,
+                               "uid": os.getuid(), "ssl": ssl.OPENSSL_VERSION,
+                               "sqlite": sqlite3.sqlite_version,
+                               "venv_first": [p for p in sys.path if "site-packages" in p][:1]})
+        def init(cfg, tq):
+            return handle
+    """)
+    n = py_nginx()
+    status, got = call(n, "venv=%s:%s/where,init" % (VENV, moddir))
+    assert status == 200, got + n.error_log().encode()[-2000:]
+    info = json.loads(got)
+    assert info["exe"] == "/usr/bin/python3.11"
+    assert info["prefix"] == "/usr"
+    if os.geteuid() == 0:
+        assert info["uid"] != 0          # the worker runs as nobody
+    assert info["ssl"].startswith("OpenSSL")   # extension modules load
+    assert info["sqlite"]
+    assert info["venv_first"] == [VENV + "/lib/python3.11/site-packages"]
+
+
+# ---- examples -----------------------------------------------------------
+
+class SlowHandler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        time.sleep(0.5)
+        body = ("page " + self.path).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class SlowServer(ThreadingHTTPServer):
+    request_queue_size = 256     # the default 5 drops SYNs under 30 connects
+    daemon_threads = True
+
+
+def test_asyncio_fetch_example_runs_slow_backend_calls_concurrently(py_nginx, pystage):
+    server = SlowServer(("127.0.0.1", 0), SlowHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        n = py_nginx()
+        cfg = pystage.examples + "/ffi.fetch,init,5"
+        base = "http://127.0.0.1:%d/item/" % server.server_address[1]
+        assert call(n, cfg, (base + "0").encode()) == (200, b"page /item/0")
+        good, elapsed = par(n, cfg, 30, base, "page /item/")
+        assert good == 30
+        assert elapsed < 1.5, elapsed    # 30 x 0.5 s, concurrently
+        status, got = call(n, cfg, b"ftp://x/")
+        assert status == 502 and b"FetchError: only http://" in got, got
+    finally:
+        server.shutdown()
+
+
+def test_jinja2_example_renders_templates_from_a_venv(py_nginx, pystage):
+    n = py_nginx()
+    cfg = "venv=%s:%s/ffi.render,init,%s/templates" % (VENV, pystage.examples, pystage.examples)
+    req = json.dumps({"template": "hello.html",
+                      "vars": {"name": "<nginx>", "items": ["a", "b&c"]}}).encode()
+    status, got = call(n, cfg, req)
+    assert status == 200, got + n.error_log().encode()[-2000:]
+    assert got == (b"<h1>Hello, &lt;nginx&gt;!</h1>\n"
+                   b"<ul><li>a</li><li>b&amp;c</li></ul>")
+    status, got = call(n, cfg, json.dumps({"template": "hello.html", "vars": {}}).encode())
+    assert status == 502 and b"UndefinedError" in got, got
