@@ -220,3 +220,28 @@ def test_unchanged_lua_resty_ffi_go_runtime_loads_and_answers(nginx):
     assert n.post("/go", b"fail:nope") == (502, b"rc=2 err=nope")
     big = bytes(range(256)) * 4096
     assert n.post("/go", big) == (200, big)
+
+
+def test_a_runtime_panic_and_a_stray_answer_leave_the_worker_serving(nginx):
+    n = nginx(ECHO)
+    [pid] = n.worker_pids()
+    status, body = n.post("/echo", b"!panic:boom")
+    assert (status, body) == (502, b"rc=1 err=echo runtime panicked: boom")
+    assert n.post("/echo", b"!stray:real answer") == (200, b"real answer")
+    assert "ignoring a pointer that is not a live task" in n.error_log()
+    assert n.post("/echo", b"still here") == (200, b"still here")
+    assert n.worker_pids() == [pid]
+
+
+def test_the_wake_socket_leaves_no_path_behind(nginx):
+    import glob
+    before = set(glob.glob("/tmp/resty-ffi-??????"))
+    n = nginx(ECHO)
+    # a slow call parks and starts the dispatcher, which connects the socket
+    assert n.post("/echo", b"!sleep:100:parked") == (200, b"parked")
+    assert set(glob.glob("/tmp/resty-ffi-??????")) == before
+    [pid] = n.worker_pids()
+    import os
+    sockets = [os.readlink("/proc/%d/fd/%s" % (pid, fd))
+               for fd in os.listdir("/proc/%d/fd" % pid)]
+    assert sum(1 for s in sockets if s.startswith("socket:")) >= 3  # listen + both wake ends

@@ -15,6 +15,10 @@
 //! - `!hang:`          never answer (until unload, then rc=1 "unloaded")
 //! - `!nil:`           answer rc=0 with a NULL response
 //! - `!cstr:text`      answer a NUL-terminated `text` with rsp_len 0
+//! - `!panic:msg`      panic while serving; the panic is caught and becomes
+//!   an answer with rc=1 (what every Rust runtime should do)
+//! - `!stray:text`     first "answer" a pointer that is not a task (the core
+//!   must refuse it and free the response), then answer `text`
 //!
 //! Anything else is echoed byte for byte.
 
@@ -113,6 +117,16 @@ fn serve(task: Ptr, hung: &Mutex<Vec<Ptr>>) {
         }
         b"hang" => hung.lock().unwrap_or_else(|e| e.into_inner()).push(task),
         b"nil" => respond(task, 0, None),
+        b"panic" => panic!("{}", String::from_utf8_lossy(rest)),
+        b"stray" => {
+            // a pointer to a task-sized block that was never a task
+            let bogus = [0u64; 8];
+            let rsp = malloc_copy(b"stray answer", true);
+            // SAFETY: deliberately wrong, to test the core's defence: it
+            // checks the pointer before using it and frees rsp.
+            unsafe { ngx_http_lua_ffi_respond(bogus.as_ptr() as *mut c_void, 0, rsp, 0) };
+            respond(task, 0, Some(rest));
+        }
         b"cstr" => {
             let rsp = malloc_copy(rest, true);
             // SAFETY: answered once; rsp is NUL-terminated, so len 0.
@@ -129,7 +143,21 @@ fn run(tq: Ptr, hung: Arc<Mutex<Vec<Ptr>>>) {
         if task.is_null() {
             break;
         }
-        serve(Ptr(task), &hung);
+        let task = Ptr(task);
+        // A panic must not kill the thread nor leave the call unanswered.
+        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(task, &hung)));
+        if let Err(e) = served {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            respond(
+                task,
+                1,
+                Some(format!("echo runtime panicked: {msg}").as_bytes()),
+            );
+        }
     }
     // The queue is finished: answer what was left hanging so nothing leaks.
     let left = std::mem::take(&mut *hung.lock().unwrap_or_else(|e| e.into_inner()));
