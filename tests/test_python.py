@@ -477,3 +477,32 @@ def test_jinja2_example_renders_templates_from_a_venv(py_nginx, pystage):
                    b"<ul><li>a</li><li>b&amp;c</li></ul>")
     status, got = call(n, cfg, json.dumps({"template": "hello.html", "vars": {}}).encode())
     assert status == 502 and b"UndefinedError" in got, got
+
+
+def test_example_nginx_conf_serves_every_python_example(nginx, pystage):
+    with open(os.path.join(pystage.examples, "nginx.conf")) as f:
+        server = f.read().replace("/opt/resty-ffi/examples/python", pystage.examples)
+    server = server.replace("/var/cache/resty-ffi/venv", VENV)
+    n = nginx(server)
+    assert n.post("/python/echo", b"hello") == (200, b"hello")
+    assert n.post("/python/echo-handler", b"hello") == (200, b"echo: hello")
+    status, got = n.get("/python/hello?name=%3Cyou%3E")
+    assert status == 200, got + n.error_log().encode()[-2000:]
+    assert got == b"<h1>Hello, &lt;you&gt;!</h1>\n<ul><li>fast</li><li>safe</li></ul>"
+    server_ = SlowServer(("127.0.0.1", 0), SlowHandler)
+    threading.Thread(target=server_.serve_forever, daemon=True).start()
+    try:
+        url = "http://127.0.0.1:%d/x" % server_.server_address[1]
+        assert n.get("/python/fetch?url=" + q(url)) == (200, b"page /x")
+    finally:
+        server_.shutdown()
+
+
+def test_worker_wide_virtual_env_from_nginx_env_directive(py_nginx, moddir):
+    write_module(moddir, "needs_jinja", """
+        import jinja2
+        def init(cfg, tq):
+            return lambda req: jinja2.Template(req.decode()).render(x=2).encode()
+    """)
+    n = py_nginx(main="env VIRTUAL_ENV=%s;" % VENV)
+    assert call(n, moddir + "/needs_jinja,init", b"x={{ x * 21 }}") == (200, b"x=42")
