@@ -1,0 +1,1 @@
+"""Python echo runtimes for resty-ffi's benchmarks (benches/run.py)."""

@@ -1,0 +1,66 @@
+"""The bench command in quick mode, so it cannot rot.
+
+Runs `benches/run.py --quick` (small N, one payload, one-second wrk runs)
+and checks only that every section produced sane records and the chart;
+speed goals live in the bench output, never in tests.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import harness
+
+
+def run_quick(out):
+    cmd = [sys.executable, os.path.join(harness.ROOT, "benches", "run.py"), "--quick",
+           "--out", out]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=110)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    with open(os.path.join(out, "results.json")) as f:
+        return json.load(f), p.stdout
+
+
+def sane_sequential(r):
+    assert r["calls"] > 0 and r["payload"] == 512, r
+    assert 0 < r["wall_us_per_call"] < 100_000, r
+    assert 0 < r["p50_us"] <= r["p99_us"], r
+    assert 0 < r["cpu_us_per_call"] < 100_000, r
+
+
+def test_quick_bench_produces_sane_records_for_every_section(tmp_path):
+    records, stdout = run_quick(str(tmp_path))
+    by = lambda **kw: [r for r in records if all(r.get(k) == v for k, v in kw.items())]
+
+    for section, cpus in (("1", None), ("2", 1)):
+        for runtime in ("rust-echo", "go-echo", "socket-raw", "socket-msgpack"):
+            recs = by(section=section, bench="sequential", runtime=runtime)
+            assert len(recs) == 1, (section, runtime, stdout[-2000:])
+            sane_sequential(recs[0])
+            if cpus:
+                assert recs[0]["cpus"] == cpus and recs[0]["pinned"]
+
+    ping = by(section="3", bench="rpc-ping")
+    assert len(ping) == 1
+    sane_sequential(dict(ping[0], payload=512))
+    delay = by(section="3", bench="rpc-delay")[0]
+    assert delay["took_ms"] >= delay["delay_ms"]
+
+    for runtime in ("plain", "rust-echo", "go-echo", "socket-raw", "socket-msgpack"):
+        recs = by(section="4", bench="throughput", runtime=runtime)
+        assert len(recs) == 1, (runtime, stdout[-2000:])
+        assert recs[0]["rps"] > 0 and recs[0]["errors"] == 0, recs[0]
+        assert recs[0]["cpu_us_per_request"] > 0
+
+    for runtime in ("rust-echo", "go-echo"):
+        rt = by(section="6", runtime=runtime, mode="roundtrip")
+        batch = by(section="6", runtime=runtime, mode="batch")
+        assert len(rt) == 1 and len(batch) == 1, stdout[-2000:]
+        assert 0 < rt[0]["p50_us"] <= rt[0]["p99_us"]
+        assert batch[0]["rps"] > 0
+
+    assert os.path.getsize(tmp_path / "echo.png") > 1000
+    md = (tmp_path / "results.md").read_text()
+    for heading in ("## 1 + 3.", "## 2.", "## 4.", "## 6.", "## Targets"):
+        assert heading in md
