@@ -173,6 +173,53 @@ def test_compat_runtime_threads_end_on_unload_and_print_reaches_error_log(py_ngi
     assert re.match(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[notice\] \d+#\d+: ffi_python3: ", line), line
 
 
+def test_native_module_polls_answers_once_and_answers_dropped_tasks(py_nginx, moddir):
+    write_module(moddir, "native", """
+        import threading, resty_ffi
+        def serve(tq):
+            while True:
+                task = resty_ffi.poll(tq)
+                if task is None:
+                    return
+                req = task.req
+                if req == b"drop":
+                    del task            # garbage: the loader answers rc 1
+                    continue
+                if req == b"nil":
+                    task.respond()
+                elif req == b"twice":
+                    task.respond(0, "first")
+                    try:
+                        task.respond(0, b"second")
+                    except RuntimeError as e:
+                        print("second respond:", e)
+                elif req == b"badq":
+                    try:
+                        resty_ffi.poll(12345)
+                    except ValueError as e:
+                        task.respond(3, str(e))
+                elif req == b"batch":
+                    more = resty_ffi.try_poll(tq)
+                    task.respond(0, "try_poll=%r finished=%r" % (more, resty_ffi.finished(tq)))
+                else:
+                    task.respond(0, memoryview(bytearray(req.upper())))
+        def init(cfg, tq):
+            threading.Thread(target=serve, args=(tq,), daemon=True).start()
+            return 0
+    """)
+    n = py_nginx()
+    cfg = moddir + "/native,init"
+    assert call(n, cfg, b"abc") == (200, b"ABC")
+    assert call(n, cfg, b"nil") == (200, b"<nil>")
+    assert call(n, cfg, b"twice") == (200, b"first")
+    assert call(n, cfg, b"drop") == (
+        502, b"rc=1 err=ffi_python3: the runtime dropped the task without answering it")
+    status, got = call(n, cfg, b"badq")
+    assert status == 502 and got.startswith(b"rc=3 err=resty_ffi: 0x3039 is not a task queue"), got
+    assert call(n, cfg, b"batch") == (200, b"try_poll=None finished=False")
+    assert "second respond: resty_ffi: the task is already answered" in n.error_log()
+
+
 # ---- handler style ------------------------------------------------------
 
 def test_sync_handler_answers_on_worker_threads(py_nginx, pystage, moddir):
@@ -372,6 +419,9 @@ def test_import_errors_and_missing_functions_fail_load_clearly_and_nginx_keeps_s
         ("venv=" + moddir + ":" + moddir + "/fine,init", "libffi_init returned 4",
          "no lib/python3.11/site-packages in it: the loader embeds /usr/bin/python3.11"),
     ]
+    if os.geteuid() == 0:   # workers run as nobody, who cannot enter /root
+        cases.append(("venv=/root:" + moddir + "/fine,init", "libffi_init returned 4",
+                      "ffi_python3: venv '/root': cannot read venv /root as uid 65534"))
     for cfg, lua_err, log_line in cases:
         err = load_error(n, cfg)
         assert err.startswith("load failed: resty_ffi: ") and lua_err in err, (cfg, err)
