@@ -100,7 +100,7 @@ def test_load_errors_are_clear_and_nginx_keeps_serving(nginx, stage):
     status, body = n.get("/load?lib=" + stage.lib + "/libresty_ffi.so")
     assert status == 500 and b"has no libffi_init" in body, body
     status, body = n.get("/load?lib=ffi_echo&cfg=fail_init")
-    assert status == 500 and b"libffi_init returned 7" in body, body
+    assert status == 500 and b"libffi_init returned 7: the runtime refused" in body, body
     status, body = n.get("/load?lib=ffi_echo&cfg=bogus_option")
     assert status == 500 and b"libffi_init returned 3" in body, body
     assert n.get("/plain") == (200, b"plain")

@@ -425,6 +425,8 @@ def test_import_errors_and_missing_functions_fail_load_clearly_and_nginx_keeps_s
     for cfg, lua_err, log_line in cases:
         err = load_error(n, cfg)
         assert err.startswith("load failed: resty_ffi: ") and lua_err in err, (cfg, err)
+        # the reason reaches Lua (through resty_ffi_init_error) and the log
+        assert log_line in err, (cfg, err)
         assert log_line in n.error_log(), (cfg, n.error_log()[-3000:])
         # and the worker keeps serving
         assert call(n, pystage.examples + "/ffi.echo,init", b"alive") == (200, b"alive")

@@ -191,6 +191,25 @@ pub unsafe extern "C" fn resty_ffi_queue_finished(tq: *mut c_void) -> c_int {
     })
 }
 
+/// Called by a runtime from inside its `libffi_init`, on the same thread,
+/// before returning non-zero: `msg` becomes part of the error `load`
+/// returns to Lua.
+///
+/// # Safety
+/// `msg` is NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_init_error(msg: *const c_char) {
+    guard("resty_ffi_init_error", (), || {
+        if !msg.is_null() {
+            // SAFETY: per the doc above.
+            let msg = unsafe { CStr::from_ptr(msg) }
+                .to_string_lossy()
+                .into_owned();
+            crate::runtime::set_init_error(msg);
+        }
+    })
+}
+
 // ---- the Lua layer ------------------------------------------------------
 
 /// Loads a runtime library and starts it. On failure returns NULL with a

@@ -9,8 +9,13 @@ pub enum Error {
     Open { path: String, reason: String },
     #[error("runtime library '{path}' has no libffi_init: {reason} (a runtime must export `int libffi_init(char *cfg, void *tq)`)")]
     NoInit { path: String, reason: String },
-    #[error("runtime library '{path}': libffi_init returned {rc} (the runtime refused its cfg or could not start)")]
-    InitFailed { path: String, rc: i32 },
+    #[error("runtime library '{path}': libffi_init returned {rc}: {detail}")]
+    InitFailed {
+        path: String,
+        rc: i32,
+        /// What the runtime said through `resty_ffi_init_error`, if anything.
+        detail: String,
+    },
     #[error("bad argument: {0}")]
     BadArgument(String),
     #[error("task queue is full ({max} tasks waiting): the runtime is not keeping up; raise max_queue or add runtime threads")]

@@ -11,6 +11,7 @@
 //! or memory pulled from under them would crash the worker; both are small
 //! and a worker loads few runtimes.
 
+use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,17 @@ use crate::queue::TaskQueue;
 use crate::Error;
 
 type InitFn = unsafe extern "C" fn(*mut c_char, *mut c_void) -> c_int;
+
+thread_local! {
+    /// Why the `libffi_init` running on this thread failed, as the runtime
+    /// told us through `resty_ffi_init_error`.
+    static INIT_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Records why the runtime's `libffi_init`, running on this thread, fails.
+pub fn set_init_error(msg: String) {
+    INIT_ERROR.with(|e| *e.borrow_mut() = Some(msg));
+}
 
 /// What `load` needs besides the library and cfg.
 #[derive(Debug, Clone)]
@@ -92,6 +104,7 @@ impl Runtime {
             None => std::ptr::null_mut(),
         };
         let tq = Arc::as_ptr(&queue) as *mut c_void;
+        INIT_ERROR.with(|e| e.borrow_mut().take());
         // SAFETY: calling the runtime's entry point per the ABI; tq stays
         // valid forever (one reference is leaked below).
         let rc = unsafe { init(cfg_ptr, tq) };
@@ -105,9 +118,15 @@ impl Runtime {
         std::mem::forget(lib);
         if rc != 0 {
             queue.finish();
+            let detail = INIT_ERROR
+                .with(|e| e.borrow_mut().take())
+                .unwrap_or_else(|| {
+                    "the runtime refused its cfg or could not start (see error.log)".into()
+                });
             return Err(Error::InitFailed {
                 path: path.into(),
                 rc,
+                detail,
             });
         }
         Ok(Runtime {
