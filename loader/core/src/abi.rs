@@ -180,6 +180,36 @@ pub unsafe extern "C" fn resty_ffi_task_poll_batch(
     })
 }
 
+/// The queue's readiness fd (an eventfd), for runtimes with an event loop;
+/// -1 on error. Wait for it to be readable, read it, drain the queue with
+/// `resty_ffi_task_try_poll`, then `resty_ffi_queue_arm` before waiting
+/// again.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_queue_fd(tq: *mut c_void) -> c_int {
+    guard("resty_ffi_queue_fd", -1, || {
+        queue(tq).map_or(-1, |q| match q.ready.fd() {
+            Ok(fd) => fd,
+            Err(e) => {
+                eprintln!("resty_ffi: {e}");
+                -1
+            }
+        })
+    })
+}
+
+/// Arms the readiness fd: returns the number of tasks waiting (0: wait on
+/// the fd now, a post will make it readable), or -1 when the queue is
+/// finished and drained (stop).
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_queue_arm(tq: *mut c_void) -> c_int {
+    guard("resty_ffi_queue_arm", -1, || {
+        queue(tq).map_or(-1, |q| match q.arm() {
+            Some(n) => n.min(c_int::MAX as usize) as c_int,
+            None => -1,
+        })
+    })
+}
+
 /// 1 once the queue is finished and drained (poll would return NULL).
 ///
 /// # Safety

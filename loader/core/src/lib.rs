@@ -10,6 +10,7 @@
 //! - [`completion`]: the per-process queue of answers to parked calls, and the
 //!   "is the dispatcher asleep" flag that folds many answers into one wake;
 //! - [`wake`]: the private unix socket that tells the nginx side to look;
+//! - [`ready`]: an eventfd that tells event-loop runtimes tasks wait;
 //! - [`runtime`]: loading a runtime library and starting it;
 //! - [`spin`]: the bounded, self-disabling spin both sides use before parking;
 //! - [`abi`]: every `extern "C"` function, the only place the C world enters.
@@ -18,6 +19,7 @@ pub mod abi;
 pub mod completion;
 pub mod error;
 pub mod queue;
+pub mod ready;
 pub mod runtime;
 pub mod spin;
 pub mod task;

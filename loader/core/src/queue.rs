@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
+use crate::ready::ReadyFd;
 use crate::spin::SpinGate;
 use crate::task::TaskPtr;
 use crate::Error;
@@ -31,7 +32,7 @@ struct Inner {
 
 pub struct TaskQueue {
     inner: Mutex<Inner>,
-    ready: Condvar,
+    ready_cond: Condvar,
     /// Mirrors `tasks.len()` so spinning pollers need not take the lock.
     len: CachePadded<AtomicUsize>,
     finished: AtomicBool,
@@ -41,6 +42,8 @@ pub struct TaskQueue {
     /// their answer times. Lives here because tasks point at their queue,
     /// which is never freed (see module doc).
     pub caller_gate: SpinGate,
+    /// Readiness fd for event-loop runtimes (see ready.rs).
+    pub ready: ReadyFd,
 }
 
 impl TaskQueue {
@@ -51,12 +54,13 @@ impl TaskQueue {
                 sleepers: 0,
                 finished: false,
             }),
-            ready: Condvar::new(),
+            ready_cond: Condvar::new(),
             len: CachePadded::new(AtomicUsize::new(0)),
             finished: AtomicBool::new(false),
             max: max.max(1),
             poll_gate: SpinGate::new(poll_spin),
             caller_gate: SpinGate::new(caller_spin),
+            ready: ReadyFd::default(),
         }
     }
 
@@ -80,9 +84,29 @@ impl TaskQueue {
             inner.sleepers > 0
         };
         if wake {
-            self.ready.notify_one();
+            self.ready_cond.notify_one();
         }
+        self.ready.notify_if_armed();
         Ok(())
+    }
+
+    /// Arms the readiness fd before an event loop waits on it. Returns
+    /// `Some(n)` with the tasks waiting (0: wait on the fd now), `None`
+    /// when the queue is finished and drained (stop).
+    pub fn arm(&self) -> Option<usize> {
+        self.ready.arm();
+        let inner = self.lock();
+        let n = inner.tasks.len();
+        let finished = inner.finished;
+        drop(inner);
+        if n > 0 || finished {
+            self.ready.disarm();
+        }
+        if n == 0 && finished {
+            None
+        } else {
+            Some(n)
+        }
     }
 
     /// Next task, blocking; `None` once finished and drained.
@@ -102,7 +126,10 @@ impl TaskQueue {
                 return None;
             }
             inner.sleepers += 1;
-            inner = self.ready.wait(inner).unwrap_or_else(|e| e.into_inner());
+            inner = self
+                .ready_cond
+                .wait(inner)
+                .unwrap_or_else(|e| e.into_inner());
             inner.sleepers -= 1;
         }
     }
@@ -124,7 +151,8 @@ impl TaskQueue {
         inner.finished = true;
         self.finished.store(true, Ordering::Release);
         drop(inner);
-        self.ready.notify_all();
+        self.ready_cond.notify_all();
+        self.ready.notify();
     }
 
     pub fn is_finished(&self) -> bool {
@@ -250,6 +278,45 @@ mod tests {
                 "a blocked poller must get None on finish"
             );
         }
+    }
+
+    fn readable(fd: i32) -> bool {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no timeout.
+        unsafe { libc::poll(&mut pfd, 1, 0) == 1 }
+    }
+
+    fn reset(fd: i32) {
+        let mut v = 0u64;
+        // SAFETY: reads 8 bytes into a local.
+        unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) };
+    }
+
+    #[test]
+    fn ready_fd_wakes_an_armed_loop_once_per_burst_and_on_finish() {
+        let q = TaskQueue::new(16, Duration::ZERO, Duration::ZERO);
+        let fd = q.ready.fd().unwrap();
+        assert!(!readable(fd));
+        // not armed: posts do not write
+        q.post(task(1)).unwrap();
+        assert!(!readable(fd));
+        assert_eq!(q.arm(), Some(1), "a task waits: do not sleep");
+        q.try_poll().unwrap().free();
+        assert_eq!(q.arm(), Some(0), "empty: wait on the fd");
+        q.post(task(2)).unwrap();
+        q.post(task(3)).unwrap();
+        assert!(readable(fd));
+        reset(fd);
+        q.try_poll().unwrap().free();
+        q.try_poll().unwrap().free();
+        assert_eq!(q.arm(), Some(0));
+        q.finish();
+        assert!(readable(fd), "finish wakes the loop");
+        assert_eq!(q.arm(), None, "finished and empty: stop");
     }
 
     #[test]

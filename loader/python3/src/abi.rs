@@ -22,6 +22,8 @@ extern "C" {
     fn resty_ffi_task_try_poll(tq: *mut c_void) -> *mut c_void;
     fn resty_ffi_task_poll_batch(tq: *mut c_void, out: *mut *mut c_void, max: c_int) -> c_int;
     fn resty_ffi_queue_finished(tq: *mut c_void) -> c_int;
+    fn resty_ffi_queue_fd(tq: *mut c_void) -> c_int;
+    fn resty_ffi_queue_arm(tq: *mut c_void) -> c_int;
 }
 
 /// Called by the core when Lua loads this library: parses `cfg`, creates
@@ -157,6 +159,18 @@ pub fn poll_batch(tq: usize, max: usize) -> Vec<TaskRef> {
         .take(n.max(0) as usize)
         .filter_map(TaskRef::new)
         .collect()
+}
+
+/// The queue's readiness eventfd (-1 on error).
+pub fn queue_fd(tq: usize) -> i32 {
+    // SAFETY: as for poll.
+    unsafe { resty_ffi_queue_fd(tq as *mut c_void) }
+}
+
+/// Arms the readiness fd: tasks waiting (0: wait on the fd), -1 finished.
+pub fn queue_arm(tq: usize) -> i32 {
+    // SAFETY: as for poll.
+    unsafe { resty_ffi_queue_arm(tq as *mut c_void) }
 }
 
 /// True once the queue is finished and drained.

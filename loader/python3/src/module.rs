@@ -178,6 +178,40 @@ fn try_poll(tq: usize) -> PyResult<Option<Task>> {
     Ok(abi::try_poll(tq).map(Task::new))
 }
 
+/// Never blocks: up to `max` tasks queued right now (maybe none).
+#[pyfunction]
+#[pyo3(signature = (tq, max = 64))]
+fn drain(tq: usize, max: usize) -> PyResult<Vec<Task>> {
+    check_queue(tq)?;
+    Ok(std::iter::from_fn(|| abi::try_poll(tq))
+        .take(max)
+        .map(Task::new)
+        .collect())
+}
+
+/// The queue's readiness fd, for event loops (`loop.add_reader`): it becomes
+/// readable when tasks wait. On readable: read 8 bytes from it, `drain`,
+/// then `queue_arm` before waiting again.
+#[pyfunction]
+fn queue_fd(tq: usize) -> PyResult<i32> {
+    check_queue(tq)?;
+    match abi::queue_fd(tq) {
+        fd if fd >= 0 => Ok(fd),
+        _ => Err(PyValueError::new_err(
+            "resty_ffi.queue_fd: the core could not create the eventfd (see error.log)",
+        )),
+    }
+}
+
+/// Arms the readiness fd before waiting on it: the number of tasks that
+/// arrived meanwhile (0: wait now), or -1 once the queue is finished and
+/// drained (stop).
+#[pyfunction]
+fn queue_arm(tq: usize) -> PyResult<i32> {
+    check_queue(tq)?;
+    Ok(abi::queue_arm(tq))
+}
+
 /// True once the queue is finished and drained.
 #[pyfunction]
 fn finished(tq: usize) -> PyResult<bool> {
@@ -211,6 +245,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(poll_batch, m)?)?;
     m.add_function(wrap_pyfunction!(try_poll, m)?)?;
     m.add_function(wrap_pyfunction!(finished, m)?)?;
+    m.add_function(wrap_pyfunction!(drain, m)?)?;
+    m.add_function(wrap_pyfunction!(queue_fd, m)?)?;
+    m.add_function(wrap_pyfunction!(queue_arm, m)?)?;
     m.add_function(wrap_pyfunction!(cfg_string, m)?)?;
     m.add_function(wrap_pyfunction!(name_thread, m)?)?;
     Ok(())

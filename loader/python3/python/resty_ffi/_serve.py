@@ -6,8 +6,9 @@ A runtime's init may return a handler instead of 0; the loader then calls
 - a plain callable, `handle(req: bytes) -> bytes | str | None`, runs on a
   pool of threads that each poll the queue (`handle.threads`, default 4);
 - an `async def handle(req)` runs on an asyncio loop the runtime owns, in
-  its own thread; one poller thread takes tasks in batches and starts a
-  coroutine per task, so many requests are in flight at once.
+  its own thread; the loop waits on the queue's readiness fd (no poller
+  thread, no hand-over), takes tasks in batches and starts a coroutine per
+  task, so many requests are in flight at once.
 
 An exception in the handler (or a response of the wrong type) becomes an
 error answer, rc 1 with "ExceptionType: text", plus a traceback in
@@ -20,6 +21,7 @@ stops and closes. Threads are named `py<i>-<module>` (see top -H).
 
 import asyncio
 import inspect
+import os
 import sys
 import threading
 import traceback
@@ -77,7 +79,7 @@ def _sync_worker(handler, tq, name, index):
 
 
 class AsyncRunner:
-    """An asyncio loop in its own thread, fed by one poller thread."""
+    """An asyncio loop in its own thread, woken by the queue's ready fd."""
 
     def __init__(self, handler, tq, name):
         self.handler = handler
@@ -86,30 +88,40 @@ class AsyncRunner:
         self.loop = asyncio.new_event_loop()
         self.inflight = set()
         self.finishing = False
+        self.fd = resty_ffi.queue_fd(tq)
 
     def start(self):
         threading.Thread(target=self._run_loop, daemon=True,
                          name=_thread_name(0, self.name)).start()
-        threading.Thread(target=self._poll, daemon=True,
-                         name=_thread_name(1, self.name)).start()
 
     def _run_loop(self):
         resty_ffi.name_thread(_thread_name(0, self.name))
         asyncio.set_event_loop(self.loop)
+        self.loop.add_reader(self.fd, self._ready)
+        self.loop.call_soon(self._ready)
         try:
             self.loop.run_forever()
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
         finally:
             self.loop.close()
 
-    def _poll(self):
-        resty_ffi.name_thread(_thread_name(1, self.name))
+    def _ready(self):
+        try:
+            os.read(self.fd, 8)
+        except BlockingIOError:
+            pass
         while True:
-            tasks = resty_ffi.poll_batch(self.tq, BATCH)
-            if not tasks:
-                break
-            self.loop.call_soon_threadsafe(self._spawn, tasks)
-        self.loop.call_soon_threadsafe(self._finish)
+            tasks = resty_ffi.drain(self.tq, BATCH)
+            self._spawn(tasks)
+            if len(tasks) == BATCH:
+                continue
+            waiting = resty_ffi.queue_arm(self.tq)
+            if waiting == 0:
+                return  # a post makes the fd readable
+            if waiting < 0:
+                self.loop.remove_reader(self.fd)
+                self._finish()
+                return
 
     def _spawn(self, tasks):
         for task in tasks:
