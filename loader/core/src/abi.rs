@@ -184,6 +184,9 @@ pub unsafe extern "C" fn resty_ffi_task_poll_batch(
 /// -1 on error. Wait for it to be readable, read it, drain the queue with
 /// `resty_ffi_task_try_poll`, then `resty_ffi_queue_arm` before waiting
 /// again.
+///
+/// # Safety
+/// `tq` is a queue handed to `libffi_init`.
 #[no_mangle]
 pub unsafe extern "C" fn resty_ffi_queue_fd(tq: *mut c_void) -> c_int {
     guard("resty_ffi_queue_fd", -1, || {
@@ -200,6 +203,9 @@ pub unsafe extern "C" fn resty_ffi_queue_fd(tq: *mut c_void) -> c_int {
 /// Arms the readiness fd: returns the number of tasks waiting (0: wait on
 /// the fd now, a post will make it readable), or -1 when the queue is
 /// finished and drained (stop).
+///
+/// # Safety
+/// `tq` is a queue handed to `libffi_init`.
 #[no_mangle]
 pub unsafe extern "C" fn resty_ffi_queue_arm(tq: *mut c_void) -> c_int {
     guard("resty_ffi_queue_arm", -1, || {
