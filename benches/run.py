@@ -118,10 +118,19 @@ def stage_java(stage, ctx):
 
 
 # name, library as Lua loads it, cfg ({stage}, {venv} filled in), staging
-# step, and whether a missing library fails the run (Rust and Go always run).
+# step, and whether a missing library fails the run (Rust and Go always run);
+# optional `opts` (spin_us, poll_spin_us) are passed to ffi.load, so a
+# variant of a runtime is one more entry.
 RUNTIMES = [
     dict(name="rust-echo", lib="ffi_echo", cfg="threads=2",
          stage=stage_rust_echo, required=True),
+    dict(name="rust-echo-1t", lib="ffi_echo", cfg="threads=1",
+         stage=stage_rust_echo, required=False, variant=True),
+    # "threads=2," differs from rust-echo's cfg only so that the Lua layer's
+    # runtime cache (keyed by lib & cfg, not opts) loads a second runtime
+    dict(name="rust-echo-nospin", lib="ffi_echo", cfg="threads=2,",
+         opts=dict(spin_us=0, poll_spin_us=0),
+         stage=stage_rust_echo, required=False, variant=True),
     dict(name="go-echo", lib="ffi_go_echo", cfg="",
          stage=stage_go_echo, required=True),
     dict(name="python-handler", lib="ffi_python3",
@@ -239,9 +248,10 @@ class Bench:
             "location = /plain { content_by_lua_block { require('bench.run').plain() } }",
         ]
         for rt in self.runtimes:
+            opts = ", ".join("%s = %d" % kv for kv in sorted(rt.get("opts", {}).items()))
             lines.append("location = /call/%s { content_by_lua_block { "
-                         "require('bench.run').call(%s, %s) } }"
-                         % (rt["name"], lua_str(rt["lib"]), lua_str(self.cfg(rt))))
+                         "require('bench.run').call(%s, %s, { %s }) } }"
+                         % (rt["name"], lua_str(rt["lib"]), lua_str(self.cfg(rt)), opts))
         for b in BASELINES:
             lines.append("location = /proxy/%s { content_by_lua_block { "
                          "require('bench.run').proxy(%s, %s) } }"
@@ -297,9 +307,9 @@ class Bench:
         return rec
 
     def seq_ffi(self, rt, payload, n, reps):
-        q = urllib.parse.urlencode(dict(lib=rt["lib"], cfg=self.cfg(rt), payload=payload, n=n))
-        self.get("/seq?" + urllib.parse.urlencode(
-            dict(lib=rt["lib"], cfg=self.cfg(rt), payload=payload, n=min(n, 2000))))
+        base = dict(lib=rt["lib"], cfg=self.cfg(rt), payload=payload, **rt.get("opts", {}))
+        q = urllib.parse.urlencode(dict(base, n=n))
+        self.get("/seq?" + urllib.parse.urlencode(dict(base, n=min(n, 2000))))
         return median_run([self.timed("/seq?" + q) for _ in range(reps)])
 
     def seq_socket(self, proto, payload, n, reps, cmd="ECHO"):
@@ -509,6 +519,8 @@ def stage_all(args):
     for rt in RUNTIMES:
         if args.runtimes and rt["name"] not in args.runtimes:
             continue
+        if rt.get("variant") and not args.runtimes:
+            continue    # variants run only when named with --runtimes
         try:
             rt["stage"](stage, ctx)
         except NotBuilt as e:
@@ -734,6 +746,8 @@ def parse_args(argv):
     p.add_argument("--out", default=OUT, help="output folder (target/bench)")
     p.add_argument("--no-build", action="store_true", help="use what is built")
     p.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
+    p.add_argument("--publish", action="store_true",
+                   help="also copy results.md, results.json and echo.png to benches/results/")
     a = p.parse_args(argv)
     a.calls = a.calls or (2000 if a.quick else 20000)
     a.reps = a.reps or (1 if a.quick else 3)
@@ -788,6 +802,13 @@ def main(argv=None):
         subprocess.run([os.path.join(RELEASE, "bench-chart"), results, chart], check=True)
         print("chart: %s" % chart)
     print("records: %s" % results)
+    if a.publish:
+        dest = os.path.join(HERE, "results")
+        os.makedirs(dest, exist_ok=True)
+        for name in ("results.md", "results.json", "echo.png"):
+            if os.path.exists(os.path.join(a.out, name)):
+                shutil.copy(os.path.join(a.out, name), os.path.join(dest, name))
+        print("published to %s" % dest)
     return 0
 
 

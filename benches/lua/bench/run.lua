@@ -239,9 +239,10 @@ function _M.plain()
     ngx.print(PAYLOAD_512)
 end
 
--- One 512 B echo call to a runtime per request.
-function _M.call(lib, cfg)
-    local rt, err = load_runtime(lib, cfg)
+-- One 512 B echo call to a runtime per request. `opts` may carry spin_us
+-- and poll_spin_us (a runtime entry's variant in run.py).
+function _M.call(lib, cfg, opts)
+    local rt, err = load_runtime(lib, cfg, opts)
     if not rt then
         return fail(500, err)
     end
