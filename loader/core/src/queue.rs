@@ -15,12 +15,12 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
 use crate::ready::ReadyFd;
-use crate::spin::SpinGate;
+use crate::spin::{spin_until, SpinGate};
 use crate::task::TaskPtr;
 use crate::Error;
 
@@ -35,6 +35,8 @@ pub struct TaskQueue {
     ready_cond: Condvar,
     /// Mirrors `tasks.len()` so spinning pollers need not take the lock.
     len: CachePadded<AtomicUsize>,
+    /// Pollers spinning right now (see `poll` and `post`).
+    spinners: CachePadded<AtomicUsize>,
     finished: AtomicBool,
     max: usize,
     poll_gate: SpinGate,
@@ -56,6 +58,7 @@ impl TaskQueue {
             }),
             ready_cond: Condvar::new(),
             len: CachePadded::new(AtomicUsize::new(0)),
+            spinners: CachePadded::new(AtomicUsize::new(0)),
             finished: AtomicBool::new(false),
             max: max.max(1),
             poll_gate: SpinGate::new(poll_spin),
@@ -81,7 +84,10 @@ impl TaskQueue {
             }
             inner.tasks.push_back(task);
             self.len.fetch_add(1, Ordering::Release);
-            inner.sleepers > 0
+            // Wake a sleeper only for tasks the spinning pollers cannot take:
+            // a spinner that gives up decrements `spinners` before it locks
+            // and looks at the queue, so no task is left without a poller.
+            inner.sleepers > 0 && inner.tasks.len() > self.spinners.load(Ordering::SeqCst)
         };
         if wake {
             self.ready_cond.notify_one();
@@ -109,29 +115,64 @@ impl TaskQueue {
         }
     }
 
+    fn idle(&self) -> bool {
+        self.len.load(Ordering::Acquire) == 0 && !self.finished.load(Ordering::Acquire)
+    }
+
     /// Next task, blocking; `None` once finished and drained.
+    ///
+    /// Spins within the poll budget first (counted in `spinners`, so a post
+    /// that a spinner will take wakes no sleeper); a poller that loses the
+    /// race for a task spins again while budget is left, and only then
+    /// sleeps on the condition variable.
     pub fn poll(&self) -> Option<TaskPtr> {
-        if self.len.load(Ordering::Acquire) == 0 && !self.finished.load(Ordering::Acquire) {
-            self.poll_gate.spin(|| {
-                self.len.load(Ordering::Acquire) != 0 || self.finished.load(Ordering::Acquire)
-            });
-        }
-        let mut inner = self.lock();
+        let budget = self.poll_gate.budget();
+        let deadline = (!budget.is_zero()).then(|| Instant::now() + budget);
+        let mut recorded = false;
         loop {
-            if let Some(task) = inner.tasks.pop_front() {
-                self.len.fetch_sub(1, Ordering::Release);
+            let left = deadline.map_or(Duration::ZERO, |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            if !left.is_zero() && self.idle() {
+                self.spinners.fetch_add(1, Ordering::SeqCst);
+                let hit = spin_until(left, || !self.idle());
+                self.spinners.fetch_sub(1, Ordering::SeqCst);
+                if !recorded {
+                    self.poll_gate.record(hit);
+                    recorded = true;
+                }
+            }
+            let mut inner = self.lock();
+            if let Some(task) = self.pop(&mut inner) {
                 return Some(task);
             }
             if inner.finished {
                 return None;
             }
-            inner.sleepers += 1;
-            inner = self
-                .ready_cond
-                .wait(inner)
-                .unwrap_or_else(|e| e.into_inner());
-            inner.sleepers -= 1;
+            if deadline.is_some_and(|d| Instant::now() < d) {
+                continue; // lost the race to another poller: spin again
+            }
+            loop {
+                inner.sleepers += 1;
+                inner = self
+                    .ready_cond
+                    .wait(inner)
+                    .unwrap_or_else(|e| e.into_inner());
+                inner.sleepers -= 1;
+                if let Some(task) = self.pop(&mut inner) {
+                    return Some(task);
+                }
+                if inner.finished {
+                    return None;
+                }
+            }
         }
+    }
+
+    fn pop(&self, inner: &mut Inner) -> Option<TaskPtr> {
+        let task = inner.tasks.pop_front()?;
+        self.len.fetch_sub(1, Ordering::Release);
+        Some(task)
     }
 
     /// Next task if one is waiting, without blocking.
@@ -140,9 +181,7 @@ impl TaskQueue {
             return None;
         }
         let mut inner = self.lock();
-        let task = inner.tasks.pop_front()?;
-        self.len.fetch_sub(1, Ordering::Release);
-        Some(task)
+        self.pop(&mut inner)
     }
 
     /// Refuses new tasks; pollers drain what is queued, then get `None`.
@@ -317,6 +356,49 @@ mod tests {
         q.finish();
         assert!(readable(fd), "finish wakes the loop");
         assert_eq!(q.arm(), None, "finished and empty: stop");
+    }
+
+    #[test]
+    fn a_burst_wakes_a_sleeping_poller_while_another_spins_so_slow_tasks_run_in_parallel() {
+        const WORK: Duration = Duration::from_millis(500);
+        let q = Arc::new(TaskQueue::new(
+            16,
+            Duration::from_millis(400),
+            Duration::ZERO,
+        ));
+        let pollers: Vec<_> = (0..2)
+            .map(|_| {
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    while let Some(t) = q.poll() {
+                        std::thread::sleep(WORK);
+                        t.free();
+                    }
+                })
+            })
+            .collect();
+        // both pollers spin out their budget and sleep; one task wakes one
+        // of them, which works, then spins again while the other sleeps
+        std::thread::sleep(Duration::from_millis(450));
+        q.post(task(0)).unwrap();
+        std::thread::sleep(WORK + Duration::from_millis(50));
+        // now: one spinner, one sleeper. The first task of the burst is the
+        // spinner's; the second must wake the sleeper.
+        let t0 = Instant::now();
+        q.post(task(1)).unwrap();
+        q.post(task(2)).unwrap();
+        while !q.is_empty() {
+            std::thread::yield_now();
+        }
+        q.finish();
+        for p in pollers {
+            p.join().unwrap();
+        }
+        let took = t0.elapsed();
+        assert!(
+            took < WORK * 8 / 5,
+            "the burst ran one task after the other: {took:?}"
+        );
     }
 
     #[test]
