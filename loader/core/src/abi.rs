@@ -357,7 +357,10 @@ pub unsafe extern "C" fn resty_ffi_post(
         };
         let task = TaskPtr::new(&rt.queue, id, req.cast(), len);
         match rt.queue.post(task) {
-            Ok(()) => task.as_raw(),
+            Ok(spinning) => {
+                task.set_poller_spinning(spinning);
+                task.as_raw()
+            }
             Err(e) => {
                 task.free();
                 set_err(e.post_code());

@@ -73,8 +73,10 @@ impl TaskQueue {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn post(&self, task: TaskPtr) -> Result<(), Error> {
-        let wake = {
+    /// Queues `task`. Returns whether a poller was spinning at that moment
+    /// (it will take the task within microseconds).
+    pub fn post(&self, task: TaskPtr) -> Result<bool, Error> {
+        let (wake, spinning) = {
             let mut inner = self.lock();
             if inner.finished {
                 return Err(Error::Finished);
@@ -87,13 +89,17 @@ impl TaskQueue {
             // Wake a sleeper only for tasks the spinning pollers cannot take:
             // a spinner that gives up decrements `spinners` before it locks
             // and looks at the queue, so no task is left without a poller.
-            inner.sleepers > 0 && inner.tasks.len() > self.spinners.load(Ordering::SeqCst)
+            let spinners = self.spinners.load(Ordering::SeqCst);
+            (
+                inner.sleepers > 0 && inner.tasks.len() > spinners,
+                spinners > 0,
+            )
         };
         if wake {
             self.ready_cond.notify_one();
         }
         self.ready.notify_if_armed();
-        Ok(())
+        Ok(spinning)
     }
 
     /// Arms the readiness fd before an event loop waits on it. Returns
@@ -172,6 +178,7 @@ impl TaskQueue {
     fn pop(&self, inner: &mut Inner) -> Option<TaskPtr> {
         let task = inner.tasks.pop_front()?;
         self.len.fetch_sub(1, Ordering::Release);
+        task.mark_picked();
         Some(task)
     }
 
@@ -272,7 +279,7 @@ mod tests {
                         let mut tries = 0;
                         loop {
                             match q.post(t) {
-                                Ok(()) => break,
+                                Ok(_) => break,
                                 Err(Error::QueueFull { .. }) => {
                                     tries += 1;
                                     assert!(tries < 10_000_000, "consumers stalled");

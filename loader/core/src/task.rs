@@ -18,7 +18,7 @@
 use std::cell::UnsafeCell;
 use std::os::raw::{c_char, c_int};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use crate::completion;
 use crate::queue::TaskQueue;
@@ -48,7 +48,12 @@ pub struct Task {
     id: f64,
     /// The queue the task was posted to: never freed, so always valid.
     queue: *const TaskQueue,
-    posted_ns: u64,
+    /// When a runtime thread took the task from the queue (0: not yet).
+    picked_ns: AtomicU64,
+    /// Whether a runtime thread was spinning in poll when the task was
+    /// posted: only then can the caller expect an answer within a spin.
+    /// Written and read by the caller's thread only.
+    poller_spinning: AtomicBool,
     /// Borrowed request bytes: the Lua side keeps the string referenced until
     /// the task is freed (late answers included), so no copy is made.
     req: *const u8,
@@ -83,7 +88,8 @@ impl TaskPtr {
             state: AtomicU32::new(PENDING),
             id,
             queue,
-            posted_ns: now_ns(),
+            picked_ns: AtomicU64::new(0),
+            poller_spinning: AtomicBool::new(false),
             req,
             req_len: if req.is_null() { 0 } else { req_len },
             answer: UnsafeCell::new(Answer {
@@ -159,13 +165,28 @@ impl TaskPtr {
         }
     }
 
+    /// Notes that a runtime thread took the task (for its service time).
+    pub fn mark_picked(self) {
+        self.task().picked_ns.store(now_ns(), Ordering::Relaxed);
+    }
+
+    /// Notes whether a poller was spinning when the task was posted.
+    pub fn set_poller_spinning(self, spinning: bool) {
+        self.task()
+            .poller_spinning
+            .store(spinning, Ordering::Relaxed);
+    }
+
     /// Waits for the answer, spinning within the queue's caller budget when
-    /// `may_spin`. Returns true when answered (the caller reads and frees
-    /// the task), false when parked (the answer will come through the
+    /// `may_spin` and a runtime thread was spinning in poll when the task
+    /// was posted (a sleeping runtime takes longer to wake than any spin is
+    /// worth). Returns true when answered (the caller reads and frees the
+    /// task), false when parked (the answer will come through the
     /// completion queue).
     pub fn wait(self, may_spin: bool) -> bool {
         let state = &self.task().state;
         if may_spin
+            && self.task().poller_spinning.load(Ordering::Relaxed)
             && self
                 .queue()
                 .caller_gate
@@ -200,16 +221,17 @@ impl TaskPtr {
     }
 
     /// Frees the task and the runtime's response buffer, exactly once.
-    /// An answered task reports its answer time to its queue's caller gate.
+    /// An answered task reports its service time (taken to answered) to its
+    /// queue's caller gate.
     pub fn free(self) {
         // SAFETY: freeing means the answer was published (or never written,
         // answered_ns 0): see `response`.
         let answered_ns = unsafe { (*self.task().answer.get()).answered_ns };
-        if answered_ns != 0 {
-            let posted_ns = self.task().posted_ns;
+        let picked_ns = self.task().picked_ns.load(Ordering::Relaxed);
+        if answered_ns != 0 && picked_ns != 0 {
             self.queue()
                 .caller_gate
-                .observe(answered_ns.saturating_sub(posted_ns));
+                .observe(answered_ns.saturating_sub(picked_ns));
         }
         // SAFETY: the task came from Box::leak in `new` and this consumes the
         // only pointer left to it; rsp was malloc()ed by the runtime and is
