@@ -73,8 +73,9 @@ impl TaskQueue {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `task`. Returns whether a poller was spinning at that moment
-    /// (it will take the task within microseconds).
+    /// Queues `task`. Returns whether a poller will take it within
+    /// microseconds: one was spinning, or (on one CPU, where a woken thread
+    /// runs as soon as the caller yields) a sleeping one was woken.
     pub fn post(&self, task: TaskPtr) -> Result<bool, Error> {
         let (wake, spinning) = {
             let mut inner = self.lock();
@@ -133,7 +134,7 @@ impl TaskQueue {
     /// sleeps on the condition variable.
     pub fn poll(&self) -> Option<TaskPtr> {
         let budget = self.poll_gate.budget();
-        let deadline = (!budget.is_zero()).then(|| Instant::now() + budget);
+        let mut deadline = (!budget.is_zero()).then(|| Instant::now() + budget);
         let mut recorded = false;
         loop {
             let left = deadline.map_or(Duration::ZERO, |d| {
@@ -141,7 +142,14 @@ impl TaskQueue {
             });
             if !left.is_zero() && self.idle() {
                 self.spinners.fetch_add(1, Ordering::SeqCst);
-                let hit = spin_until(left, || !self.idle());
+                let hit = if self.poll_gate.yields() {
+                    // one CPU: let the nginx side run once, then look
+                    deadline = None;
+                    std::thread::yield_now();
+                    !self.idle()
+                } else {
+                    spin_until(left, || !self.idle())
+                };
                 self.spinners.fetch_sub(1, Ordering::SeqCst);
                 if !recorded {
                     self.poll_gate.record(hit);

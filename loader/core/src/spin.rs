@@ -4,8 +4,10 @@
 //! Waking a parked thread costs 20-40 µs on small VMs, so both sides of a
 //! call spin for a short, bounded time first. Spinning only helps when the
 //! other side runs on another CPU at the same time: with one CPU it starves
-//! the thread it waits for, so the budget is 0 when the process may use a
-//! single CPU. A spin that keeps missing (answers slower than the budget)
+//! the thread it waits for. So when the process may use a single CPU a gate
+//! does not spin: it yields the CPU once (`sched_yield`), which hands it to
+//! the other side if that side is runnable (just woken, or itself
+//! yielding), and looks once more. A spin that keeps missing (answers slower than the budget)
 //! switches itself off for a while, so slow runtimes pay nothing.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -82,22 +84,26 @@ pub struct SpinGate {
     /// Running average of observed answer times (0: none observed, or not
     /// adaptive). Written by [`SpinGate::observe`].
     recent_ns: AtomicU64,
+    /// One CPU only: yield once instead of spinning.
+    yield_only: bool,
 }
 
 impl SpinGate {
-    /// A gate with `budget`, forced to zero when only one CPU is usable.
+    /// A gate with `budget` (zero: never spins); on a single usable CPU it
+    /// yields once instead of spinning.
     pub fn new(budget: Duration) -> Self {
-        let budget_ns = if multi_cpu() {
-            budget.as_nanos() as u64
-        } else {
-            0
-        };
         SpinGate {
-            budget_ns,
+            budget_ns: budget.as_nanos() as u64,
             misses: AtomicU32::new(0),
             closed_until_ns: AtomicU64::new(0),
             recent_ns: AtomicU64::new(0),
+            yield_only: !multi_cpu(),
         }
+    }
+
+    /// True when this gate yields once rather than spinning (one CPU).
+    pub fn yields(&self) -> bool {
+        self.yield_only
     }
 
     /// The budget to spin now: zero when disabled or closed after misses;
@@ -151,12 +157,19 @@ impl SpinGate {
     }
 
     /// Spins on `done` within the current budget and records the outcome.
-    pub fn spin(&self, done: impl FnMut() -> bool) -> bool {
+    pub fn spin(&self, mut done: impl FnMut() -> bool) -> bool {
         let budget = self.budget();
         if budget.is_zero() {
             return false;
         }
-        let hit = spin_until(budget, done);
+        let hit = if self.yield_only {
+            done() || {
+                std::thread::yield_now();
+                done()
+            }
+        } else {
+            spin_until(budget, done)
+        };
         self.record(hit);
         hit
     }
@@ -173,6 +186,7 @@ mod tests {
             misses: AtomicU32::new(0),
             closed_until_ns: AtomicU64::new(0),
             recent_ns: AtomicU64::new(0),
+            yield_only: false,
         };
         for _ in 0..MISSES_TO_CLOSE {
             assert!(!gate.budget().is_zero());
@@ -191,6 +205,7 @@ mod tests {
             misses: AtomicU32::new(0),
             closed_until_ns: AtomicU64::new(0),
             recent_ns: AtomicU64::new(0),
+            yield_only: false,
         };
         assert_eq!(
             gate.budget(),
@@ -218,6 +233,25 @@ mod tests {
             Duration::from_nanos(8_000),
             "fast again: spin again"
         );
+    }
+
+    #[test]
+    fn one_cpu_gate_yields_once_instead_of_spinning() {
+        let gate = SpinGate {
+            budget_ns: 1_000_000_000,
+            misses: AtomicU32::new(0),
+            closed_until_ns: AtomicU64::new(0),
+            recent_ns: AtomicU64::new(0),
+            yield_only: true,
+        };
+        let mut calls = 0;
+        let t0 = Instant::now();
+        assert!(!gate.spin(|| {
+            calls += 1;
+            false
+        }));
+        assert_eq!(calls, 2, "looks before and after one yield");
+        assert!(t0.elapsed() < Duration::from_millis(100), "no spinning");
     }
 
     #[test]
