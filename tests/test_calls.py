@@ -245,3 +245,26 @@ def test_the_wake_socket_leaves_no_path_behind(nginx):
     sockets = [os.readlink("/proc/%d/fd/%s" % (pid, fd))
                for fd in os.listdir("/proc/%d/fd" % pid)]
     assert sum(1 for s in sockets if s.startswith("socket:")) >= 3  # listen + both wake ends
+
+
+STATS = ECHO + """
+location /stats {
+    content_by_lua_block {
+        local s = require("resty.ffi").stats()
+        ngx.print(s.posted, " ", s.refused, " ", s.answered_spinning + s.parked,
+                  " ", s.parked - s.drained, " ", s.waiting)
+    }
+}
+"""
+
+
+def test_stats_count_every_call_and_each_parked_call_is_drained(nginx):
+    n = nginx(STATS)
+    for i in range(20):
+        assert n.post("/echo", b"x%d" % i) == (200, b"x%d" % i)
+    for i in range(5):
+        assert n.post("/echo", b"!sleep:20:s%d" % i) == (200, b"s%d" % i)
+    posted, refused, waited, undrained, waiting = map(int, n.get("/stats")[1].split())
+    assert posted == 25 and refused == 0
+    assert waited == 25, "every posted call is answered while spinning or parked"
+    assert undrained == 0 and waiting == 0

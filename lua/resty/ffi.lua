@@ -43,6 +43,7 @@ int resty_ffi_prepare_sleep(void);
 int resty_ffi_wake_listen(char *buf, int cap);
 int resty_ffi_wake_accept(char *err, int cap);
 void resty_ffi_wake(void);
+int resty_ffi_stats(uint64_t *out, int max);
 ]]
 
 -- Default call timeout in seconds, like nginx's proxy_read_timeout.
@@ -431,6 +432,24 @@ end
 -- Number of calls of this worker parked and waiting for an answer.
 function _M.waiting()
     return nwaiting
+end
+
+local STAT_NAMES = { "posted", "refused", "answered_spinning", "parked",
+                     "drained", "wakes" }
+local stats_buf = ffi.new("uint64_t[?]", #STAT_NAMES)
+
+-- Counters of this worker's call path since it started: posted (calls
+-- handed to a runtime), refused (queue full or unloaded), answered_spinning
+-- (answered before the caller parked), parked, drained (answers handed over
+-- by the dispatcher), wakes (wake-up bytes runtimes wrote), waiting (parked
+-- now).
+function _M.stats()
+    local n = C.resty_ffi_stats(stats_buf, #STAT_NAMES)
+    local out = { waiting = nwaiting }
+    for i = 1, n do
+        out[STAT_NAMES[i]] = tonumber(stats_buf[i - 1])
+    end
+    return out
 end
 
 return _M

@@ -358,10 +358,12 @@ pub unsafe extern "C" fn resty_ffi_post(
         let task = TaskPtr::new(&rt.queue, id, req.cast(), len);
         match rt.queue.post(task) {
             Ok(spinning) => {
+                crate::stats::posted();
                 task.set_poller_spinning(spinning);
                 task.as_raw()
             }
             Err(e) => {
+                crate::stats::refused();
                 task.free();
                 set_err(e.post_code());
                 std::ptr::null_mut()
@@ -388,7 +390,13 @@ pub unsafe extern "C" fn resty_ffi_wait(
         let Some(task) = TaskPtr::from_raw(task) else {
             return 0;
         };
-        task.wait(may_spin != 0) as c_int
+        let answered = task.wait(may_spin != 0);
+        if answered {
+            crate::stats::answered_spinning();
+        } else {
+            crate::stats::parked();
+        }
+        answered as c_int
     })
 }
 
@@ -507,6 +515,26 @@ pub unsafe extern "C" fn resty_ffi_wake_accept(err: *mut c_char, cap: c_int) -> 
 #[no_mangle]
 pub extern "C" fn resty_ffi_wake() {
     guard("resty_ffi_wake", (), wake::notify)
+}
+
+/// Copies up to `max` process-wide counters into `out` (see stats.rs for
+/// their order: posted, refused, answered_spinning, parked, drained, wakes);
+/// returns how many.
+///
+/// # Safety
+/// `out` has `max` writable slots.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_stats(out: *mut u64, max: c_int) -> c_int {
+    guard("resty_ffi_stats", 0, || {
+        if out.is_null() || max <= 0 {
+            return 0;
+        }
+        let snap = crate::stats::snapshot();
+        let n = snap.len().min(max as usize);
+        // SAFETY: per the doc above.
+        unsafe { std::ptr::copy_nonoverlapping(snap.as_ptr(), out, n) };
+        n as c_int
+    })
 }
 
 /// Number of CPUs this process may use > 1 (spinning is on), as 1 or 0.

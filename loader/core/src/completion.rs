@@ -29,6 +29,7 @@ fn queue() -> std::sync::MutexGuard<'static, VecDeque<TaskPtr>> {
 pub fn push(task: TaskPtr) {
     queue().push_back(task);
     if ASLEEP.swap(false, Ordering::AcqRel) {
+        crate::stats::wake_written();
         wake::notify();
     }
 }
@@ -40,6 +41,7 @@ pub fn drain(out: &mut [*mut std::ffi::c_void]) -> usize {
     for (slot, task) in out.iter_mut().zip(q.drain(..n)) {
         *slot = task.as_raw();
     }
+    crate::stats::drained(n);
     n
 }
 

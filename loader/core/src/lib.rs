@@ -13,6 +13,7 @@
 //! - [`ready`]: an eventfd that tells event-loop runtimes tasks wait;
 //! - [`runtime`]: loading a runtime library and starting it;
 //! - [`spin`]: the bounded, self-disabling spin both sides use before parking;
+//! - [`stats`]: counters of the call path (spun, parked, wakes);
 //! - [`abi`]: every `extern "C"` function, the only place the C world enters.
 
 pub mod abi;
@@ -22,6 +23,7 @@ pub mod queue;
 pub mod ready;
 pub mod runtime;
 pub mod spin;
+pub mod stats;
 pub mod task;
 pub mod wake;
 
