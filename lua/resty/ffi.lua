@@ -382,7 +382,7 @@ end
 --
 -- opts: max_queue (65536), is_global (false), unpin (accepted for
 -- lua-resty-ffi compatibility; libraries always stay loaded), timeout
--- (seconds, default 60), spin_us (most the caller spins, default 20; the
+-- (seconds, default 60), spin_us (most the caller spins, default 50; the
 -- actual spin adapts to recent answer times), poll_spin_us
 -- (runtime poll spin, default 50).
 function _M.load(lib, cfg, opts)

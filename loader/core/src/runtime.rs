@@ -51,7 +51,7 @@ impl Default for Options {
         Options {
             max_queue: 65536,
             is_global: false,
-            caller_spin: Duration::from_micros(20),
+            caller_spin: Duration::from_micros(50),
             poll_spin: Duration::from_micros(50),
         }
     }

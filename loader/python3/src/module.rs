@@ -73,19 +73,19 @@ impl Task {
     }
 }
 
-fn body_bytes(rsp: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+/// Calls `f` with the bytes of a response, borrowed from the Python object
+/// where it can be (bytes, str): the only copy is the core's malloc()ed
+/// answer.
+fn with_body<R>(rsp: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
     if let Ok(b) = rsp.downcast::<PyBytes>() {
-        Ok(b.as_bytes().to_vec())
+        Ok(f(b.as_bytes()))
     } else if let Ok(s) = rsp.downcast::<PyString>() {
-        Ok(s.to_str()?.as_bytes().to_vec())
+        Ok(f(s.to_str()?.as_bytes()))
     } else if let Ok(b) = rsp.downcast::<PyByteArray>() {
-        Ok(b.to_vec())
+        Ok(f(&b.to_vec()))
     } else if rsp.is_instance_of::<PyMemoryView>() {
-        Ok(rsp
-            .call_method0("tobytes")?
-            .downcast::<PyBytes>()?
-            .as_bytes()
-            .to_vec())
+        let bytes = rsp.call_method0("tobytes")?;
+        Ok(f(bytes.downcast::<PyBytes>()?.as_bytes()))
     } else {
         Err(PyTypeError::new_err(format!(
             "resty_ffi: a response must be bytes, bytearray, memoryview, str or None, got {}",
@@ -110,17 +110,23 @@ impl Task {
     /// (sent as UTF-8) or None.
     #[pyo3(signature = (rc = 0, rsp = None))]
     fn respond(&self, rc: i32, rsp: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        let body = rsp.map(body_bytes).transpose()?;
-        if body.as_ref().is_some_and(|b| b.len() > i32::MAX as usize) {
-            return Err(PyValueError::new_err(
-                "resty_ffi: response larger than 2 GiB",
-            ));
+        let take = || {
+            self.lock()
+                .take()
+                .ok_or_else(|| PyRuntimeError::new_err("resty_ffi: the task is already answered"))
+        };
+        match rsp {
+            None => take()?.respond(rc, None),
+            Some(rsp) => with_body(rsp, |body| {
+                if body.len() > i32::MAX as usize {
+                    return Err(PyValueError::new_err(
+                        "resty_ffi: response larger than 2 GiB",
+                    ));
+                }
+                take()?.respond(rc, Some(body));
+                Ok(())
+            })??,
         }
-        let t = self
-            .lock()
-            .take()
-            .ok_or_else(|| PyRuntimeError::new_err("resty_ffi: the task is already answered"))?;
-        t.respond(rc, body.as_deref());
         Ok(())
     }
 
