@@ -17,13 +17,13 @@ prefix=$stage/nginx
 mkdir -p "$stage/lib" "$stage/demo.d" "$prefix/logs" "$prefix/tmp" "$prefix/conf"
 cp -r lua "$stage/lua"
 cp target/release/lib*.so examples/go/libffi_go_echo.so "$stage/lib/"
-# optional demo parts: each language adds a conf snippet and its files
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# optional demo parts: each language adds a conf snippet, its files and the
+# requests to show (demo.d/*.locations: "PATH [BODY]" per line)
 for part in examples/*/demo.sh; do
     [ -e "$part" ] && STAGE=$stage ROOT=$root bash "$part"
 done
 chmod -R a+rX "$stage"
-
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 sed -e "s#@PREFIX@#$prefix#g" -e "s#@STAGE@#$stage#g" -e "s#@PORT@#$port#g" \
     examples/demo/nginx.conf > "$prefix/conf/nginx.conf"
 if [ "$(id -u)" -ne 0 ]; then sed -i '/^user /d' "$prefix/conf/nginx.conf"; fi
@@ -45,8 +45,10 @@ base=http://127.0.0.1:$port
 show "$base/rust" -d 'bytes from curl'
 show "$base/go?text=gopher"
 show "$base/parallel"
-for loc in $(cat "$stage"/demo.d/*.locations 2>/dev/null); do
-    show "$base$loc"
+cat "$stage"/demo.d/*.locations 2>/dev/null | sed "s#@PORT@#$port#g" |
+while read -r path body; do
+    if [ -n "$body" ]; then show "$base$path" -d "$body"; else show "$base$path"; fi
+    echo
 done
 echo
 echo "nginx error.log (runtime output):"
