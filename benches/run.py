@@ -647,8 +647,8 @@ def report(run, mach, stage_runtimes):
     t = seq_table(run, "2", True)
     if t:
         L += ["## 2. Pinned to one CPU (nginx, runtime threads and proxy server on CPU 0)",
-              "", "Spinning must switch itself off here (the core checks "
-              "sched_getaffinity).", ""] + t + [""]
+              "", "Nothing spins here (the core checks sched_getaffinity): "
+              "each side yields the CPU once instead.", ""] + t + [""]
     thr = [r for r in run.records if r["bench"] == "throughput"]
     if thr:
         L += ["## 4. Throughput (wrk, 512 B answers)", "",
