@@ -108,6 +108,8 @@ def stage_python(style):
         stage.add_lib(release_lib("libffi_python3.so"))
         stage.add_tree(os.path.join(HERE, "python"), "python")
         if style == "cffi":
+            # lua-resty-ffi's style: the example runtime itself, unchanged
+            stage.add_tree(os.path.join(ROOT, "examples", "python", "ffi"), "python/ffi")
             ctx["venv"] = python_venv(ctx)
     return stage_it
 
@@ -137,7 +139,7 @@ RUNTIMES = [
          cfg="{stage}/python/resty_ffi_bench.echo_handler,init",
          stage=stage_python("handler"), required=False),
     dict(name="python-cffi", lib="ffi_python3",
-         cfg="venv={venv}:{stage}/python/resty_ffi_bench.echo_cffi,init",
+         cfg="venv={venv}:{stage}/python/ffi.echo,init,threads=1",
          stage=stage_python("cffi"), required=False),
     dict(name="java-jni", lib="ffi_java", cfg="",
          stage=stage_java, required=False),
