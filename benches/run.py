@@ -76,8 +76,13 @@ def stage_go_echo(stage, ctx):
 
 
 def python_venv(ctx):
-    """A venv with cffi for the compat-style runtime, made once and kept in
-    target/bench (world-readable) so workers can import from it."""
+    """A venv with cffi for the compat-style runtime that workers (user
+    nobody) can read: the one ci/setup-python.sh makes for the examples (it
+    holds cffi), else one made once in target/bench, which only works where
+    the checkout itself is readable by that user."""
+    shared = os.environ.get("RESTY_FFI_VENV", "/var/cache/resty-ffi/venv")
+    if os.path.exists(os.path.join(shared, ".resty-ffi-requirements")):
+        return shared
     venv = os.path.join(OUT, "py-venv")
     marker = os.path.join(venv, ".cffi-ok")
     if not os.path.exists(marker):
