@@ -171,6 +171,22 @@ fn run(tq: Ptr, hung: Arc<Mutex<Vec<Ptr>>>) {
 /// NUL-terminated string, `tq` a task queue.
 #[no_mangle]
 pub unsafe extern "C" fn libffi_init(cfg: *mut c_char, tq: *mut c_void) -> c_int {
+    // No panic may cross the C ABI: one becomes a failed init.
+    let tq = Ptr(tq);
+    let cfg = Ptr(cfg.cast());
+    std::panic::catch_unwind(move || {
+        // SAFETY: forwarded from the caller, per the doc above.
+        unsafe { init(cfg.0.cast(), tq.0) }
+    })
+    .unwrap_or_else(|_| {
+        eprintln!("ffi_echo: libffi_init panicked");
+        5
+    })
+}
+
+/// # Safety
+/// As `libffi_init`.
+unsafe fn init(cfg: *mut c_char, tq: *mut c_void) -> c_int {
     let cfg = if cfg.is_null() {
         String::new()
     } else {
