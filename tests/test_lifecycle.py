@@ -165,3 +165,28 @@ def test_quit_of_an_idle_worker_with_a_running_dispatcher_is_prompt(nginx):
     assert n.get("/sleep?ms=50") == (200, b"done")
     secs = n.quit(timeout=15)
     assert secs < 3, secs
+
+
+BROKEN_TMP = """
+location /call {
+    content_by_lua_block {
+        local rt = assert(require("resty.ffi").load("ffi_echo", "threads=1",
+                                                     { timeout = 0.5 }))
+        require("t.reply").send(rt:echo(ngx.var.arg_req))
+    }
+}
+"""
+
+
+def test_a_dispatcher_that_cannot_start_says_why_retries_slowly_and_calls_time_out(nginx):
+    # workers see TMPDIR=/nonexistent: the wake socket cannot be created
+    n = nginx(BROKEN_TMP, main="env TMPDIR=/nonexistent;")
+    status, body = n.get("/call?req=!sleep:50:parked", timeout=5)
+    assert (status, body) == (502, b"rc=nil err=resty_ffi: call timed out after 0.5 s")
+    log = n.error_log()
+    assert "resty_ffi: dispatcher stopped: wake-up socket: cannot create a private " \
+           "directory under /nonexistent (set TMPDIR to a folder the nginx worker " \
+           "user can write)" in log, log[-2000:]
+    # retried every 0.1 s while the call waited, not in a busy loop
+    assert 2 <= log.count("dispatcher stopped") <= 12, log.count("dispatcher stopped")
+    assert len(n.worker_pids()) == 1, "the worker lives on"
