@@ -171,22 +171,6 @@ fn run(tq: Ptr, hung: Arc<Mutex<Vec<Ptr>>>) {
 /// NUL-terminated string, `tq` a task queue.
 #[no_mangle]
 pub unsafe extern "C" fn libffi_init(cfg: *mut c_char, tq: *mut c_void) -> c_int {
-    // No panic may cross the C ABI: one becomes a failed init.
-    let tq = Ptr(tq);
-    let cfg = Ptr(cfg.cast());
-    std::panic::catch_unwind(move || {
-        // SAFETY: forwarded from the caller, per the doc above.
-        unsafe { init(cfg.0.cast(), tq.0) }
-    })
-    .unwrap_or_else(|_| {
-        eprintln!("ffi_echo: libffi_init panicked");
-        5
-    })
-}
-
-/// # Safety
-/// As `libffi_init`.
-unsafe fn init(cfg: *mut c_char, tq: *mut c_void) -> c_int {
     let cfg = if cfg.is_null() {
         String::new()
     } else {
@@ -195,6 +179,15 @@ unsafe fn init(cfg: *mut c_char, tq: *mut c_void) -> c_int {
             .to_string_lossy()
             .into_owned()
     };
+    let tq = Ptr(tq);
+    // No panic may cross the C ABI: one becomes a failed init.
+    std::panic::catch_unwind(move || init(&cfg, tq)).unwrap_or_else(|_| {
+        eprintln!("ffi_echo: libffi_init panicked");
+        5
+    })
+}
+
+fn init(cfg: &str, tq: Ptr) -> c_int {
     let mut threads = 2;
     for opt in cfg.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         match opt.split_once('=') {
@@ -214,7 +207,7 @@ unsafe fn init(cfg: *mut c_char, tq: *mut c_void) -> c_int {
     }
     let hung = Arc::new(Mutex::new(Vec::new()));
     for i in 0..threads {
-        let (tq, hung) = (Ptr(tq), hung.clone());
+        let hung = hung.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("ffi-echo-{i}"))
             .spawn(move || run(tq, hung));
