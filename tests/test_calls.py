@@ -268,3 +268,49 @@ def test_stats_count_every_call_and_each_parked_call_is_drained(nginx):
     assert posted == 25 and refused == 0
     assert waited == 25, "every posted call is answered while spinning or parked"
     assert undrained == 0 and waiting == 0
+
+
+GLOBAL = """
+location /global {
+    content_by_lua_block {
+        local ffi = require "ffi"
+        pcall(ffi.cdef, "int libffi_init(char *cfg, void *tq);")
+        local function visible()
+            return (pcall(function() return ffi.C.libffi_init end))
+        end
+        local rf = require "resty.ffi"
+        assert(rf.load("ffi_echo", "threads=1"))
+        local before = visible()
+        assert(rf.load("ffi_echo", "threads=1,", { is_global = true }))
+        ngx.print(tostring(before), " ", tostring(visible()))
+    }
+}
+"""
+
+
+def test_is_global_makes_the_runtime_symbols_visible_to_later_libraries(nginx):
+    n = nginx(GLOBAL)
+    assert n.get("/global") == (200, b"false true")
+
+
+TIMER = """
+location /timer {
+    content_by_lua_block {
+        local done = require("ngx.semaphore").new()
+        local out
+        ngx.timer.at(0, function()
+            local rt = require("resty.ffi").load("ffi_echo")
+            local ok, res = rt:echo("!sleep:20:from a timer")
+            out = tostring(ok) .. " " .. tostring(res)
+            done:post(1)
+        end)
+        done:wait(5)
+        ngx.print(out)
+    }
+}
+"""
+
+
+def test_calls_work_from_timers(nginx):
+    n = nginx(TIMER)
+    assert n.get("/timer") == (200, b"true from a timer")
