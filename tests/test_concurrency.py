@@ -61,12 +61,14 @@ location /fill {
         ngx.sleep(0.1)
         local q1 = ngx.thread.spawn(function() return rt:echo("q1") end)
         local q2 = ngx.thread.spawn(function() return rt:echo("q2") end)
-        local t0 = ngx.now()
+        local queued = rt:__queue_len()
         ngx.update_time()
+        local t0 = ngx.now()
         local ok, rc, err = rt:echo("overflow")
         ngx.update_time()
         local refused_in = ngx.now() - t0
-        local out = { tostring(ok), tostring(rc), err, tostring(refused_in < 0.1) }
+        local out = { tostring(ok), tostring(rc), err, tostring(refused_in < 0.1),
+                      tostring(queued) }
         for _, th in ipairs({ blocker, q1, q2 }) do
             local _, cok, res = ngx.thread.wait(th)
             out[#out + 1] = tostring(cok) .. ":" .. tostring(res)
@@ -85,7 +87,8 @@ def test_full_queue_refuses_at_once_with_a_clear_error_and_loses_nothing(nginx):
     assert parts[0:2] == ["false", "nil"]
     assert parts[2].startswith("resty_ffi: task queue is full (max_queue 2)")
     assert parts[3] == "true"
-    assert parts[4:] == ["true:b", "true:q1", "true:q2"]
+    assert parts[4] == "2", "rt:__queue_len() counts the tasks waiting"
+    assert parts[5:] == ["true:b", "true:q1", "true:q2"]
 
 
 ECHO_ID = """

@@ -536,11 +536,3 @@ pub unsafe extern "C" fn resty_ffi_stats(out: *mut u64, max: c_int) -> c_int {
         n as c_int
     })
 }
-
-/// Number of CPUs this process may use > 1 (spinning is on), as 1 or 0.
-#[no_mangle]
-pub extern "C" fn resty_ffi_multi_cpu() -> c_int {
-    guard("resty_ffi_multi_cpu", 0, || {
-        crate::spin::multi_cpu() as c_int
-    })
-}

@@ -55,8 +55,3 @@ pub fn prepare_sleep() -> usize {
     }
     n
 }
-
-/// Number of answers waiting to be drained.
-pub fn len() -> usize {
-    queue().len()
-}

@@ -59,7 +59,6 @@ impl Default for Options {
 
 pub struct Runtime {
     pub queue: Arc<TaskQueue>,
-    pub path: String,
 }
 
 impl Runtime {
@@ -129,10 +128,7 @@ impl Runtime {
                 detail,
             });
         }
-        Ok(Runtime {
-            queue,
-            path: path.into(),
-        })
+        Ok(Runtime { queue })
     }
 
     /// Finishes the queue: queued tasks are served, then pollers get NULL.
