@@ -34,7 +34,7 @@ void *resty_ffi_runtime_load(const char *path, const char *cfg, int cfg_len,
 void resty_ffi_runtime_unload(void *rt);
 int resty_ffi_runtime_queue_len(void *rt);
 void *resty_ffi_post(void *rt, const char *req, int len, double id, int *err);
-int resty_ffi_wait(void *rt, void *task, int may_spin);
+int resty_ffi_wait(void *task, int may_spin);
 int resty_ffi_task_result(void *task, const char **rsp, int *len);
 double resty_ffi_task_id(void *task);
 void resty_ffi_task_free(void *task);
@@ -314,7 +314,7 @@ local function call(self, req, timeout)
     if task == nil then
         return false, nil, post_error(self, errp[0])
     end
-    if C.resty_ffi_wait(rt, task, nwaiting == 0 and 1 or 0) == 1 then
+    if C.resty_ffi_wait(task, nwaiting == 0 and 1 or 0) == 1 then
         return take_result(task)
     end
     return park(id, req, timeout)

@@ -374,19 +374,14 @@ pub unsafe extern "C" fn resty_ffi_post(
 
 /// Waits for a just-posted task: 1 when answered (read it, then free it),
 /// 0 when parked (its answer will come through `resty_ffi_drain`).
-/// `may_spin` 0 parks at once. `rt` is unused (the task knows its queue and
-/// its spin budget); it stays in the signature the Lua layer declares.
+/// `may_spin` 0 parks at once; otherwise the task's queue decides how long
+/// to spin.
 ///
 /// # Safety
 /// Pointer arguments must be valid as described, per the C ABI.
 #[no_mangle]
-pub unsafe extern "C" fn resty_ffi_wait(
-    rt: *mut c_void,
-    task: *mut c_void,
-    may_spin: c_int,
-) -> c_int {
+pub unsafe extern "C" fn resty_ffi_wait(task: *mut c_void, may_spin: c_int) -> c_int {
     guard("resty_ffi_wait", 0, || {
-        let _ = rt; // see doc comment
         let Some(task) = TaskPtr::from_raw(task) else {
             return 0;
         };

@@ -58,16 +58,8 @@ pub fn wake_written() {
     bump(&RUNTIME.wakes);
 }
 
-/// Names of the counters, in the order `snapshot` returns them.
-pub const NAMES: [&str; 6] = [
-    "posted",
-    "refused",
-    "answered_spinning",
-    "parked",
-    "drained",
-    "wakes",
-];
-
+/// The counters in the order `resty_ffi_stats` copies them: posted,
+/// refused, answered_spinning, parked, drained, wakes.
 pub fn snapshot() -> [u64; 6] {
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
     [

@@ -23,7 +23,7 @@ type LoadFn = unsafe extern "C" fn(
 type UnloadFn = unsafe extern "C" fn(*mut c_void);
 type PostFn =
     unsafe extern "C" fn(*mut c_void, *const c_char, c_int, f64, *mut c_int) -> *mut c_void;
-type WaitFn = unsafe extern "C" fn(*mut c_void, *mut c_void, c_int) -> c_int;
+type WaitFn = unsafe extern "C" fn(*mut c_void, c_int) -> c_int;
 type ResultFn = unsafe extern "C" fn(*mut c_void, *mut *const c_char, *mut c_int) -> c_int;
 type IdFn = unsafe extern "C" fn(*mut c_void) -> f64;
 type FreeFn = unsafe extern "C" fn(*mut c_void);
@@ -154,9 +154,9 @@ impl Core {
     }
 
     /// Waits for a just-posted task: true when answered, false when parked.
-    pub fn wait(&self, rt: &Runtime<'_>, task: Task, may_spin: bool) -> bool {
-        // SAFETY: task was posted on rt and not yet freed.
-        unsafe { (self.wait)(rt.rt, task.0, may_spin as c_int) == 1 }
+    pub fn wait(&self, task: Task, may_spin: bool) -> bool {
+        // SAFETY: task was posted and not yet freed.
+        unsafe { (self.wait)(task.0, may_spin as c_int) == 1 }
     }
 
     /// The answer of a finished task: (rc, response bytes).

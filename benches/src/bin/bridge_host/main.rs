@@ -148,7 +148,7 @@ fn roundtrip(
         let t = rt
             .post(payload, i as f64)
             .map_err(|e| format!("post failed: {e}"))?;
-        if core.wait(rt, t, true) {
+        if core.wait(t, true) {
             check(core, t, payload)?;
         } else {
             parked += 1;
@@ -203,7 +203,7 @@ fn batch(
         let mut parked = 0;
         for &t in &tasks {
             // as Lua does once calls are parked: no spinning, park at once
-            if core.wait(rt, t, false) {
+            if core.wait(t, false) {
                 check(core, t, payload)?;
             } else {
                 parked += 1;
