@@ -74,6 +74,17 @@ class Stage:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def terminate(proc, timeout):
+    """Stops a child process: SIGTERM, then SIGKILL after `timeout` s."""
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -179,13 +190,7 @@ class Nginx:
         return time.time() - t0
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 10)
         # workers may outlive a killed master for a moment
         for pid in self.worker_pids():
             try:

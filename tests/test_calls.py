@@ -1,6 +1,7 @@
 """Single calls through a real nginx: payloads, errors, phases, loading."""
 
 import os
+import urllib.request
 
 ECHO = """
 location /echo {
@@ -177,7 +178,7 @@ def test_calls_from_phases_that_cannot_yield_fail_clearly_without_hanging(nginx)
     status, body = n.get("/phases", timeout=5)
     log_line = body.decode().split("\n")[1]
     assert log_line.startswith("false resty_ffi: cannot wait for a runtime in the log phase"), log_line
-    req = __import__("urllib.request").request.urlopen(n.url("/phases"), timeout=5)
+    req = urllib.request.urlopen(n.url("/phases"), timeout=5)
     assert req.headers["X-Header-Filter"].startswith(
         "false resty_ffi: cannot wait for a runtime in the header_filter phase")
 
