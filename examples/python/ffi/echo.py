@@ -3,7 +3,7 @@
 Load it with `ngx.load_ffi("ffi_python3", "/path/to/examples/python/ffi.echo?,init")`.
 It talks to the core through cffi and the three ngx_http_lua_ffi_* C
 functions only, so the same file runs under lua-resty-ffi unchanged:
-`init(cfg, tq)` gets the address of the rest of the cfg string (or None)
+`init(cfg, tq)` gets the address of the rest of the cfg string (or 0)
 and the task queue's address, starts its own polling threads and returns 0.
 cffi comes from Debian's python3-cffi (or any venv the runtime names).
 """
@@ -45,7 +45,7 @@ def serve(tq):
 
 def init(cfg, tq):
     threads = 2
-    if cfg is not None:
+    if cfg:  # 0 when the cfg has no third field
         text = ffi.string(ffi.cast("char *", cfg)).decode()
         if text.startswith("threads="):
             threads = int(text[len("threads="):])

@@ -27,6 +27,8 @@ pub enum Error {
         func: String,
         why: String,
     },
+    #[error("importing module '{module}' raised {reason}: a runtime must not end the process (it is the nginx worker)")]
+    ImportExited { module: String, reason: String },
     #[error("{module}.{func}(cfg, tq) raised {reason}")]
     InitRaised {
         module: String,
@@ -65,7 +67,7 @@ impl Error {
             Error::Venv { .. } => 4,
             Error::Import { .. } => 5,
             Error::NoFunction { .. } => 6,
-            Error::InitRaised { .. } => 7,
+            Error::InitRaised { .. } | Error::ImportExited { .. } => 7,
             Error::InitReturned { rc, .. } => *rc,
             Error::BadReturn { .. } => 8,
             Error::Serve { .. } => 9,

@@ -3,7 +3,7 @@
 //! Parse the cfg, create the interpreter (first time only), set sys.path,
 //! import (or with `?` reload) the module, and call `func(cfg, tq)` exactly
 //! as lua-resty-ffi's Python loader does: `cfg` is the address of the rest
-//! of the string (a `char *`, valid during the call) or None, `tq` the
+//! of the string (a `char *`, valid during the call) or 0, `tq` the
 //! queue's address. What `func` returns decides the style:
 //! - an int: the compat style; the runtime started its own pollers and the
 //!   int is the return code (0 = ok);
@@ -13,7 +13,7 @@
 
 use std::ffi::CString;
 
-use pyo3::exceptions::PyAttributeError;
+use pyo3::exceptions::{PyAttributeError, PyKeyboardInterrupt, PySystemExit};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyInt};
 
@@ -43,9 +43,16 @@ fn describe(py: Python<'_>, e: &PyErr) -> String {
     }
 }
 
-/// Logs the traceback through sys.stderr (error.log).
+/// Logs the traceback through sys.stderr (error.log). Never PyErr_Print:
+/// for a SystemExit it calls Py_Exit, which would end the nginx worker.
 fn log_traceback(py: Python<'_>, e: &PyErr) {
-    e.clone_ref(py).print(py);
+    e.display(py);
+}
+
+/// SystemExit and KeyboardInterrupt: exceptions user code raises to end
+/// the process, which must not end the nginx worker.
+fn is_exit(py: Python<'_>, e: &PyErr) -> bool {
+    e.is_instance_of::<PySystemExit>(py) || e.is_instance_of::<PyKeyboardInterrupt>(py)
 }
 
 fn sys_path_text(py: Python<'_>) -> String {
@@ -59,6 +66,12 @@ fn sys_path_text(py: Python<'_>) -> String {
 fn import<'py>(py: Python<'py>, spec: &cfg::Spec) -> Result<Bound<'py, PyModule>, Error> {
     let fail = |e: PyErr| {
         log_traceback(py, &e);
+        if is_exit(py, &e) {
+            return Error::ImportExited {
+                module: spec.module.clone(),
+                reason: describe(py, &e),
+            };
+        }
         Error::Import {
             module: spec.module.clone(),
             reason: describe(py, &e),
@@ -128,7 +141,9 @@ fn start_in(py: Python<'_>, spec: &cfg::Spec, tq: usize) -> Result<(), Error> {
         .as_ref()
         .map(|r| CString::new(r.as_str()).map_err(|_| Error::Internal("cfg has a NUL byte".into())))
         .transpose()?;
-    let cfg_arg: Option<usize> = rest.as_ref().map(|c| c.as_ptr() as usize);
+    // No third field: 0, as lua-resty-ffi passes (runtimes do
+    // `ffi.cast("char*", cfg)`, which None would break).
+    let cfg_arg: usize = rest.as_ref().map_or(0, |c| c.as_ptr() as usize);
     let init_cfg = rest
         .as_ref()
         .map(|c| (c.as_ptr() as usize, spec.rest.clone().unwrap_or_default()));

@@ -225,11 +225,14 @@ fn finished(tq: usize) -> PyResult<bool> {
     Ok(abi::finished(tq))
 }
 
-/// The text of the `cfg` address your init was given (None for None).
+/// The text of the `cfg` address your init was given (None for 0, which
+/// is what a cfg without its third field gives, as in lua-resty-ffi).
 /// Only valid during init, as the address itself is.
 #[pyfunction]
 fn cfg_string(cfg: Option<usize>) -> PyResult<Option<String>> {
-    let Some(addr) = cfg else { return Ok(None) };
+    let Some(addr) = cfg.filter(|&a| a != 0) else {
+        return Ok(None);
+    };
     INIT_CFG.with(|c| match &*c.borrow() {
         Some((a, text)) if *a == addr => Ok(Some(text.clone())),
         _ => Err(PyValueError::new_err(
