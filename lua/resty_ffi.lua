@@ -1,12 +1,37 @@
--- resty_ffi: lua-resty-ffi compatible entry point.
+-- resty_ffi: the lua-resty-ffi compatible entry point.
 --
 -- require("resty_ffi") installs ngx.load_ffi(lib, cfg, opts), which returns a
 -- runtime whose every method posts a request: rt:anyname(req) returns
--- ok, res_or_rc, err. Everything lives in resty.ffi; this only adds the
--- global entry point lua-resty-ffi users already call.
+-- ok, res_or_rc, err. It is a thin adapter over resty.ffi that keeps the
+-- original's observable behaviour, because third-party Lua code depends on
+-- it:
+--
+-- - errors the bridge makes (queue full, unloaded, timeout, bad argument)
+--   come back as `false, msg`; a runtime's own errors stay `false, rc, msg`;
+-- - no default call timeout (opts.timeout and a per-call timeout still
+--   work);
+-- - every loader name the original used (ffi_python3, resty_ffi_python,
+--   ffi_java) and LuaJIT's ffi.load naming (resty.ffi does both).
+--
+-- require("resty.ffi").load keeps our own shapes: a 60 s default timeout
+-- and `false, nil, msg` for bridge errors.
 
 local resty_ffi = require "resty.ffi"
 
-ngx.load_ffi = resty_ffi.load
+-- `ok, nil, msg` (a bridge error) becomes `ok, msg`.
+local function compat_shape(ok, a, b)
+    if not ok and a == nil then
+        return false, b
+    end
+    return ok, a, b
+end
+
+local load_ffi = resty_ffi.loader(function(call)
+    return function(self, req, timeout)
+        return compat_shape(call(self, req, timeout))
+    end
+end)
+
+ngx.load_ffi = load_ffi
 
 return resty_ffi

@@ -132,9 +132,9 @@ def test_bad_options_are_refused_with_their_name(nginx):
     lines = body.decode().split("\n")
     assert status == 200
     assert "opts.max_queue must be a non-negative integer, got -1" in lines[0]
-    assert "opts.timeout must be a non-negative number, got soon" in lines[1]
+    assert "opts.timeout must be a positive number of seconds (math.huge: until answered), got soon" in lines[1]
     assert "opts.max_queue must be a non-negative integer, got 1.5" in lines[2]
-    assert "must be positive" in lines[3]
+    assert "opts.timeout must be a positive number of seconds" in lines[3]
     assert "opts must be a table, got number" in lines[4]
     assert all(line.startswith("nil ") for line in lines)
 
@@ -229,7 +229,7 @@ def test_a_runtime_panic_and_a_stray_answer_leave_the_worker_serving(nginx):
     status, body = n.post("/echo", b"!panic:boom")
     assert (status, body) == (502, b"rc=1 err=echo runtime panicked: boom")
     assert n.post("/echo", b"!stray:real answer") == (200, b"real answer")
-    assert "ignoring a pointer that is not a live task" in n.error_log()
+    assert "a runtime answered a task that is not waiting for an answer" in n.error_log()
     assert n.post("/echo", b"still here") == (200, b"still here")
     assert n.worker_pids() == [pid]
 

@@ -85,7 +85,7 @@ def test_full_queue_refuses_at_once_with_a_clear_error_and_loses_nothing(nginx):
     assert status == 200
     parts = body.decode().split("|")
     assert parts[0:2] == ["false", "nil"]
-    assert parts[2].startswith("resty_ffi: task queue is full (max_queue 2)")
+    assert parts[2].startswith("resty_ffi: post failed, queue full (max_queue 2)")
     assert parts[3] == "true"
     assert parts[4] == "2", "rt:__queue_len() counts the tasks waiting"
     assert parts[5:] == ["true:b", "true:q1", "true:q2"]

@@ -101,7 +101,7 @@ def test_unload_serves_pending_calls_then_refuses_new_ones_and_threads_end(nginx
     status, body = n.get("/unload", timeout=10)
     assert status == 200
     parts = body.decode().split("|")
-    assert parts[0] == "false nil resty_ffi: runtime is unloaded"
+    assert parts[0] == "false nil resty_ffi: task queue is finished: the runtime is unloaded"
     assert parts[1:] == ["true:first", "true:second", "true:third"]
     # the runtime saw NULL from poll and its thread ended
     assert harness.wait_until(lambda: echo_threads(n) == [], 5), echo_threads(n)
@@ -165,28 +165,3 @@ def test_quit_of_an_idle_worker_with_a_running_dispatcher_is_prompt(nginx):
     assert n.get("/sleep?ms=50") == (200, b"done")
     secs = n.quit(timeout=15)
     assert secs < 3, secs
-
-
-BROKEN_TMP = """
-location /call {
-    content_by_lua_block {
-        local rt = assert(require("resty.ffi").load("ffi_echo", "threads=1",
-                                                     { timeout = 0.5 }))
-        require("t.reply").send(rt:echo(ngx.var.arg_req))
-    }
-}
-"""
-
-
-def test_a_dispatcher_that_cannot_start_says_why_retries_slowly_and_calls_time_out(nginx):
-    # workers see TMPDIR=/nonexistent: the wake socket cannot be created
-    n = nginx(BROKEN_TMP, main="env TMPDIR=/nonexistent;")
-    status, body = n.get("/call?req=!sleep:50:parked", timeout=5)
-    assert (status, body) == (502, b"rc=nil err=resty_ffi: call timed out after 0.5 s")
-    log = n.error_log()
-    assert "resty_ffi: dispatcher stopped: wake-up socket: cannot create a private " \
-           "directory under /nonexistent (set TMPDIR to a folder the nginx worker " \
-           "user can write)" in log, log[-2000:]
-    # retried every 0.1 s while the call waited, not in a busy loop
-    assert 2 <= log.count("dispatcher stopped") <= 12, log.count("dispatcher stopped")
-    assert len(n.worker_pids()) == 1, "the worker lives on"

@@ -559,3 +559,120 @@ def test_worker_wide_virtual_env_from_nginx_env_directive(py_nginx, moddir):
     """)
     n = py_nginx(main="env VIRTUAL_ENV=%s;" % VENV)
     assert call(n, moddir + "/needs_jinja,init", b"x={{ x * 21 }}") == (200, b"x=42")
+
+
+# ---- hardening and lua-resty-ffi drop-in --------------------------------------
+
+LEGACY = r"""
+location /legacy {
+    content_by_lua_block {
+        require "resty_ffi"
+        local args = ngx.req.get_uri_args()
+        local rt, err = ngx.load_ffi(args.lib, args.cfg)
+        if not rt then
+            ngx.status = 500
+            return ngx.print("load failed: ", err)
+        end
+        local ok, res, e = rt:call(args.req)
+        ngx.print(tostring(ok), " ", tostring(res), " ", tostring(e))
+    }
+}
+"""
+
+
+def test_system_exit_at_import_or_in_init_is_a_load_error_and_the_worker_lives(
+        py_nginx, pystage, moddir):
+    write_module(moddir, "exits_at_import", "import sys\nsys.exit(5)\n")
+    write_module(moddir, "exits_in_init", """
+        import sys, threading, time
+        def init(cfg, tq):
+            # a non-daemon thread is running: Py_Exit would wait for it
+            threading.Thread(target=time.sleep, args=(3600,), daemon=False).start()
+            sys.exit(5)
+        def interrupted(cfg, tq):
+            raise KeyboardInterrupt("stop")
+    """)
+    n = py_nginx()
+    [pid] = n.worker_pids()
+    cases = [
+        (moddir + "/exits_at_import,init",
+         "ffi_python3: importing module 'exits_at_import' raised SystemExit: 5"),
+        (moddir + "/exits_in_init,init",
+         "ffi_python3: exits_in_init.init(cfg, tq) raised SystemExit: 5"),
+        (moddir + "/exits_in_init,interrupted",
+         "ffi_python3: exits_in_init.interrupted(cfg, tq) raised KeyboardInterrupt: stop"),
+    ]
+    for cfg, reason in cases:
+        err = load_error(n, cfg)
+        assert "libffi_init returned 7" in err and reason in err, (cfg, err)
+        assert call(n, pystage.examples + "/ffi.echo,init", b"alive") == (200, b"alive")
+    log = n.error_log()
+    assert "Traceback" in log and "SystemExit: 5" in log
+    assert "exited with code" not in log
+    assert n.worker_pids() == [pid], "the worker did not exit"
+    assert n.quit(timeout=15) < 5
+
+
+def test_system_exit_and_keyboard_interrupt_in_handlers_are_error_answers(py_nginx, moddir):
+    write_module(moddir, "exits_in_handler", """
+        import sys
+        def handler(cfg, tq):
+            def handle(req):
+                if req == b"exit":
+                    sys.exit(3)
+                if req == b"interrupt":
+                    raise KeyboardInterrupt("ctrl-c")
+                return req
+            return handle
+        def async_handler(cfg, tq):
+            async def handle(req):
+                if req == b"exit":
+                    sys.exit(4)
+                return req
+            return handle
+    """)
+    n = py_nginx()
+    [pid] = n.worker_pids()
+    cfg = moddir + "/exits_in_handler,handler"
+    assert call(n, cfg, b"exit") == (502, b"rc=1 err=SystemExit: 3")
+    assert call(n, cfg, b"interrupt") == (502, b"rc=1 err=KeyboardInterrupt: ctrl-c")
+    assert call(n, cfg, b"still here") == (200, b"still here")
+    acfg = moddir + "/exits_in_handler,async_handler"
+    assert call(n, acfg, b"exit") == (502, b"rc=1 err=SystemExit: 4")
+    assert call(n, acfg, b"async here") == (200, b"async here")
+    assert n.worker_pids() == [pid]
+
+
+def test_lua_resty_ffi_python_loader_names_and_a_cfg_without_third_field(
+        nginx, pystage, moddir):
+    # lua-resty-ffi's runtimes do ffi.cast("char*", cfg): cfg must be 0, not None
+    write_module(moddir, "legacy_cfg", """
+        import threading
+        from cffi import FFI
+        ffi = FFI()
+        ffi.cdef('''
+        void *ngx_http_lua_ffi_task_poll(void *tq);
+        char *ngx_http_lua_ffi_get_req(void *task, int *len);
+        void ngx_http_lua_ffi_respond(void *task, int rc, char *rsp, int rsp_len);
+        char *strdup(const char *s);
+        ''')
+        C = ffi.dlopen(None)
+        def init(cfg, tq):
+            p = ffi.cast("char*", cfg)
+            text = b"null" if p == ffi.NULL else ffi.string(p)
+            def serve():
+                while True:
+                    task = C.ngx_http_lua_ffi_task_poll(ffi.cast("void*", tq))
+                    if task == ffi.NULL:
+                        return
+                    C.ngx_http_lua_ffi_respond(task, 0, C.strdup(b"cfg=" + text), 0)
+            threading.Thread(target=serve, daemon=True).start()
+            return 0
+    """)
+    n = nginx(LEGACY)
+    for lib in ["resty_ffi_python", "ffi_python3", "libresty_ffi_python.so"]:
+        status, body = n.get("/legacy?lib=%s&cfg=%s&req=x" % (lib, q(moddir + "/legacy_cfg,init")))
+        assert (status, body) == (200, b"true cfg=null nil"), (lib, body)
+    status, body = n.get("/legacy?lib=resty_ffi_python&cfg=%s&req=x" % q(
+        moddir + "/legacy_cfg,init,{}"))
+    assert (status, body) == (200, b"true cfg={} nil"), body

@@ -14,11 +14,12 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-use crate::completion;
+use std::sync::Arc;
+
+use crate::completion::Channel;
 use crate::queue::TaskQueue;
-use crate::runtime::{Options, Runtime};
-use crate::task::TaskPtr;
-use crate::wake;
+use crate::runtime::{self, Options, Runtime};
+use crate::task::{Response, TaskPtr};
 
 fn guard<R>(name: &str, on_panic: R, body: impl FnOnce() -> R) -> R {
     match catch_unwind(AssertUnwindSafe(body)) {
@@ -55,10 +56,16 @@ fn queue<'a>(tq: *mut c_void) -> Option<&'a TaskQueue> {
     unsafe { (tq as *const TaskQueue).as_ref() }
 }
 
-fn runtime<'a>(rt: *mut c_void) -> Option<&'a Runtime> {
-    // SAFETY: rt comes from resty_ffi_runtime_load and the Lua layer drops
-    // it before calling resty_ffi_runtime_unload, which frees it.
+fn runtime(rt: *mut c_void) -> Option<&'static Runtime> {
+    // SAFETY: rt comes from resty_ffi_runtime_load, whose runtimes are
+    // never freed (runtime.rs).
     unsafe { (rt as *const Runtime).as_ref() }
+}
+
+fn channel<'a>(ch: *mut c_void) -> Option<&'a Channel> {
+    // SAFETY: ch comes from resty_ffi_channel_open; the Lua VM that holds
+    // it closes it (resty_ffi_channel_close) only when it is collected.
+    unsafe { (ch as *const Channel).as_ref() }
 }
 
 fn opt_duration_us(us: c_int, default: Duration) -> Duration {
@@ -80,13 +87,13 @@ pub unsafe extern "C" fn ngx_http_lua_ffi_task_poll(tq: *mut c_void) -> *mut c_v
     guard("ngx_http_lua_ffi_task_poll", std::ptr::null_mut(), || {
         queue(tq)
             .and_then(|q| q.poll())
-            .map_or(std::ptr::null_mut(), TaskPtr::as_raw)
+            .map_or(std::ptr::null_mut(), TaskPtr::handle)
     })
 }
 
-/// The request bytes of a task (NULL for a nil request); `len` may be NULL.
-/// The bytes are NUL-terminated and read-only, valid until the task is
-/// answered.
+/// The request bytes of a task (NULL for a nil request, or for a task that
+/// is not waiting for an answer); `len` may be NULL. The bytes are read-only
+/// and valid until the task is answered.
 ///
 /// # Safety
 /// Pointer arguments must be valid as described, per the C ABI.
@@ -96,7 +103,7 @@ pub unsafe extern "C" fn ngx_http_lua_ffi_get_req(
     len: *mut c_int,
 ) -> *mut c_char {
     guard("ngx_http_lua_ffi_get_req", std::ptr::null_mut(), || {
-        let (req, req_len) = TaskPtr::from_raw(task).map_or((std::ptr::null(), 0), |t| t.request());
+        let (req, req_len) = TaskPtr::request_of(task).unwrap_or((std::ptr::null(), 0));
         if !len.is_null() {
             // SAFETY: the runtime passed a writable int.
             unsafe { *len = req_len };
@@ -106,7 +113,10 @@ pub unsafe extern "C" fn ngx_http_lua_ffi_get_req(
 }
 
 /// Answers a task. `rsp` must come from malloc() (or be NULL) and is ours
-/// from now on; `rsp_len` 0 with `rsp` set means NUL-terminated.
+/// from now on; `rsp_len` 0 with `rsp` set means NUL-terminated; a negative
+/// `rsp_len`, or one beyond the malloc()ed size, makes the call fail with a
+/// clear error. Only the first answer to a task counts: a second one, one
+/// after unload or to a made-up pointer is freed, counted and logged.
 ///
 /// # Safety
 /// Pointer arguments must be valid as described, per the C ABI.
@@ -118,16 +128,7 @@ pub unsafe extern "C" fn ngx_http_lua_ffi_respond(
     rsp_len: c_int,
 ) {
     guard("ngx_http_lua_ffi_respond", (), || {
-        match TaskPtr::from_raw(task) {
-            Some(t) => t.respond(rc, rsp, rsp_len.max(0)),
-            None => {
-                if !rsp.is_null() {
-                    // SAFETY: the response is ours per the ABI even when the
-                    // task pointer is bad; free it rather than leak it.
-                    unsafe { libc::free(rsp.cast()) };
-                }
-            }
-        }
+        TaskPtr::respond_to(task, rc, rsp, rsp_len);
     })
 }
 
@@ -143,7 +144,7 @@ pub unsafe extern "C" fn resty_ffi_task_try_poll(tq: *mut c_void) -> *mut c_void
     guard("resty_ffi_task_try_poll", std::ptr::null_mut(), || {
         queue(tq)
             .and_then(|q| q.try_poll())
-            .map_or(std::ptr::null_mut(), TaskPtr::as_raw)
+            .map_or(std::ptr::null_mut(), TaskPtr::handle)
     })
 }
 
@@ -165,12 +166,12 @@ pub unsafe extern "C" fn resty_ffi_task_poll_batch(
         // SAFETY: the caller gave `max` writable slots at `out`.
         let out = unsafe { std::slice::from_raw_parts_mut(out, max as usize) };
         let Some(first) = q.poll() else { return 0 };
-        out[0] = first.as_raw();
+        out[0] = first.handle();
         let mut n = 1;
         while n < out.len() {
             match q.try_poll() {
                 Some(t) => {
-                    out[n] = t.as_raw();
+                    out[n] = t.handle();
                     n += 1;
                 }
                 None => break,
@@ -248,8 +249,9 @@ pub unsafe extern "C" fn resty_ffi_init_error(msg: *const c_char) {
 
 // ---- the Lua layer ------------------------------------------------------
 
-/// Loads a runtime library and starts it. On failure returns NULL with a
-/// message in `err`. `cfg_len < 0` passes a NULL cfg; spin budgets < 0 take
+/// The runtime of this process loaded under `key` (`lib & cfg`), loading
+/// the library and starting it first if needed. On failure returns NULL
+/// with a message in `err`. `cfg_len < 0` passes a NULL cfg; spin budgets < 0 take
 /// the defaults.
 ///
 /// # Safety
@@ -257,6 +259,8 @@ pub unsafe extern "C" fn resty_ffi_init_error(msg: *const c_char) {
 #[no_mangle]
 #[allow(clippy::too_many_arguments)] // mirrors the Lua opts table, one field each
 pub unsafe extern "C" fn resty_ffi_runtime_load(
+    key: *const c_char,
+    key_len: c_int,
     path: *const c_char,
     cfg: *const c_char,
     cfg_len: c_int,
@@ -268,10 +272,12 @@ pub unsafe extern "C" fn resty_ffi_runtime_load(
     err_len: c_int,
 ) -> *mut c_void {
     guard("resty_ffi_runtime_load", std::ptr::null_mut(), || {
-        if path.is_null() {
-            write_str(err, err_len, "bad argument: library path is NULL");
+        if path.is_null() || key.is_null() || key_len < 0 {
+            write_str(err, err_len, "bad argument: library path or key is NULL");
             return std::ptr::null_mut();
         }
+        // SAFETY: Lua passes key_len readable bytes.
+        let key = unsafe { std::slice::from_raw_parts(key.cast::<u8>(), key_len as usize) };
         // SAFETY: Lua passes a NUL-terminated string.
         let path = unsafe { CStr::from_ptr(path) }.to_string_lossy();
         let cfg = if cfg.is_null() || cfg_len < 0 {
@@ -291,8 +297,8 @@ pub unsafe extern "C" fn resty_ffi_runtime_load(
             caller_spin: opt_duration_us(caller_spin_us, defaults.caller_spin),
             poll_spin: opt_duration_us(poll_spin_us, defaults.poll_spin),
         };
-        match Runtime::load(&path, cfg, &opts) {
-            Ok(rt) => Box::into_raw(Box::new(rt)).cast(),
+        match runtime::load_shared(key, &path, cfg, &opts) {
+            Ok(rt) => (rt as *const Runtime).cast_mut().cast(),
             Err(e) => {
                 write_str(err, err_len, &e.to_string());
                 std::ptr::null_mut()
@@ -301,21 +307,18 @@ pub unsafe extern "C" fn resty_ffi_runtime_load(
     })
 }
 
-/// Finishes the runtime's queue and frees the handle. Queued tasks are still
-/// served; the runtime's pollers then get NULL.
+/// Finishes the runtime's queue. Queued tasks are still served; the
+/// runtime's pollers then get NULL. The handle stays valid (posts to it
+/// fail with "unloaded"); the next load of its key starts a fresh runtime.
 ///
 /// # Safety
 /// Pointer arguments must be valid as described, per the C ABI.
 #[no_mangle]
 pub unsafe extern "C" fn resty_ffi_runtime_unload(rt: *mut c_void) {
     guard("resty_ffi_runtime_unload", (), || {
-        if rt.is_null() {
-            return;
+        if let Some(rt) = runtime(rt) {
+            rt.unload();
         }
-        // SAFETY: rt came from Box::into_raw in resty_ffi_runtime_load and
-        // the Lua layer calls unload once, dropping its pointer.
-        let rt = unsafe { Box::from_raw(rt as *mut Runtime) };
-        rt.unload();
     })
 }
 
@@ -330,8 +333,9 @@ pub unsafe extern "C" fn resty_ffi_runtime_queue_len(rt: *mut c_void) -> c_int {
     })
 }
 
-/// Posts a request; returns the task, or NULL with `*err` set to 1 (queue
-/// full), 2 (unloaded) or 3 (bad argument). The request bytes are borrowed:
+/// Posts a request answered through channel `ch`; returns the task, or NULL
+/// with `*err` set to 1 (queue full), 2 (unloaded), 3 (bad argument) or 4
+/// (too many calls in flight in this process). The request bytes are borrowed:
 /// the caller keeps them alive until the task is freed.
 ///
 /// # Safety
@@ -339,6 +343,7 @@ pub unsafe extern "C" fn resty_ffi_runtime_queue_len(rt: *mut c_void) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn resty_ffi_post(
     rt: *mut c_void,
+    ch: *mut c_void,
     req: *const c_char,
     len: c_int,
     id: f64,
@@ -355,7 +360,21 @@ pub unsafe extern "C" fn resty_ffi_post(
             set_err(2);
             return std::ptr::null_mut();
         };
-        let task = TaskPtr::new(&rt.queue, id, req.cast(), len);
+        let Some(ch) = channel(ch) else {
+            set_err(3);
+            return std::ptr::null_mut();
+        };
+        // SAFETY: ch came from Arc::into_raw in resty_ffi_channel_open and
+        // is still open (see `channel`); this adds the task's reference.
+        let ch = unsafe {
+            Arc::increment_strong_count(ch as *const Channel);
+            Arc::from_raw(ch as *const Channel)
+        };
+        let Some(task) = TaskPtr::new(&rt.queue, Some(ch), id, req.cast(), len) else {
+            crate::stats::refused();
+            set_err(4);
+            return std::ptr::null_mut();
+        };
         match rt.queue.post(task) {
             Ok(spinning) => {
                 crate::stats::posted();
@@ -396,7 +415,8 @@ pub unsafe extern "C" fn resty_ffi_wait(task: *mut c_void, may_spin: c_int) -> c
 }
 
 /// The answer of a finished task: returns rc, sets `*rsp` (may be NULL) and
-/// `*len`. The bytes live until `resty_ffi_task_free`.
+/// `*len`. The bytes live until `resty_ffi_task_free`. An answer that
+/// breaks the ABI sets `*len` to -1 and `*rsp` to a static message.
 ///
 /// # Safety
 /// Pointer arguments must be valid as described, per the C ABI.
@@ -410,13 +430,16 @@ pub unsafe extern "C" fn resty_ffi_task_result(
         let Some(task) = TaskPtr::from_raw(task) else {
             return -1;
         };
-        let r = task.response();
+        let (rc, p, n) = match task.response() {
+            Response::Ok { rc, rsp, len } => (rc, rsp, len.min(c_int::MAX as usize) as c_int),
+            Response::Bad(msg) => (-1, msg.as_ptr(), -1),
+        };
         // SAFETY: Lua passes writable out-parameters.
         unsafe {
-            *rsp = r.rsp;
-            *len = r.len.min(c_int::MAX as usize) as c_int;
+            *rsp = p;
+            *len = n;
         }
-        r.rc
+        rc
     })
 }
 
@@ -444,76 +467,152 @@ pub unsafe extern "C" fn resty_ffi_task_free(task: *mut c_void) {
     })
 }
 
-/// Moves up to `max` answered, parked tasks into `out`; returns how many.
+/// Opens a completion channel for the calling Lua VM (one per VM; see
+/// completion.rs). Close it with `resty_ffi_channel_close` when the VM is
+/// collected.
+#[no_mangle]
+pub extern "C" fn resty_ffi_channel_open() -> *mut c_void {
+    guard("resty_ffi_channel_open", std::ptr::null_mut(), || {
+        Arc::into_raw(Channel::open()).cast_mut().cast()
+    })
+}
+
+/// Closes a channel: answers waiting in it, and any that arrive later, are
+/// freed by the core. Called once, when the VM that opened it is collected.
+///
+/// # Safety
+/// `ch` comes from `resty_ffi_channel_open` and is not used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_channel_close(ch: *mut c_void) {
+    guard("resty_ffi_channel_close", (), || {
+        if ch.is_null() {
+            return;
+        }
+        // SAFETY: per the doc above; this gives back the VM's reference.
+        let ch = unsafe { Arc::from_raw(ch as *const Channel) };
+        ch.close();
+    })
+}
+
+/// How many Lua VMs this worker process has had, as channels tell: more
+/// than one means `lua_code_cache off` (a VM per request).
+///
+/// # Safety
+/// `ch` comes from `resty_ffi_channel_open`.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_channel_vms(ch: *mut c_void) -> c_int {
+    guard("resty_ffi_channel_vms", 0, || {
+        channel(ch).map_or(0, |c| c.vms().min(c_int::MAX as u64) as c_int)
+    })
+}
+
+/// Moves up to `max` answered, parked tasks of channel `ch` into `out`;
+/// returns how many.
 ///
 /// # Safety
 /// Pointer arguments must be valid as described, per the C ABI.
 #[no_mangle]
-pub unsafe extern "C" fn resty_ffi_drain(out: *mut *mut c_void, max: c_int) -> c_int {
+pub unsafe extern "C" fn resty_ffi_drain(
+    ch: *mut c_void,
+    out: *mut *mut c_void,
+    max: c_int,
+) -> c_int {
     guard("resty_ffi_drain", 0, || {
+        let Some(ch) = channel(ch) else { return 0 };
         if out.is_null() || max <= 0 {
             return 0;
         }
         // SAFETY: the caller gave `max` writable slots at `out`.
         let out = unsafe { std::slice::from_raw_parts_mut(out, max as usize) };
-        completion::drain(out) as c_int
+        ch.drain(out) as c_int
     })
 }
 
-/// Marks the dispatcher asleep unless answers wait; returns how many wait.
+/// Marks the channel's dispatcher asleep unless answers wait; returns how
+/// many wait.
+///
+/// # Safety
+/// `ch` comes from `resty_ffi_channel_open`.
 #[no_mangle]
-pub extern "C" fn resty_ffi_prepare_sleep() -> c_int {
+pub unsafe extern "C" fn resty_ffi_prepare_sleep(ch: *mut c_void) -> c_int {
     guard("resty_ffi_prepare_sleep", 1, || {
-        completion::prepare_sleep() as c_int
+        channel(ch).map_or(1, |c| c.prepare_sleep().min(c_int::MAX as usize) as c_int)
     })
 }
 
-/// Creates the wake-up socket; writes its path (or an error) to `buf`.
-/// Returns the path length, or -1 on error.
+/// Creates the channel's wake-up socket; writes its path (or an error) to
+/// `buf`. Returns the path length, or -1 on error.
 ///
 /// # Safety
 /// Pointer arguments must be valid as described, per the C ABI.
 #[no_mangle]
-pub unsafe extern "C" fn resty_ffi_wake_listen(buf: *mut c_char, cap: c_int) -> c_int {
-    guard("resty_ffi_wake_listen", -1, || match wake::listen() {
-        Ok(path) => {
-            if path.len() as c_int >= cap {
-                wake::close();
+pub unsafe extern "C" fn resty_ffi_wake_listen(
+    ch: *mut c_void,
+    buf: *mut c_char,
+    cap: c_int,
+) -> c_int {
+    guard("resty_ffi_wake_listen", -1, || {
+        let Some(ch) = channel(ch) else {
+            write_str(buf, cap, "bad argument: no channel");
+            return -1;
+        };
+        match ch.listen() {
+            Ok(path) if (path.len() as c_int) < cap => write_str(buf, cap, &path),
+            Ok(_) => {
                 write_str(buf, cap, "wake socket path longer than buffer");
-                return -1;
+                -1
             }
-            write_str(buf, cap, &path)
-        }
-        Err(e) => {
-            write_str(buf, cap, &e.to_string());
-            -1
+            Err(e) => {
+                write_str(buf, cap, &e.to_string());
+                -1
+            }
         }
     })
 }
 
-/// Accepts the dispatcher's connection; 0 on success, else -1 and `err`.
+/// Accepts the dispatcher's connection (waits at most a second); 0 on
+/// success, else -1 and `err`.
 ///
 /// # Safety
 /// Pointer arguments must be valid as described, per the C ABI.
 #[no_mangle]
-pub unsafe extern "C" fn resty_ffi_wake_accept(err: *mut c_char, cap: c_int) -> c_int {
-    guard("resty_ffi_wake_accept", -1, || match wake::accept() {
-        Ok(()) => 0,
-        Err(e) => {
-            write_str(err, cap, &e.to_string());
-            -1
+pub unsafe extern "C" fn resty_ffi_wake_accept(
+    ch: *mut c_void,
+    err: *mut c_char,
+    cap: c_int,
+) -> c_int {
+    guard("resty_ffi_wake_accept", -1, || {
+        match channel(ch).map(|c| c.accept()) {
+            Some(Ok(())) => 0,
+            Some(Err(e)) => {
+                write_str(err, cap, &e.to_string());
+                -1
+            }
+            None => {
+                write_str(err, cap, "bad argument: no channel");
+                -1
+            }
         }
     })
 }
 
-/// Writes a wake byte (the worker-exit timer uses it to stop the dispatcher).
+/// Writes a wake byte to the channel (the worker-exit timer uses it to stop
+/// the dispatcher).
+///
+/// # Safety
+/// `ch` comes from `resty_ffi_channel_open`.
 #[no_mangle]
-pub extern "C" fn resty_ffi_wake() {
-    guard("resty_ffi_wake", (), wake::notify)
+pub unsafe extern "C" fn resty_ffi_wake(ch: *mut c_void) {
+    guard("resty_ffi_wake", (), || {
+        if let Some(c) = channel(ch) {
+            c.wake();
+        }
+    })
 }
 
 /// Copies up to `max` process-wide counters into `out` (see stats.rs for
-/// their order: posted, refused, answered_spinning, parked, drained, wakes);
+/// their order: posted, refused, answered_spinning, parked, drained, wakes,
+/// stray_answers);
 /// returns how many.
 ///
 /// # Safety

@@ -1,57 +1,229 @@
-//! The per-process completion queue: answers to calls whose caller parked.
+//! Completion channels: where answers to parked calls wait for the nginx
+//! side, one channel per Lua VM.
 //!
-//! Runtime threads push answered tasks here ([`push`]); the worker's
-//! dispatcher drains them in batches ([`drain`]). The dispatcher announces
-//! it is about to sleep with [`prepare_sleep`]; a push that finds it asleep
-//! writes one wake byte (see [`crate::wake`]), so many answers fold into one
-//! wake and a busy dispatcher is never woken at all.
+//! A worker normally has one Lua VM, so one channel. With
+//! `lua_code_cache off` every request gets a VM of its own, with its own
+//! call ids and waiters: each VM opens its own channel, and an answer goes
+//! to the channel of the VM that posted the call and nowhere else. When a
+//! VM goes away its channel is closed: answers still queued, and those that
+//! arrive later, are freed by the core.
+//!
+//! Runtime threads push answered tasks ([`Channel::push`]); the VM's
+//! dispatcher drains them in batches ([`Channel::drain`]). The dispatcher
+//! announces it is about to sleep with [`Channel::prepare_sleep`]; a push
+//! that finds it asleep writes one byte to the channel's wake socket (see
+//! [`crate::wake`]), so many answers fold into one wake and a busy
+//! dispatcher is never woken at all.
 //!
 //! No lost wake-up: `prepare_sleep` sets "asleep" before it looks at the
 //! queue under the lock, and `push` adds under the same lock before it
 //! clears "asleep"; either the dispatcher sees the task or the pusher sees
-//! "asleep". A spare byte only costs one empty drain.
+//! "asleep". A spare byte only costs one empty drain. The wake byte is
+//! written under the lock too, and the wake fd is closed only under it, so
+//! a runtime thread never writes into an fd number nginx has reused.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::task::TaskPtr;
-use crate::wake;
+use crate::wake::{self, Listener};
+use crate::Error;
 
-static QUEUE: Mutex<VecDeque<TaskPtr>> = Mutex::new(VecDeque::new());
-static ASLEEP: AtomicBool = AtomicBool::new(false);
+/// Channels opened by this process (pid) so far. A channel opened in the
+/// nginx master (`require` in init_by_lua) is inherited by every worker and
+/// counts there as the worker's one VM.
+static OPENED: Mutex<(i32, u64)> = Mutex::new((0, 0));
 
-fn queue() -> std::sync::MutexGuard<'static, VecDeque<TaskPtr>> {
-    QUEUE.lock().unwrap_or_else(|e| e.into_inner())
+fn pid() -> i32 {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() }
 }
 
-/// Queues an answered task for the dispatcher; wakes it if it sleeps.
-pub fn push(task: TaskPtr) {
-    queue().push_back(task);
-    if ASLEEP.swap(false, Ordering::AcqRel) {
-        crate::stats::wake_written();
-        wake::notify();
+struct Inner {
+    tasks: VecDeque<TaskPtr>,
+    closed: bool,
+    /// Writable end of the wake socket (the accepted connection); -1: none.
+    wake_fd: i32,
+    listener: Option<Listener>,
+}
+
+pub struct Channel {
+    inner: Mutex<Inner>,
+    asleep: AtomicBool,
+    /// The process that opened the channel.
+    pid: i32,
+}
+
+impl Channel {
+    pub fn open() -> Arc<Channel> {
+        let pid = pid();
+        {
+            let mut opened = OPENED.lock().unwrap_or_else(|e| e.into_inner());
+            if opened.0 != pid {
+                *opened = (pid, 0);
+            }
+            opened.1 += 1;
+        }
+        Arc::new(Channel {
+            inner: Mutex::new(Inner {
+                tasks: VecDeque::new(),
+                closed: false,
+                wake_fd: -1,
+                listener: None,
+            }),
+            asleep: AtomicBool::new(false),
+            pid,
+        })
+    }
+
+    /// How many Lua VMs this process has had, as far as channels tell: the
+    /// channels it opened, plus this one if it was inherited from the
+    /// master. More than one means `lua_code_cache off`.
+    pub fn vms(&self) -> u64 {
+        let pid = pid();
+        let opened = OPENED.lock().unwrap_or_else(|e| e.into_inner());
+        let own = if opened.0 == pid { opened.1 } else { 0 };
+        own + (self.pid != pid) as u64
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues an answered task for the dispatcher; wakes it if it sleeps.
+    /// On a closed channel the task is freed at once.
+    pub fn push(&self, task: TaskPtr) {
+        let mut inner = self.lock();
+        if inner.closed {
+            drop(inner);
+            task.free();
+            return;
+        }
+        inner.tasks.push_back(task);
+        if self.asleep.swap(false, Ordering::AcqRel) {
+            crate::stats::wake_written();
+            wake::notify(inner.wake_fd);
+        }
+    }
+
+    /// Moves up to `out.len()` answered tasks into `out`; returns how many.
+    pub fn drain(&self, out: &mut [*mut std::ffi::c_void]) -> usize {
+        let mut inner = self.lock();
+        let n = out.len().min(inner.tasks.len());
+        for (slot, task) in out.iter_mut().zip(inner.tasks.drain(..n)) {
+            *slot = task.as_raw();
+        }
+        crate::stats::drained(n);
+        n
+    }
+
+    /// Marks the dispatcher asleep unless answers are waiting. Returns the
+    /// number waiting: 0 means "sleep now, a push will wake you".
+    pub fn prepare_sleep(&self) -> usize {
+        self.asleep.store(true, Ordering::SeqCst);
+        let n = self.lock().tasks.len();
+        if n > 0 {
+            self.asleep.store(false, Ordering::SeqCst);
+        }
+        n
+    }
+
+    /// Starts listening for the dispatcher's wake connection; returns the
+    /// socket path. Drops a listener that was never accepted.
+    pub fn listen(&self) -> Result<String, Error> {
+        let listener = wake::listen()?;
+        let path = listener.path();
+        let old = self.lock().listener.replace(listener);
+        drop(old);
+        Ok(path)
+    }
+
+    /// Accepts the dispatcher's connection (waiting at most a second),
+    /// checks it comes from this process, and makes it the wake fd.
+    pub fn accept(&self) -> Result<(), Error> {
+        let listener = self
+            .lock()
+            .listener
+            .take()
+            .ok_or_else(|| Error::Wake("accept without listen".into()))?;
+        let conn = listener.accept()?;
+        let mut inner = self.lock();
+        if inner.closed {
+            wake::close_fd(conn);
+        } else {
+            let old = std::mem::replace(&mut inner.wake_fd, conn);
+            wake::close_fd(old);
+        }
+        Ok(())
+    }
+
+    /// Writes a wake byte (the worker-exit timer uses it to stop the
+    /// dispatcher).
+    pub fn wake(&self) {
+        wake::notify(self.lock().wake_fd);
+    }
+
+    /// Answers waiting now.
+    pub fn len(&self) -> usize {
+        self.lock().tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The VM is gone: frees what waits and every answer that comes later,
+    /// and closes the wake socket.
+    pub fn close(&self) {
+        let (tasks, fd, listener) = {
+            let mut inner = self.lock();
+            inner.closed = true;
+            let fd = std::mem::replace(&mut inner.wake_fd, -1);
+            (std::mem::take(&mut inner.tasks), fd, inner.listener.take())
+        };
+        wake::close_fd(fd);
+        drop(listener);
+        for t in tasks {
+            t.free();
+        }
     }
 }
 
-/// Moves up to `out.len()` answered tasks into `out`; returns how many.
-pub fn drain(out: &mut [*mut std::ffi::c_void]) -> usize {
-    let mut q = queue();
-    let n = out.len().min(q.len());
-    for (slot, task) in out.iter_mut().zip(q.drain(..n)) {
-        *slot = task.as_raw();
-    }
-    crate::stats::drained(n);
-    n
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::TaskQueue;
+    use std::time::Duration;
 
-/// Marks the dispatcher asleep unless answers are waiting. Returns the
-/// number waiting: 0 means "sleep now, a push will wake you".
-pub fn prepare_sleep() -> usize {
-    ASLEEP.store(true, Ordering::SeqCst);
-    let n = queue().len();
-    if n > 0 {
-        ASLEEP.store(false, Ordering::SeqCst);
+    static QUEUE: std::sync::LazyLock<TaskQueue> =
+        std::sync::LazyLock::new(|| TaskQueue::new(8, Duration::ZERO, Duration::ZERO));
+
+    #[test]
+    fn answers_reach_the_channel_that_posted_and_a_closed_channel_frees_them() {
+        let a = Channel::open();
+        let b = Channel::open();
+        assert!(b.vms() >= 2, "two channels: two VMs");
+        let ta = TaskPtr::new(&QUEUE, Some(a.clone()), 1.0, std::ptr::null(), 0).unwrap();
+        let tb = TaskPtr::new(&QUEUE, Some(b.clone()), 2.0, std::ptr::null(), 0).unwrap();
+        assert!(!ta.wait(false) && !tb.wait(false), "both parked");
+        ta.respond(0, std::ptr::null_mut(), 0);
+        tb.respond(0, std::ptr::null_mut(), 0);
+        let mut out = [std::ptr::null_mut(); 4];
+        assert_eq!(a.drain(&mut out), 1);
+        let got = TaskPtr::from_raw(out[0]).unwrap();
+        assert_eq!(got.id(), 1.0);
+        got.free();
+        b.close();
+        assert!(b.is_empty(), "close frees what waited");
+        let late = TaskPtr::new(&QUEUE, Some(b.clone()), 3.0, std::ptr::null(), 0).unwrap();
+        assert!(!late.wait(false));
+        late.respond(0, std::ptr::null_mut(), 0);
+        assert!(b.is_empty(), "a late answer to a closed channel is freed");
+        assert_eq!(
+            Arc::strong_count(&b),
+            1,
+            "freed tasks let go of the channel"
+        );
     }
-    n
 }

@@ -7,9 +7,11 @@
 //!   finishes it (the caller still spinning, or the dispatcher after a park);
 //! - [`queue`]: the bounded task queue of one loaded runtime, polled by the
 //!   runtime's threads;
-//! - [`completion`]: the per-process queue of answers to parked calls, and the
+//! - [`completion`]: a Lua VM's channel of answers to parked calls, and the
 //!   "is the dispatcher asleep" flag that folds many answers into one wake;
 //! - [`wake`]: the private unix socket that tells the nginx side to look;
+//! - [`log`]: the core's own log lines, rate-limited where a runtime could
+//!   repeat them;
 //! - [`ready`]: an eventfd that tells event-loop runtimes tasks wait;
 //! - [`runtime`]: loading a runtime library and starting it;
 //! - [`spin`]: the bounded, self-disabling spin both sides use before parking;
@@ -19,6 +21,7 @@
 pub mod abi;
 pub mod completion;
 pub mod error;
+pub mod log;
 pub mod queue;
 pub mod ready;
 pub mod runtime;

@@ -229,7 +229,7 @@ mod tests {
     use std::sync::Arc;
 
     fn task(id: usize) -> TaskPtr {
-        TaskPtr::new(&NO_QUEUE, id as f64, std::ptr::null(), 0)
+        TaskPtr::new(&NO_QUEUE, None, id as f64, std::ptr::null(), 0).unwrap()
     }
 
     static NO_QUEUE: std::sync::LazyLock<TaskQueue> =

@@ -10,10 +10,23 @@
 //! unload the runtime's threads may still be draining or polling, and code
 //! or memory pulled from under them would crash the worker; both are small
 //! and a worker loads few runtimes.
+//!
+//! Runtimes are shared by every Lua VM of the process, keyed by
+//! `lib & cfg` (see [`load_shared`]): with `lua_code_cache off` each request
+//! has a VM of its own, and loading per request must not start new threads
+//! each time.
+//!
+//! A library file that changed on disk since this process opened it (a new
+//! build after `__unload`) is opened from a private copy in memory
+//! (memfd): the dynamic linker would otherwise hand back the old,
+//! still-mapped code. The old code stays mapped (its threads may still run
+//! it); each changed reload costs the size of the library in memory.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CString};
-use std::sync::Arc;
+use std::os::unix::fs::MetadataExt;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_LOCAL, RTLD_NOW};
@@ -59,23 +72,102 @@ impl Default for Options {
 
 pub struct Runtime {
     pub queue: Arc<TaskQueue>,
+    key: Vec<u8>,
+}
+
+/// Loaded, not yet unloaded runtimes of this process, by `lib & cfg`.
+static RUNTIMES: Mutex<Option<HashMap<Vec<u8>, &'static Runtime>>> = Mutex::new(None);
+
+/// The identity of a library file when this process first opened it.
+type FileId = (u64, u64, i64, i64, u64);
+static OPENED_FILES: Mutex<Option<HashMap<String, FileId>>> = Mutex::new(None);
+
+fn file_id(path: &str) -> Option<FileId> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.size()))
+}
+
+/// The runtime loaded under `key` (`lib & cfg`), loading it first if no VM
+/// of this process has. A runtime that was unloaded is loaded afresh.
+pub fn load_shared(
+    key: &[u8],
+    path: &str,
+    cfg: Option<&[u8]>,
+    opts: &Options,
+) -> Result<&'static Runtime, Error> {
+    let mut map = RUNTIMES.lock().unwrap_or_else(|e| e.into_inner());
+    let map = map.get_or_insert_with(HashMap::new);
+    if let Some(rt) = map.get(key) {
+        return Ok(rt);
+    }
+    let rt: &'static Runtime = Box::leak(Box::new(Runtime::load(key, path, cfg, opts)?));
+    map.insert(key.to_vec(), rt);
+    Ok(rt)
+}
+
+/// Opens `path`, from a private in-memory copy when the file changed since
+/// this process opened it.
+fn open_library(path: &str, flags: c_int) -> Result<Library, Error> {
+    let open_err = |reason: String| Error::Open {
+        path: path.into(),
+        reason,
+    };
+    let now = file_id(path);
+    let changed = {
+        let mut files = OPENED_FILES.lock().unwrap_or_else(|e| e.into_inner());
+        let files = files.get_or_insert_with(HashMap::new);
+        match (files.get(path), now) {
+            (Some(before), Some(now)) => *before != now,
+            (None, Some(now)) => {
+                files.insert(path.to_string(), now);
+                false
+            }
+            _ => false,
+        }
+    };
+    let target = if changed {
+        private_copy(path).map_err(|e| open_err(format!("cannot copy the changed library: {e}")))?
+    } else {
+        path.to_string()
+    };
+    // SAFETY: opening a library runs its constructors; loading the runtime
+    // the user named is the point of this call.
+    unsafe { Library::open(Some(&target), flags) }.map_err(|e| open_err(e.to_string()))
+}
+
+/// Copies `path` into a memfd and returns a path the dynamic linker can
+/// open. The fd stays open for the process's life: its number is part of
+/// the name the linker remembers, and must never name another library.
+fn private_copy(path: &str) -> std::io::Result<String> {
+    let name = CString::new("resty-ffi-runtime").expect("no NUL");
+    // SAFETY: memfd_create with a valid name; the fd is ours.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh fd we own; File takes it over for the copy and
+    // into_raw_fd gives it back without closing it.
+    let mut out = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    std::io::copy(&mut std::fs::File::open(path)?, &mut out)?;
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(out);
+    Ok(format!("/proc/self/fd/{fd}"))
 }
 
 impl Runtime {
     /// Opens `path`, starts the runtime with `cfg`, and returns it.
-    pub fn load(path: &str, cfg: Option<&[u8]>, opts: &Options) -> Result<Runtime, Error> {
+    pub fn load(
+        key: &[u8],
+        path: &str,
+        cfg: Option<&[u8]>,
+        opts: &Options,
+    ) -> Result<Runtime, Error> {
         let flags = RTLD_NOW
             | if opts.is_global {
                 RTLD_GLOBAL
             } else {
                 RTLD_LOCAL
             };
-        // SAFETY: opening a library runs its constructors; loading the
-        // runtime the user named is the point of this call.
-        let lib = unsafe { Library::open(Some(path), flags) }.map_err(|e| Error::Open {
-            path: path.into(),
-            reason: e.to_string(),
-        })?;
+        let lib = open_library(path, flags)?;
         // SAFETY: the symbol is declared by the runtime ABI with this type.
         let init: InitFn = unsafe { lib.get::<InitFn>(b"libffi_init\0") }
             .map(|s| *s)
@@ -128,11 +220,22 @@ impl Runtime {
                 detail,
             });
         }
-        Ok(Runtime { queue })
+        Ok(Runtime {
+            queue,
+            key: key.to_vec(),
+        })
     }
 
     /// Finishes the queue: queued tasks are served, then pollers get NULL.
-    pub fn unload(&self) {
+    /// The next load of the same `lib & cfg` starts a fresh runtime.
+    pub fn unload(&'static self) {
+        let mut map = RUNTIMES.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(map) = map.as_mut() {
+            if map.get(&self.key).is_some_and(|r| std::ptr::eq(*r, self)) {
+                map.remove(&self.key);
+            }
+        }
+        drop(map);
         self.queue.finish();
     }
 }

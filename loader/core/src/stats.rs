@@ -59,8 +59,8 @@ pub fn wake_written() {
 }
 
 /// The counters in the order `resty_ffi_stats` copies them: posted,
-/// refused, answered_spinning, parked, drained, wakes.
-pub fn snapshot() -> [u64; 6] {
+/// refused, answered_spinning, parked, drained, wakes, stray_answers.
+pub fn snapshot() -> [u64; 7] {
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
     [
         load(&CALLER.posted),
@@ -69,5 +69,6 @@ pub fn snapshot() -> [u64; 6] {
         load(&CALLER.parked),
         load(&CALLER.drained),
         load(&RUNTIME.wakes),
+        crate::task::stray_answers(),
     ]
 }

@@ -1,26 +1,36 @@
-//! One call in flight from Lua to a runtime.
+//! One call in flight from Lua to a runtime, and the handle a runtime holds.
 //!
-//! A task is allocated by [`Task::post`]-ers (the Lua side, through the ABI),
-//! travels through a runtime's queue to a runtime thread, and is answered
-//! with [`Task::respond`]. Who finishes it is decided by one atomic:
+//! Tasks live in a process-wide table of slots that is never freed: a slot
+//! is taken when Lua posts a call and given back when the answer has been
+//! read. Runtimes never see a slot's address. They get a *handle*: the
+//! slot's index plus the slot's generation, which grows each time the slot
+//! is reused. A handle therefore names one call for ever: a runtime that
+//! answers twice, answers late (after the slot went to another call) or
+//! answers a pointer it made up is detected, its response freed and ignored,
+//! and no other request ever sees it. Because slots are never freed, even a
+//! stale handle only ever touches valid memory.
+//!
+//! Who finishes a call is decided by one atomic, the task's state:
 //!
 //! - `PENDING -> DONE`: the runtime answered while the caller was still
 //!   spinning; the caller reads the answer and frees the task.
 //! - `PENDING -> PARKED`: the caller gave up spinning first. The runtime's
-//!   answer then pushes the task on the per-process completion queue, and the
+//!   answer then pushes the task on its caller's completion channel, and the
 //!   dispatcher frees it after handing the answer to the waiting coroutine
 //!   (or to nobody, if that call timed out: late answers are freed the same
-//!   way).
+//!   way). A channel that was closed (its Lua VM is gone) frees it at once.
 //!
 //! Whoever loses the compare-and-swap knows the other side's move, so every
-//! task is freed exactly once.
+//! task is freed exactly once. The slot's own word (generation + LIVE /
+//! ANSWERED / FREE) makes sure only the first answer to a handle counts.
 
 use std::cell::UnsafeCell;
 use std::os::raw::{c_char, c_int};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use crate::completion;
+use crate::completion::Channel;
 use crate::queue::TaskQueue;
 use crate::spin::now_ns;
 
@@ -28,10 +38,15 @@ const PENDING: u32 = 0;
 const DONE: u32 = 1;
 const PARKED: u32 = 2;
 
-/// Marks live tasks so that a stray pointer handed back by a runtime is
-/// caught (and logged) instead of being written through, in most cases.
-const MAGIC: u32 = 0x7e57_ff1a;
-const DEAD: u32 = 0xdead_7a5c;
+/// Slot word, low bits: what the slot holds now (the generation is above).
+const FREE: u64 = 0;
+const LIVE: u64 = 1;
+const ANSWERED: u64 = 2;
+
+const CHUNK: usize = 4096;
+/// At most `CHUNK * MAX_CHUNKS` (4 Mi) calls in flight per process; a post
+/// beyond that fails like a full queue.
+const MAX_CHUNKS: usize = 1024;
 
 /// The runtime's answer: written once by `respond`, read after the state
 /// change that publishes it.
@@ -42,28 +57,115 @@ struct Answer {
     answered_ns: u64,
 }
 
-pub struct Task {
-    magic: AtomicU32,
-    state: AtomicU32,
+/// What the caller sets when it posts; read by the runtime and the caller.
+struct Call {
     id: f64,
     /// The queue the task was posted to: never freed, so always valid.
     queue: *const TaskQueue,
-    /// When a runtime thread took the task from the queue (0: not yet).
-    picked_ns: AtomicU64,
-    /// Whether a runtime thread was spinning in poll when the task was
-    /// posted: only then can the caller expect an answer within a spin.
-    /// Written and read by the caller's thread only.
-    poller_spinning: AtomicBool,
+    /// Where a parked call's answer goes (the posting Lua VM's channel).
+    channel: Option<Arc<Channel>>,
     /// Borrowed request bytes: the Lua side keeps the string referenced until
     /// the task is freed (late answers included), so no copy is made.
     req: *const u8,
     req_len: c_int,
+}
+
+pub struct Slot {
+    index: u32,
+    /// generation << 32 | FREE / LIVE / ANSWERED
+    word: AtomicU64,
+    state: AtomicU32,
+    /// When a runtime thread took the task from the queue (0: not yet).
+    picked_ns: AtomicU64,
+    /// Whether a runtime thread was spinning in poll when the task was
+    /// posted: only then can the caller expect an answer within a spin.
+    poller_spinning: AtomicBool,
+    call: UnsafeCell<Call>,
     answer: UnsafeCell<Answer>,
 }
 
-/// An owned pointer to a live task, passed between threads.
+impl Slot {
+    fn new(index: u32) -> Slot {
+        Slot {
+            index,
+            word: AtomicU64::new(FREE),
+            state: AtomicU32::new(PENDING),
+            picked_ns: AtomicU64::new(0),
+            poller_spinning: AtomicBool::new(false),
+            call: UnsafeCell::new(Call {
+                id: 0.0,
+                queue: std::ptr::null(),
+                channel: None,
+                req: std::ptr::null(),
+                req_len: 0,
+            }),
+            answer: UnsafeCell::new(Answer {
+                rc: 0,
+                rsp: std::ptr::null_mut(),
+                rsp_len: 0,
+                answered_ns: 0,
+            }),
+        }
+    }
+}
+
+/// The slot table: chunks are allocated on demand and never freed.
+static CHUNKS: [AtomicPtr<Slot>; MAX_CHUNKS] =
+    [const { AtomicPtr::new(std::ptr::null_mut()) }; MAX_CHUNKS];
+
+struct FreeList {
+    free: Vec<u32>,
+    /// Slots handed out so far (the next fresh index).
+    next: u32,
+}
+
+static FREE_LIST: Mutex<FreeList> = Mutex::new(FreeList {
+    free: Vec::new(),
+    next: 0,
+});
+
+fn slot(index: u32) -> Option<&'static Slot> {
+    let (c, i) = (index as usize / CHUNK, index as usize % CHUNK);
+    let chunk = CHUNKS.get(c)?.load(Ordering::Acquire);
+    if chunk.is_null() {
+        return None;
+    }
+    // SAFETY: a published chunk holds CHUNK initialised slots and is never
+    // freed; i < CHUNK.
+    Some(unsafe { &*chunk.add(i) })
+}
+
+fn take_slot() -> Option<&'static Slot> {
+    let mut list = FREE_LIST.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(i) = list.free.pop() {
+        return slot(i);
+    }
+    let index = list.next;
+    if index as usize >= CHUNK * MAX_CHUNKS {
+        return None;
+    }
+    let c = index as usize / CHUNK;
+    if (index as usize).is_multiple_of(CHUNK) {
+        let chunk: Box<[Slot]> = (0..CHUNK)
+            .map(|i| Slot::new((c * CHUNK + i) as u32))
+            .collect();
+        CHUNKS[c].store(Box::leak(chunk).as_mut_ptr(), Ordering::Release);
+    }
+    list.next += 1;
+    slot(index)
+}
+
+/// Answers that arrived for a handle that is not live, and were dropped.
+static STRAY_ANSWERS: AtomicU64 = AtomicU64::new(0);
+
+/// How many answers were dropped because their handle was not live.
+pub fn stray_answers() -> u64 {
+    STRAY_ANSWERS.load(Ordering::Relaxed)
+}
+
+/// An owned pointer to a live task (the Lua side's view of a call).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TaskPtr(NonNull<Task>);
+pub struct TaskPtr(NonNull<Slot>);
 
 // SAFETY: a task is handed from thread to thread, never shared for writing:
 // the queue gives it to one runtime thread, whose `respond` publishes the
@@ -72,107 +174,201 @@ unsafe impl Send for TaskPtr {}
 
 /// The answer as the caller reads it.
 #[derive(Debug)]
-pub struct Response {
-    pub rc: c_int,
-    /// Owned by the task until [`TaskPtr::free`]; may be null.
-    pub rsp: *const c_char,
-    pub len: usize,
+pub enum Response {
+    /// What the runtime answered. `rsp` is owned by the task until
+    /// [`TaskPtr::free`]; may be null.
+    Ok {
+        rc: c_int,
+        rsp: *const c_char,
+        len: usize,
+    },
+    /// The runtime's answer breaks the ABI; the text says how.
+    Bad(&'static std::ffi::CStr),
 }
 
 impl TaskPtr {
-    /// Allocates a task for `queue` borrowing `req[..req_len]` (which may
-    /// be null). `queue` must live for the rest of the process.
-    pub fn new(queue: &TaskQueue, id: f64, req: *const u8, req_len: c_int) -> TaskPtr {
-        let task = Box::new(Task {
-            magic: AtomicU32::new(MAGIC),
-            state: AtomicU32::new(PENDING),
-            id,
-            queue,
-            picked_ns: AtomicU64::new(0),
-            poller_spinning: AtomicBool::new(false),
-            req,
-            req_len: if req.is_null() { 0 } else { req_len },
-            answer: UnsafeCell::new(Answer {
+    /// Takes a slot for a call to `queue` borrowing `req[..req_len]` (which
+    /// may be null). `queue` must live for the rest of the process. None
+    /// when 4 Mi calls are already in flight.
+    pub fn new(
+        queue: &TaskQueue,
+        channel: Option<Arc<Channel>>,
+        id: f64,
+        req: *const u8,
+        req_len: c_int,
+    ) -> Option<TaskPtr> {
+        let s = take_slot()?;
+        // SAFETY: a FREE slot belongs to the thread that took it from the
+        // free list; nobody else writes it until it is published as LIVE
+        // (and then handed to a runtime through the queue's mutex).
+        unsafe {
+            *s.call.get() = Call {
+                id,
+                queue,
+                channel,
+                req,
+                req_len: if req.is_null() { 0 } else { req_len.max(0) },
+            };
+            *s.answer.get() = Answer {
                 rc: 0,
                 rsp: std::ptr::null_mut(),
                 rsp_len: 0,
                 answered_ns: 0,
-            }),
-        });
-        TaskPtr(NonNull::from(Box::leak(task)))
+            };
+        }
+        s.state.store(PENDING, Ordering::Relaxed);
+        s.picked_ns.store(0, Ordering::Relaxed);
+        s.poller_spinning.store(false, Ordering::Relaxed);
+        let gen = s.word.load(Ordering::Relaxed) >> 32;
+        s.word.store(gen << 32 | LIVE, Ordering::Release);
+        Some(TaskPtr(NonNull::from(s)))
     }
 
-    /// Checks a pointer coming back from C: null or not one of ours -> None.
+    /// The Lua side's pointer back: null -> None. The Lua layer only passes
+    /// pointers it got from `resty_ffi_post` or `resty_ffi_drain`.
     pub fn from_raw(p: *mut std::ffi::c_void) -> Option<TaskPtr> {
-        let p = NonNull::new(p as *mut Task)?;
-        // SAFETY: the ABI contract says `p` is a task we handed out and not
-        // yet answered. The magic check catches most violations of that.
-        let magic = unsafe { p.as_ref().magic.load(Ordering::Relaxed) };
-        if magic != MAGIC {
-            eprintln!("resty_ffi: ignoring a pointer that is not a live task ({p:p})");
-            return None;
-        }
-        Some(TaskPtr(p))
+        NonNull::new(p as *mut Slot).map(TaskPtr)
     }
 
     pub fn as_raw(self) -> *mut std::ffi::c_void {
         self.0.as_ptr().cast()
     }
 
+    /// The opaque handle a runtime gets: generation << 32 | (index + 1),
+    /// never null.
+    pub fn handle(self) -> *mut std::ffi::c_void {
+        let s = self.slot();
+        let gen = s.word.load(Ordering::Relaxed) >> 32;
+        (gen << 32 | (s.index as u64 + 1)) as usize as *mut std::ffi::c_void
+    }
+
+    /// Resolves a runtime's handle to its live, unanswered task.
+    fn resolve(handle: *mut std::ffi::c_void) -> Option<(&'static Slot, u64)> {
+        let h = handle as usize as u64;
+        let index = (h & 0xffff_ffff).checked_sub(1)?;
+        let s = slot(u32::try_from(index).ok()?)?;
+        let live = (h >> 32) << 32 | LIVE;
+        Some((s, live))
+    }
+
+    /// The request of the live task behind a runtime's handle.
+    pub fn request_of(handle: *mut std::ffi::c_void) -> Option<(*const u8, c_int)> {
+        let (s, live) = Self::resolve(handle)?;
+        if s.word.load(Ordering::Acquire) != live {
+            return None;
+        }
+        // SAFETY: the slot is live under this generation; its call was
+        // written before the LIVE word was published (Release/Acquire).
+        let c = unsafe { &*s.call.get() };
+        Some((c.req, c.req_len))
+    }
+
+    /// A runtime's answer to a handle: the first answer to a live handle is
+    /// stored; any other (second, late, made-up) is freed, counted and
+    /// logged (at most once a second), and false is returned.
+    pub fn respond_to(
+        handle: *mut std::ffi::c_void,
+        rc: c_int,
+        rsp: *mut c_char,
+        rsp_len: c_int,
+    ) -> bool {
+        let claimed = Self::resolve(handle).and_then(|(s, live)| {
+            s.word
+                .compare_exchange(
+                    live,
+                    live - LIVE + ANSWERED,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .ok()
+                .map(|_| s)
+        });
+        match claimed {
+            Some(s) => {
+                TaskPtr(NonNull::from(s)).respond(rc, rsp, rsp_len);
+                true
+            }
+            None => {
+                if !rsp.is_null() {
+                    // SAFETY: the response is ours per the ABI even when the
+                    // handle is bad; free it rather than leak it.
+                    unsafe { libc::free(rsp.cast()) };
+                }
+                let n = STRAY_ANSWERS.fetch_add(1, Ordering::Relaxed) + 1;
+                if crate::log::every_second(&STRAY_LOGGED) {
+                    crate::log::error(&format!(
+                        "resty_ffi: a runtime answered a task that is not waiting for an answer \
+                         (answered twice, answered after unload or a made-up pointer {handle:p}); \
+                         the answer was freed and dropped ({n} so far)"
+                    ));
+                }
+                false
+            }
+        }
+    }
+
+    fn slot(&self) -> &'static Slot {
+        // SAFETY: slots are never freed; a TaskPtr points at one.
+        unsafe { &*self.0.as_ptr() }
+    }
+
+    fn call(&self) -> &Call {
+        // SAFETY: written only by `new`, before the task was published.
+        unsafe { &*self.slot().call.get() }
+    }
+
     fn queue(&self) -> &TaskQueue {
         // SAFETY: queues are never freed (queue.rs), so the pointer taken
         // from a live reference in `new` is valid for the process's life.
-        unsafe { &*self.task().queue }
-    }
-
-    fn task(&self) -> &Task {
-        // SAFETY: a TaskPtr exists only for a live task (freed solely by
-        // `free`, which consumes it).
-        unsafe { self.0.as_ref() }
+        unsafe { &*self.call().queue }
     }
 
     pub fn id(self) -> f64 {
-        self.task().id
+        self.call().id
     }
 
     pub fn request(self) -> (*const u8, c_int) {
-        let t = self.task();
-        (t.req, t.req_len)
+        let c = self.call();
+        (c.req, c.req_len)
     }
 
-    /// Stores the runtime's answer and finishes the task's trip.
+    /// Stores the runtime's answer and finishes the task's trip. Called once
+    /// per task (the slot word was claimed by `respond_to`, or a test owns
+    /// the task).
     ///
     /// After this returns the runtime must not touch the task again: the
     /// caller may already have freed it.
     pub fn respond(self, rc: c_int, rsp: *mut c_char, rsp_len: c_int) {
-        let t = self.task();
-        // SAFETY: only the one runtime thread holding the task writes the
-        // answer, once; readers wait for the state change below.
+        let s = self.slot();
+        // SAFETY: only the one thread that claimed the answer writes it,
+        // once; readers wait for the state change below.
         unsafe {
-            *t.answer.get() = Answer {
+            *s.answer.get() = Answer {
                 rc,
                 rsp,
                 rsp_len,
                 answered_ns: now_ns(),
             };
         }
-        match t
-            .state
+        if s.state
             .compare_exchange(PENDING, DONE, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
         {
-            Ok(_) => {}
-            Err(_) => completion::push(self),
+            match self.call().channel.clone() {
+                Some(ch) => ch.push(self),
+                None => self.free(),
+            }
         }
     }
 
     /// Notes that a runtime thread took the task (for its service time).
     pub fn mark_picked(self) {
-        self.task().picked_ns.store(now_ns(), Ordering::Relaxed);
+        self.slot().picked_ns.store(now_ns(), Ordering::Relaxed);
     }
 
     /// Notes whether a poller was spinning when the task was posted.
     pub fn set_poller_spinning(self, spinning: bool) {
-        self.task()
+        self.slot()
             .poller_spinning
             .store(spinning, Ordering::Relaxed);
     }
@@ -182,70 +378,103 @@ impl TaskPtr {
     /// was posted (a sleeping runtime takes longer to wake than any spin is
     /// worth). Returns true when answered (the caller reads and frees the
     /// task), false when parked (the answer will come through the
-    /// completion queue).
+    /// completion channel).
     pub fn wait(self, may_spin: bool) -> bool {
-        let state = &self.task().state;
+        let s = self.slot();
         if may_spin
-            && self.task().poller_spinning.load(Ordering::Relaxed)
+            && s.poller_spinning.load(Ordering::Relaxed)
             && self
                 .queue()
                 .caller_gate
-                .spin(|| state.load(Ordering::Acquire) == DONE)
+                .spin(|| s.state.load(Ordering::Acquire) == DONE)
         {
             return true;
         }
-        state
+        s.state
             .compare_exchange(PENDING, PARKED, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
     }
 
     /// The answer; valid once `wait` returned true or the task came out of
-    /// the completion queue.
+    /// the completion channel. Lengths are checked against the size of the
+    /// runtime's allocation, so a wrong length is an error, not a read past
+    /// the buffer.
     pub fn response(self) -> Response {
         // SAFETY: the answer was published by the AcqRel CAS in `respond`
-        // (observed by `wait`) or by the completion queue's mutex.
-        let a = unsafe { &*self.task().answer.get() };
-        let len = if a.rsp.is_null() {
-            0
+        // (observed by `wait`) or by the completion channel's mutex.
+        let a = unsafe { &*self.slot().answer.get() };
+        if a.rsp.is_null() {
+            return Response::Ok {
+                rc: a.rc,
+                rsp: a.rsp,
+                len: 0,
+            };
+        }
+        // SAFETY: per the ABI rsp came from malloc() and is ours now.
+        let size = unsafe { libc::malloc_usable_size(a.rsp.cast()) };
+        let len = if a.rsp_len < 0 {
+            return Response::Bad(c"the runtime answered a negative length");
         } else if a.rsp_len > 0 {
+            if a.rsp_len as usize > size {
+                return Response::Bad(
+                    c"the runtime answered a length larger than its answer buffer",
+                );
+            }
             a.rsp_len as usize
         } else {
-            // SAFETY: rsp_len 0 with rsp set means NUL-terminated, per ABI.
-            unsafe { libc::strlen(a.rsp) }
+            // SAFETY: we read at most `size` bytes of the runtime's buffer.
+            let n = unsafe { libc::strnlen(a.rsp, size) };
+            if n == size {
+                return Response::Bad(
+                    c"the runtime answered length 0 (NUL-terminated) but its answer has no NUL",
+                );
+            }
+            n
         };
-        Response {
+        Response::Ok {
             rc: a.rc,
             rsp: a.rsp,
             len,
         }
     }
 
-    /// Frees the task and the runtime's response buffer, exactly once.
-    /// An answered task reports its service time (taken to answered) to its
-    /// queue's caller gate.
+    /// Frees the task and the runtime's response buffer, exactly once, and
+    /// gives the slot back under a new generation. An answered task reports
+    /// its service time (taken to answered) to its queue's caller gate.
     pub fn free(self) {
+        let s = self.slot();
         // SAFETY: freeing means the answer was published (or never written,
-        // answered_ns 0): see `response`.
-        let answered_ns = unsafe { (*self.task().answer.get()).answered_ns };
-        let picked_ns = self.task().picked_ns.load(Ordering::Relaxed);
+        // answered_ns 0): see `response`. This consumes the last pointer to
+        // the call, so taking its channel and response is ours to do.
+        let (rsp, answered_ns, channel) = unsafe {
+            let a = &mut *s.answer.get();
+            let rsp = std::mem::replace(&mut a.rsp, std::ptr::null_mut());
+            let channel = (*s.call.get()).channel.take();
+            (rsp, a.answered_ns, channel)
+        };
+        let picked_ns = s.picked_ns.load(Ordering::Relaxed);
         if answered_ns != 0 && picked_ns != 0 {
             self.queue()
                 .caller_gate
                 .observe(answered_ns.saturating_sub(picked_ns));
         }
-        // SAFETY: the task came from Box::leak in `new` and this consumes the
-        // only pointer left to it; rsp was malloc()ed by the runtime and is
-        // ours since respond.
-        unsafe {
-            let task = Box::from_raw(self.0.as_ptr());
-            task.magic.store(DEAD, Ordering::Relaxed);
-            let a = &*task.answer.get();
-            if !a.rsp.is_null() {
-                libc::free(a.rsp.cast());
-            }
+        drop(channel);
+        if !rsp.is_null() {
+            // SAFETY: rsp was malloc()ed by the runtime and is ours since
+            // respond; it was taken out of the slot above, so freed once.
+            unsafe { libc::free(rsp.cast()) };
         }
+        let gen = (s.word.load(Ordering::Relaxed) >> 32).wrapping_add(1) & 0xffff_ffff;
+        s.word.store(gen << 32 | FREE, Ordering::Release);
+        FREE_LIST
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .free
+            .push(s.index);
     }
 }
+
+static STRAY_LOGGED: AtomicU64 = AtomicU64::new(0);
 
 #[cfg(test)]
 mod tests {
@@ -264,24 +493,91 @@ mod tests {
         }
     }
 
+    fn ok(r: Response) -> (c_int, usize) {
+        match r {
+            Response::Ok { rc, len, .. } => (rc, len),
+            Response::Bad(e) => panic!("{e:?}"),
+        }
+    }
+
     #[test]
     fn answer_before_wait_is_seen_without_parking() {
-        let t = TaskPtr::new(&QUEUE, 1.0, b"hi".as_ptr(), 2);
-        t.respond(0, malloced(b"yo"), 2);
+        let t = TaskPtr::new(&QUEUE, None, 1.0, b"hi".as_ptr(), 2).unwrap();
+        assert!(TaskPtr::respond_to(t.handle(), 0, malloced(b"yo"), 2));
         assert!(t.wait(false));
-        let r = t.response();
-        assert_eq!(r.len, 2);
+        assert_eq!(ok(t.response()), (0, 2));
         t.free();
     }
 
     #[test]
     fn nul_terminated_answer_length_is_measured() {
-        let t = TaskPtr::new(&QUEUE, 1.0, std::ptr::null(), 5);
+        let t = TaskPtr::new(&QUEUE, None, 1.0, std::ptr::null(), 5).unwrap();
         assert_eq!(t.request().1, 0, "null request has length 0");
         t.respond(3, malloced(b"abc\0"), 0);
         assert!(t.wait(false));
-        let r = t.response();
-        assert_eq!((r.rc, r.len), (3, 3));
+        assert_eq!(ok(t.response()), (3, 3));
         t.free();
+    }
+
+    #[test]
+    fn lengths_beyond_the_buffer_or_negative_are_bad_answers() {
+        for (len, body) in [(i32::MAX, &b"abc"[..]), (-5, b"abc"), (0, b"abc")] {
+            let t = TaskPtr::new(&QUEUE, None, 1.0, std::ptr::null(), 0).unwrap();
+            // a buffer with no NUL in its whole usable size
+            let size = 64;
+            // SAFETY: fresh allocation filled to its usable size.
+            let p = unsafe {
+                let p = libc::malloc(size) as *mut u8;
+                let usable = libc::malloc_usable_size(p.cast());
+                std::ptr::write_bytes(p, b'x', usable);
+                std::ptr::copy_nonoverlapping(body.as_ptr(), p, body.len());
+                p
+            };
+            t.respond(0, p.cast(), len);
+            assert!(t.wait(false));
+            assert!(matches!(t.response(), Response::Bad(_)), "len {len}");
+            t.free();
+        }
+    }
+
+    #[test]
+    fn second_and_late_answers_to_a_handle_are_dropped_even_when_the_slot_is_reused() {
+        let t = TaskPtr::new(&QUEUE, None, 1.0, std::ptr::null(), 0).unwrap();
+        let h = t.handle();
+        assert!(TaskPtr::respond_to(h, 0, malloced(b"one"), 3));
+        assert!(
+            !TaskPtr::respond_to(h, 0, malloced(b"two"), 3),
+            "second answer"
+        );
+        assert!(t.wait(false));
+        t.free();
+        // the slot goes to the next call; the old handle must not reach it
+        let next = TaskPtr::new(&QUEUE, None, 2.0, std::ptr::null(), 0).unwrap();
+        assert_ne!(next.handle(), h);
+        assert!(TaskPtr::request_of(h).is_none());
+        assert!(
+            !TaskPtr::respond_to(h, 0, malloced(b"late"), 4),
+            "late answer"
+        );
+        assert!(!next.wait(false), "the new call is still unanswered");
+        // parked with no channel: the answer frees the task itself
+        assert!(TaskPtr::respond_to(
+            next.handle(),
+            0,
+            std::ptr::null_mut(),
+            0
+        ));
+        assert!(!TaskPtr::respond_to(
+            0x1234_0000_0000usize as *mut _,
+            0,
+            std::ptr::null_mut(),
+            0
+        ));
+        assert!(!TaskPtr::respond_to(
+            std::ptr::null_mut(),
+            0,
+            std::ptr::null_mut(),
+            0
+        ));
     }
 }

@@ -1,30 +1,33 @@
-//! The wake-up channel: a unix-domain socket private to one worker process.
+//! The wake-up socket of a completion channel: a unix-domain socket private
+//! to one worker process.
 //!
 //! The nginx side cannot wait on a futex or eventfd without blocking the
 //! worker, but it can wait on a cosocket. So the core listens on a unix
 //! socket in a fresh 0700 directory that the worker creates (workers run as
 //! an unprivileged user, so it must be somewhere that user can write), the
-//! dispatcher connects to it with a cosocket, the core accepts, checks with
-//! SO_PEERCRED that the peer is this very process, and removes the path and
-//! directory. From then on a runtime thread writes one byte to say "look";
-//! data never crosses the socket, it moves through memory.
+//! dispatcher connects to it with a cosocket, the core accepts (waiting at
+//! most a second), checks with SO_PEERCRED that the peer is this very
+//! process, and removes the path and directory. From then on a runtime
+//! thread writes one byte to say "look"; data never crosses the socket, it
+//! moves through memory.
+//!
+//! When no such socket can be made (no writable TMPDIR, a path too long for
+//! a unix socket) the Lua layer falls back to polling the channel.
 
 use std::ffi::CString;
-use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::Mutex;
 
 use crate::Error;
 
-/// Writable end (the accepted connection); -1 when there is none.
-static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
+/// How long `accept` waits for the dispatcher's connection.
+const ACCEPT_TIMEOUT_MS: i32 = 1000;
 
-struct Listener {
+/// A listening socket and the path and directory it owns; dropping it
+/// closes the socket and removes both.
+pub struct Listener {
     fd: i32,
     dir: CString,
     path: CString,
 }
-
-static LISTENER: Mutex<Option<Listener>> = Mutex::new(None);
 
 fn errno_text(what: &str) -> Error {
     Error::Wake(format!("{what}: {}", std::io::Error::last_os_error()))
@@ -37,10 +40,8 @@ fn tmp_dir() -> String {
         .unwrap_or_else(|| "/tmp".into())
 }
 
-/// Starts listening; returns the socket path for the dispatcher to connect
-/// to. Closes any previous channel (a restarted dispatcher gets a new one).
-pub fn listen() -> Result<String, Error> {
-    close();
+/// Starts listening in a fresh private directory under $TMPDIR.
+pub fn listen() -> Result<Listener, Error> {
     let template = CString::new(format!("{}/resty-ffi-XXXXXX", tmp_dir()))
         .map_err(|_| Error::Wake("TMPDIR contains a NUL byte".into()))?;
     let mut template = template.into_bytes_with_nul();
@@ -60,7 +61,11 @@ pub fn listen() -> Result<String, Error> {
     // SAFETY: plain socket syscalls on a fresh fd; sockaddr_un is zeroed
     // and filled within its size (checked just below).
     unsafe {
-        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        let fd = libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        );
         if fd < 0 {
             libc::rmdir(dir.as_ptr());
             return Err(errno_text("socket"));
@@ -71,7 +76,11 @@ pub fn listen() -> Result<String, Error> {
         if bytes.len() >= addr.sun_path.len() {
             libc::close(fd);
             libc::rmdir(dir.as_ptr());
-            return Err(Error::Wake(format!("socket path too long: {path}")));
+            return Err(Error::Wake(format!(
+                "socket path too long for a unix socket ({} bytes, at most {}): {path} (set TMPDIR to a shorter folder)",
+                bytes.len(),
+                addr.sun_path.len() - 1
+            )));
         }
         for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
             *d = *s as libc::c_char;
@@ -86,35 +95,48 @@ pub fn listen() -> Result<String, Error> {
             libc::rmdir(dir.as_ptr());
             return Err(e);
         }
-        *LISTENER.lock().unwrap_or_else(|e| e.into_inner()) = Some(Listener {
+        Ok(Listener {
             fd,
             dir,
             path: cpath,
-        });
+        })
     }
-    Ok(path)
 }
 
-/// Accepts the dispatcher's connection, checks it comes from this process,
-/// and removes the socket's path and directory.
-pub fn accept() -> Result<(), Error> {
-    let listener = LISTENER
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take()
-        .ok_or_else(|| Error::Wake("accept without listen".into()))?;
-    // SAFETY: syscalls on the listener fd we own; ucred is plain data of
-    // the size we pass.
-    unsafe {
-        let conn = libc::accept4(
-            listener.fd,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-        );
-        let result = if conn < 0 {
-            Err(errno_text("accept"))
-        } else {
+impl Listener {
+    pub fn path(&self) -> String {
+        self.path.to_string_lossy().into_owned()
+    }
+
+    /// Accepts the dispatcher's connection, waiting at most a second, and
+    /// checks it comes from this process. Returns the connected fd.
+    pub fn accept(self) -> Result<i32, Error> {
+        let mut pfd = libc::pollfd {
+            fd: self.fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(&mut pfd, 1, ACCEPT_TIMEOUT_MS) };
+        if ready == 0 {
+            return Err(Error::Wake(format!(
+                "nothing connected to {} within {} ms",
+                self.path(),
+                ACCEPT_TIMEOUT_MS
+            )));
+        }
+        // SAFETY: syscalls on the listener fd we own; ucred is plain data of
+        // the size we pass.
+        unsafe {
+            let conn = libc::accept4(
+                self.fd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            );
+            if conn < 0 {
+                return Err(errno_text("accept"));
+            }
             let mut cred: libc::ucred = std::mem::zeroed();
             let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
             let ok = libc::getsockopt(
@@ -126,62 +148,70 @@ pub fn accept() -> Result<(), Error> {
             ) == 0;
             if !ok || cred.pid != libc::getpid() {
                 libc::close(conn);
-                Err(Error::Wake(format!(
+                return Err(Error::Wake(format!(
                     "peer is not this process (pid {}, ours {})",
                     cred.pid,
                     libc::getpid()
-                )))
-            } else {
-                install(conn);
-                Ok(())
+                )));
             }
-        };
-        libc::close(listener.fd);
-        libc::unlink(listener.path.as_ptr());
-        libc::rmdir(listener.dir.as_ptr());
-        result
+            Ok(conn)
+        }
     }
 }
 
-/// Writes one wake byte. Never blocks: a full socket buffer already holds
-/// unread wake bytes, which is all a wake needs.
-pub fn notify() {
-    let fd = WAKE_FD.load(Ordering::Acquire);
+impl Drop for Listener {
+    fn drop(&mut self) {
+        // SAFETY: the listener's fd and paths are ours.
+        unsafe {
+            libc::close(self.fd);
+            libc::unlink(self.path.as_ptr());
+            libc::rmdir(self.dir.as_ptr());
+        }
+    }
+}
+
+/// Writes one wake byte to `fd` (-1: none). Never blocks: a full socket
+/// buffer already holds unread wake bytes, which is all a wake needs.
+/// Callers hold the channel's lock, under which the fd is also closed.
+pub fn notify(fd: i32) {
     if fd >= 0 {
-        // SAFETY: writing one byte from a static buffer; a stale fd at worst
-        // gets EBADF, which a wake may ignore.
+        // SAFETY: writing one byte from a static buffer to an fd the
+        // channel owns and keeps open while its lock is held.
         unsafe {
             libc::write(fd, b"!".as_ptr().cast(), 1);
         }
     }
 }
 
-/// Makes `conn` the wake fd. The fd number, once set, never changes and is
-/// never closed: a runtime thread may be about to write to it, and a closed
-/// number could be reused by nginx for a client connection. A new channel
-/// (a restarted dispatcher) is moved onto the same number with dup2, which
-/// replaces the old connection atomically.
-fn install(conn: i32) {
-    let current = WAKE_FD.load(Ordering::Acquire);
-    if current < 0 {
-        WAKE_FD.store(conn, Ordering::Release);
-        return;
-    }
-    // SAFETY: both fds are ours; dup2 atomically repoints `current` (keeping close-on-exec).
-    unsafe {
-        libc::dup3(conn, current, libc::O_CLOEXEC);
-        libc::close(conn);
+/// Closes a wake fd (-1: nothing).
+pub fn close_fd(fd: i32) {
+    if fd >= 0 {
+        // SAFETY: the fd belongs to the channel that gave it up.
+        unsafe { libc::close(fd) };
     }
 }
 
-/// Drops a listener that was never accepted, with its path and directory.
-pub fn close() {
-    if let Some(l) = LISTENER.lock().unwrap_or_else(|e| e.into_inner()).take() {
-        // SAFETY: the listener's fd and paths are ours.
-        unsafe {
-            libc::close(l.fd);
-            libc::unlink(l.path.as_ptr());
-            libc::rmdir(l.dir.as_ptr());
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_gives_up_within_a_bound_when_nothing_connects() {
+        let listener = listen().expect("listen under $TMPDIR");
+        let path = listener.path();
+        let t0 = std::time::Instant::now();
+        let err = listener.accept().expect_err("nothing connected");
+        let took = t0.elapsed();
+        assert!(err.to_string().contains("nothing connected"), "{err}");
+        assert!(took < std::time::Duration::from_secs(3), "{took:?}");
+        assert!(!std::path::Path::new(&path).exists(), "path removed");
+    }
+
+    #[test]
+    fn accept_takes_a_connection_from_this_process() {
+        let listener = listen().expect("listen under $TMPDIR");
+        let _client = std::os::unix::net::UnixStream::connect(listener.path()).unwrap();
+        let fd = listener.accept().expect("same process");
+        close_fd(fd);
     }
 }

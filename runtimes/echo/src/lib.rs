@@ -5,7 +5,8 @@
 //! lua-resty-ffi too.
 //!
 //! cfg (optional, comma separated): `threads=N` polling threads (default 2),
-//! `fail_init` to make `libffi_init` return 7.
+//! `fail_init` to make `libffi_init` return 7, `init_sleep=MS` to take MS ms
+//! in `libffi_init` (a slow load), `tag=X` only to make a distinct cfg.
 //!
 //! A request starting with `!` is a command, so tests can drive every path:
 //! - `!sleep:MS:rest`  answer `rest` after MS ms, without blocking other tasks
@@ -19,6 +20,10 @@
 //!   an answer with rc=1 (what every Rust runtime should do)
 //! - `!stray:text`     first "answer" a pointer that is not a task (the core
 //!   must refuse it and free the response), then answer `text`
+//! - `!twice:MS:text`  answer `text`, then MS ms later answer the same task
+//!   again with `second:text` (breaks the ABI: the core must drop it)
+//! - `!len:N:MS:text`  after MS ms answer `text` claiming length N (N may be
+//!   negative or larger than the buffer: the core must refuse it)
 //!
 //! Anything else is echoed byte for byte.
 
@@ -127,6 +132,30 @@ fn serve(task: Ptr, hung: &Mutex<Vec<Ptr>>) {
             unsafe { ngx_http_lua_ffi_respond(bogus.as_ptr() as *mut c_void, 0, rsp, 0) };
             respond(task, 0, Some(rest));
         }
+        b"twice" => {
+            let (ms, body) = split_once(rest, b':');
+            let ms = number(ms).unwrap_or(0).max(0) as u64;
+            let second = [b"second:", body].concat();
+            respond(task, 0, Some(body));
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(ms));
+                respond(task, 0, Some(&second));
+            });
+        }
+        b"len" => {
+            let (n, rest) = split_once(rest, b':');
+            let (ms, body) = split_once(rest, b':');
+            let n = number(n).unwrap_or(0) as c_int;
+            let ms = number(ms).unwrap_or(0).max(0) as u64;
+            let rsp = Ptr(malloc_copy(body, false).cast());
+            std::thread::spawn(move || {
+                let (task, rsp) = (task, rsp);
+                std::thread::sleep(Duration::from_millis(ms));
+                // SAFETY: deliberately wrong length, to test the core's
+                // check against the buffer's malloc()ed size.
+                unsafe { ngx_http_lua_ffi_respond(task.0, 0, rsp.0.cast(), n) }
+            });
+        }
         b"cstr" => {
             let rsp = malloc_copy(rest, true);
             // SAFETY: answered once; rsp is NUL-terminated, so len 0.
@@ -199,6 +228,10 @@ fn init(cfg: &str, tq: Ptr) -> c_int {
                 }
             },
             None if opt == "fail_init" => return 7,
+            Some(("init_sleep", ms)) => {
+                std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+            }
+            Some(("tag", _)) => {}
             _ => {
                 eprintln!("ffi_echo: unknown cfg option '{opt}'");
                 return 3;

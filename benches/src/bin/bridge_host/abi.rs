@@ -11,6 +11,8 @@ use libloading::os::unix::{Library, Symbol, RTLD_GLOBAL, RTLD_NOW};
 
 type LoadFn = unsafe extern "C" fn(
     *const c_char,
+    c_int,
+    *const c_char,
     *const c_char,
     c_int,
     c_int,
@@ -21,15 +23,22 @@ type LoadFn = unsafe extern "C" fn(
     c_int,
 ) -> *mut c_void;
 type UnloadFn = unsafe extern "C" fn(*mut c_void);
-type PostFn =
-    unsafe extern "C" fn(*mut c_void, *const c_char, c_int, f64, *mut c_int) -> *mut c_void;
+type PostFn = unsafe extern "C" fn(
+    *mut c_void,
+    *mut c_void,
+    *const c_char,
+    c_int,
+    f64,
+    *mut c_int,
+) -> *mut c_void;
 type WaitFn = unsafe extern "C" fn(*mut c_void, c_int) -> c_int;
 type ResultFn = unsafe extern "C" fn(*mut c_void, *mut *const c_char, *mut c_int) -> c_int;
 type IdFn = unsafe extern "C" fn(*mut c_void) -> f64;
 type FreeFn = unsafe extern "C" fn(*mut c_void);
-type DrainFn = unsafe extern "C" fn(*mut *mut c_void, c_int) -> c_int;
-type PrepareSleepFn = unsafe extern "C" fn() -> c_int;
-type MsgFn = unsafe extern "C" fn(*mut c_char, c_int) -> c_int;
+type DrainFn = unsafe extern "C" fn(*mut c_void, *mut *mut c_void, c_int) -> c_int;
+type PrepareSleepFn = unsafe extern "C" fn(*mut c_void) -> c_int;
+type MsgFn = unsafe extern "C" fn(*mut c_void, *mut c_char, c_int) -> c_int;
+type OpenFn = unsafe extern "C" fn() -> *mut c_void;
 
 /// The core library and the functions the Lua layer uses.
 pub struct Core {
@@ -44,6 +53,8 @@ pub struct Core {
     prepare_sleep: Symbol<PrepareSleepFn>,
     wake_listen: Symbol<MsgFn>,
     wake_accept: Symbol<MsgFn>,
+    /// The host's completion channel (one, like one Lua VM); never closed.
+    channel: *mut c_void,
     _lib: Library,
 }
 
@@ -85,7 +96,11 @@ impl Core {
                     .map_err(|e| format!("{path}: {}: {e}", $name))?
             };
         }
+        let open: Symbol<OpenFn> = sym!("resty_ffi_channel_open");
+        // SAFETY: no arguments; the channel lives as long as the process.
+        let channel = unsafe { open() };
         Ok(Core {
+            channel,
             load: sym!("resty_ffi_runtime_load"),
             unload: sym!("resty_ffi_runtime_unload"),
             post: sym!("resty_ffi_post"),
@@ -117,8 +132,11 @@ impl Core {
         };
         // SAFETY: every pointer is valid for the stated lengths during the
         // call; the core copies cfg before returning.
+        let key = format!("{path}&{}", cfg.unwrap_or(""));
         let rt = unsafe {
             (self.load)(
+                key.as_ptr().cast(),
+                key.len() as c_int,
                 cpath.as_ptr(),
                 cfg_ptr,
                 cfg_len,
@@ -140,14 +158,18 @@ impl Core {
     pub fn wake_channel(&self) -> Result<UnixStream, String> {
         let mut buf = [0u8; 1024];
         // SAFETY: buf holds 1024 writable bytes.
-        let n = unsafe { (self.wake_listen)(buf.as_mut_ptr().cast(), buf.len() as c_int) };
+        let n = unsafe {
+            (self.wake_listen)(self.channel, buf.as_mut_ptr().cast(), buf.len() as c_int)
+        };
         if n < 0 {
             return Err(message(&buf));
         }
         let path = message(&buf[..n as usize]);
         let stream = UnixStream::connect(&path).map_err(|e| format!("connect {path}: {e}"))?;
         // SAFETY: buf holds 1024 writable bytes.
-        if unsafe { (self.wake_accept)(buf.as_mut_ptr().cast(), buf.len() as c_int) } != 0 {
+        if unsafe { (self.wake_accept)(self.channel, buf.as_mut_ptr().cast(), buf.len() as c_int) }
+            != 0
+        {
             return Err(message(&buf));
         }
         Ok(stream)
@@ -190,13 +212,13 @@ impl Core {
     pub fn drain(&self, out: &mut [Task]) -> usize {
         // SAFETY: Task is repr(transparent) over *mut c_void, and out has
         // out.len() writable slots.
-        unsafe { (self.drain)(out.as_mut_ptr().cast(), out.len() as c_int) as usize }
+        unsafe { (self.drain)(self.channel, out.as_mut_ptr().cast(), out.len() as c_int) as usize }
     }
 
     /// 0 when the dispatcher may sleep (a push will wake it).
     pub fn prepare_sleep(&self) -> i32 {
-        // SAFETY: no arguments.
-        unsafe { (self.prepare_sleep)() }
+        // SAFETY: the channel is the host's own, open for the process.
+        unsafe { (self.prepare_sleep)(self.channel) }
     }
 }
 
@@ -209,6 +231,7 @@ impl Runtime<'_> {
         let t = unsafe {
             (self.core.post)(
                 self.rt,
+                self.core.channel,
                 req.as_ptr().cast(),
                 req.len() as c_int,
                 id,
