@@ -9,6 +9,7 @@ under /root, which that user cannot enter.
 """
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,8 +21,24 @@ import urllib.error
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+# RESTY_FFI_NGINX picks the nginx binary (an OpenResty build, say); by
+# default Debian's nginx with the dynamic lua module.
+NGINX = os.environ.get("RESTY_FFI_NGINX") or shutil.which("nginx") or "/usr/sbin/nginx"
 MODULES = "/usr/lib/nginx/modules"
+
+
+def lua_compiled_in(binary=NGINX):
+    """True when the nginx binary has the lua module built in (OpenResty),
+    so no load_module lines are written."""
+    out = subprocess.run([binary, "-V"], capture_output=True, text=True).stderr
+    return bool(re.search(r"--add-module=\S*lua", out))
+
+
+def load_module_lines():
+    if lua_compiled_in():
+        return ""
+    return ("load_module %s/ndk_http_module.so;\n"
+            "load_module %s/ngx_http_lua_module.so;" % (MODULES, MODULES))
 
 
 def run(cmd, cwd=ROOT, env=None):
@@ -97,13 +114,13 @@ worker_processes {workers};
 error_log {prefix}/logs/error.log {log_level};
 pid {prefix}/logs/nginx.pid;
 worker_shutdown_timeout {shutdown_timeout};
-load_module {modules}/ndk_http_module.so;
-load_module {modules}/ngx_http_lua_module.so;
+{load_modules}
 {main}
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
-    lua_package_path "{stage}/lua/?.lua;/usr/share/lua/5.1/?.lua;;";
+    # the build's own lua-resty-core (OpenResty's) wins over Debian's folder
+    lua_package_path "{stage}/lua/?.lua;;/usr/share/lua/5.1/?.lua";
     lua_package_cpath "{stage}/lib/?.so;;";
     client_body_temp_path {prefix}/tmp/body;
     proxy_temp_path {prefix}/tmp/proxy;
@@ -136,7 +153,8 @@ class Nginx:
         self.conf = os.path.join(self.prefix, "conf", "nginx.conf")
         with open(self.conf, "w") as f:
             f.write(CONF.format(
-                user=user, workers=workers, prefix=self.prefix, modules=MODULES,
+                user=user, workers=workers, prefix=self.prefix,
+                load_modules=load_module_lines(),
                 stage=stage.dir, port=self.port, log_level=log_level,
                 shutdown_timeout=shutdown_timeout,
                 main=textwrap.indent(textwrap.dedent(main), ""),
