@@ -22,6 +22,7 @@ if command -v systemctl >/dev/null 2>&1; then
 fi
 
 python3 -c 'import pytest' 2>/dev/null || python3 -m pip install -q pytest
+python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus_client
 
 # Per-language set-up scripts (ci/setup-*.sh) add what their runtimes need.
 here=$(cd "$(dirname "$0")" && pwd)

@@ -170,7 +170,9 @@ def test_compat_runtime_threads_end_on_unload_and_print_reaches_error_log(py_ngi
         lambda: n.error_log().count("python echo runtime: queue finished, poller exits") == 2, 5), \
         n.error_log()[-2000:]
     line = [l for l in n.error_log().splitlines() if "poller exits" in l][0]
-    assert re.match(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[notice\] \d+#\d+: ffi_python3: ", line), line
+    # written by nginx from the dispatcher's timer: `*N` and a context follow
+    assert re.match(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[notice\] \d+#\d+: (\*\d+ )?ffi_python3: ",
+                    line), line
 
 
 def test_native_module_polls_answers_once_and_answers_dropped_tasks(py_nginx, moddir):
@@ -452,10 +454,10 @@ def test_print_and_logging_from_runtimes_reach_error_log(py_nginx, moddir):
     n = py_nginx()
     assert call(n, moddir + "/chatty,init", b"hello") == (200, b"ok")
     log = n.error_log()
-    assert re.search(r"\[notice\] \d+#\d+: ffi_python3: chatty starting\n", log), log[-2000:]
-    assert re.search(r"\[notice\] \d+#\d+: ffi_python3: print says hello\n", log)
-    assert re.search(r"\[error\] \d+#\d+: ffi_python3: logging says hello\n", log)
-    assert re.search(r"\[error\] \d+#\d+: ffi_python3: partial line\n", log)
+    assert re.search(r"\[notice\] \d+#\d+: (\*\d+ )?ffi_python3: chatty starting(, context: ngx\.timer.*)?\n", log), log[-2000:]
+    assert re.search(r"\[notice\] \d+#\d+: (\*\d+ )?ffi_python3: print says hello(, context: ngx\.timer.*)?\n", log)
+    assert re.search(r"\[warn\] \d+#\d+: (\*\d+ )?ffi_python3: logging says hello(, context: ngx\.timer.*)?\n", log)
+    assert re.search(r"\[error\] \d+#\d+: (\*\d+ )?ffi_python3: partial line(, context: ngx\.timer.*)?\n", log)
 
 
 def test_interpreter_is_debians_python_with_its_stdlib_in_a_nobody_worker(py_nginx, moddir):

@@ -51,7 +51,18 @@ void *resty_ffi_post(void *rt, void *ch, const char *req, int len, double id,
 int resty_ffi_wait(void *task, int may_spin);
 int resty_ffi_task_result(void *task, const char **rsp, int *len);
 double resty_ffi_task_id(void *task);
-void resty_ffi_task_free(void *task);
+void resty_ffi_task_free(void *task, int outcome);
+void resty_ffi_runtime_timed_out(void *rt);
+int resty_ffi_runtimes(void **out, int max);
+void resty_ffi_runtime_set_name(void *rt, const char *name, int len);
+int resty_ffi_runtime_name(void *rt, char *buf, int cap, int *unloaded);
+int resty_ffi_runtime_stats(void *rt, uint64_t *out, int max);
+int resty_ffi_latency_buckets(uint64_t *out, int max);
+void resty_ffi_log(int level, const char *msg, int len);
+void resty_ffi_log_attach(void *ch, int filter);
+void resty_ffi_log_filter(int filter);
+void resty_ffi_log_detach(void *ch);
+int resty_ffi_log_take(char *buf, int cap, int *level);
 void *resty_ffi_channel_open(void);
 void resty_ffi_channel_close(void *ch);
 int resty_ffi_channel_vms(void *ch);
@@ -176,6 +187,7 @@ local next_id = 0
 local dispatcher_running = false
 local exit_timer_set = false
 local wake_mode = "socket" -- or "polling" once no wake socket can be made
+local start_publishing    -- metrics, defined with prometheus() below
 
 local errp = ffi.new("int[1]")
 local rspp = ffi.new("const char *[1]")
@@ -188,42 +200,76 @@ local function many_vms()
     return C.resty_ffi_channel_vms(channel) > 1
 end
 
--- Reads a finished task's answer in lua-resty-ffi's shape and frees it.
+-- Reads a finished task's answer in lua-resty-ffi's shape and frees it
+-- (counting the call's outcome in its runtime's stats).
 local function take_result(task)
     local rc = C.resty_ffi_task_result(task, rspp, lenp)
     local p = rspp[0]
     local n = lenp[0]
-    local ok, a, b
     if n < 0 then
-        ok, a, b = false, nil, "resty_ffi: bad answer: " .. ffi_string(p)
-    else
-        local res
-        if p ~= nil then
-            res = ffi_string(p, n)
-        end
-        if rc == 0 then
-            ok, a, b = true, res, nil
-        else
-            ok, a, b = false, rc, res
-        end
+        local err = "resty_ffi: bad answer: " .. ffi_string(p)
+        C.resty_ffi_task_free(task, 1)
+        return false, nil, err
     end
-    C.resty_ffi_task_free(task)
-    return ok, a, b
+    local res
+    if p ~= nil then
+        res = ffi_string(p, n)
+    end
+    if rc == 0 then
+        C.resty_ffi_task_free(task, 0)
+        return true, res, nil
+    end
+    C.resty_ffi_task_free(task, 1)
+    return false, rc, res
 end
 
--- Hands one drained answer to its waiter, or frees it if nobody waits.
+-- Hands one drained answer to its waiter, or frees it if nobody waits
+-- (a late answer to a call that timed out).
 local function deliver(task)
     local id = C.resty_ffi_task_id(task)
-    local ok, a, b = take_result(task)
     local w = waiters[id]
     if w ~= nil then
         waiters[id] = nil
-        if type(w) == "table" then
-            nwaiting = nwaiting - 1
-            w.ok, w.res, w.err, w.done = ok, a, b, true
-            w.sema:post(1)
+    end
+    if type(w) ~= "table" then
+        C.resty_ffi_task_free(task, 2)
+        return
+    end
+    nwaiting = nwaiting - 1
+    w.ok, w.res, w.err, w.done = take_result(task)
+    w.sema:post(1)
+end
+
+local log_buf = ffi.new("char[?]", 4096)
+local levelp = ffi.new("int[1]")
+local raw_log_ok, errlog = pcall(require, "ngx.errlog")
+local raw_log = raw_log_ok and errlog.raw_log or nil
+local LOG_BATCH = 256
+
+-- Writes the runtimes' log lines through nginx, at their level.
+local function drain_logs()
+    for _ = 1, LOG_BATCH do
+        local n = C.resty_ffi_log_take(log_buf, 4096, levelp)
+        if n < 0 then
+            return
+        end
+        local msg = ffi_string(log_buf, n)
+        if raw_log then
+            raw_log(levelp[0], msg)
+        else
+            log(levelp[0], msg)
         end
     end
+end
+
+local function log_filter()
+    if raw_log_ok and errlog.get_sys_filter_level then
+        local ok, level = pcall(errlog.get_sys_filter_level)
+        if ok and level then
+            return level
+        end
+    end
+    return ngx.DEBUG
 end
 
 -- Hands every drained answer over, each in isolation: one that fails
@@ -271,8 +317,10 @@ local function may_stop()
 end
 
 local function poll_loop()
+    C.resty_ffi_log_attach(channel, log_filter())
     while true do
         drain()
+        drain_logs()
         if next(waiters) == nil or (exiting() and nwaiting == 0) then
             return true
         end
@@ -305,6 +353,7 @@ local function socket_loop()
         return nil, ffi_string(msg_buf)
     end
     sock:settimeouts(1000, 1000, FOREVER_MS)
+    C.resty_ffi_log_attach(channel, log_filter())
     if many_vms() then
         timer_at(1, exit_watch)
     elseif not exit_timer_set then
@@ -312,6 +361,7 @@ local function socket_loop()
     end
     while true do
         drain()
+        drain_logs()
         if may_stop() then
             sock:close()
             return true
@@ -342,6 +392,7 @@ local function dispatch(premature)
     end
     local ok, res, err = pcall(dispatch_loop)
     dispatcher_running = false
+    C.resty_ffi_log_detach(channel)
     if not ok or not res then
         log(ERR, "resty_ffi: dispatcher stopped: ", ok and err or res)
     end
@@ -397,7 +448,7 @@ local function wait_sema(w, id, timeout)
     end
 end
 
-local function park(id, req, timeout)
+local function park(rt, id, req, timeout)
     local w = { sema = sema_new(), req = req }
     waiters[id] = w
     nwaiting = nwaiting + 1
@@ -414,6 +465,7 @@ local function park(id, req, timeout)
     -- it, and let the dispatcher free the late answer.
     waiters[id] = req or true
     nwaiting = nwaiting - 1
+    C.resty_ffi_runtime_timed_out(rt)
     if exiting() then
         C.resty_ffi_wake(channel)
     end
@@ -492,7 +544,7 @@ local function call(self, req, timeout)
     if C.resty_ffi_wait(task, nwaiting == 0 and 1 or 0) == 1 then
         return take_result(task)
     end
-    return park(id, req, timeout)
+    return park(rt, id, req, timeout)
 end
 
 local function unload(self)
@@ -515,6 +567,53 @@ local function queue_len(self)
         return 0
     end
     return C.resty_ffi_runtime_queue_len(rt)
+end
+
+local NBUCKETS = C.resty_ffi_latency_buckets(nil, 0)
+local RT_STATS = 9 + NBUCKETS + 1
+local rt_stats_buf = ffi.new("uint64_t[?]", RT_STATS)
+local bucket_buf = ffi.new("uint64_t[?]", NBUCKETS)
+C.resty_ffi_latency_buckets(bucket_buf, NBUCKETS)
+-- Bucket upper bounds in seconds (the last, +Inf, is implied).
+local BUCKETS = {}
+for i = 1, NBUCKETS do
+    BUCKETS[i] = tonumber(bucket_buf[i - 1]) / 1e9
+end
+_M.LATENCY_BUCKETS = BUCKETS
+local unloadedp = ffi.new("int[1]")
+
+-- The counters of core runtime `rt` (a cdata pointer), as a table.
+local function stats_of(rt)
+    local n = C.resty_ffi_runtime_name(rt, msg_buf, 1024, unloadedp)
+    local name = ffi_string(msg_buf, n)
+    C.resty_ffi_runtime_stats(rt, rt_stats_buf, RT_STATS)
+    local v = function(i) return tonumber(rt_stats_buf[i]) end
+    local buckets = {}
+    for i = 1, NBUCKETS + 1 do
+        buckets[i] = v(8 + i)
+    end
+    return {
+        name = name,
+        unloaded = unloadedp[0] == 1,
+        calls = { ok = v(0), error = v(1), timeout = v(2), refused = v(3) },
+        in_flight = v(4),
+        parked = v(5),
+        queue_length = v(6),
+        latency = { sum = v(7) / 1e9, count = v(8), buckets = buckets },
+    }
+end
+
+-- rt:__stats(): this runtime's counters in this worker: name, unloaded,
+-- calls {ok, error, timeout, refused}, in_flight, parked, queue_length,
+-- latency {sum (s), count, buckets (each bucket's own count, the bounds
+-- are _M.LATENCY_BUCKETS, then +Inf)}. (Double underscore like __unload:
+-- `rt:stats()` is a call to the runtime's own `stats` method.)
+local function runtime_stats(self)
+    local st = state_of[self]
+    if not st then
+        return nil, method_error(self)
+    end
+    return stats_of(st.handle)
 end
 
 -- Any method name calls the runtime, as in lua-resty-ffi; cache it on the
@@ -597,6 +696,8 @@ local function load(lib, cfg, opts, meta, cache, default_timeout)
     end
     local max_queue = opts.max_queue or 65536
     local path = find_library(lib)
+    -- the runtime may log from libffi_init on: drop what nginx would not write
+    C.resty_ffi_log_filter(log_filter())
     ngx.update_time()
     local t0 = ngx.now()
     local rt = C.resty_ffi_runtime_load(key, #key, path, cfg, cfg and #cfg or -1,
@@ -615,6 +716,15 @@ local function load(lib, cfg, opts, meta, cache, default_timeout)
         log(ERR, err)
         return nil, err
     end
+    if opts.name ~= nil then
+        local name = tostring(opts.name)
+        C.resty_ffi_runtime_set_name(rt, name, #name)
+    end
+    if not dispatcher_running and not many_vms() then
+        -- runtimes may log before any call parks: lines need a writer
+        start_dispatcher()
+    end
+    start_publishing()
     local timeout = opts.timeout
     if timeout == nil then
         timeout = default_timeout
@@ -624,9 +734,11 @@ local function load(lib, cfg, opts, meta, cache, default_timeout)
     local obj = setmetatable({
         __unload = unload,
         __queue_len = queue_len,
+        __stats = runtime_stats,
     }, meta)
     state_of[obj] = {
         rt = rt,
+        handle = rt,
         key = key,
         cache = cache,
         timeout = timeout,
@@ -658,13 +770,172 @@ function _M.loader(wrap)
     end
 end
 
+-- Every runtime this worker loaded (unloaded ones too: their counters
+-- stay), each as rt:__stats() gives it.
+function _M.runtimes()
+    local n = C.resty_ffi_runtimes(nil, 0)
+    local out = {}
+    if n == 0 then
+        return out
+    end
+    local buf = ffi.new("void *[?]", n)
+    n = math.min(n, C.resty_ffi_runtimes(buf, n))
+    for i = 0, n - 1 do
+        out[#out + 1] = stats_of(buf[i])
+    end
+    return out
+end
+
+local cjson = require "cjson.safe"
+local METRICS_DICT = "resty_ffi_stats"
+local PUBLISH_EVERY = 1
+local PUBLISH_TTL = 10
+
+-- This worker's metrics, summed by runtime name.
+local function worker_metrics()
+    local by_name = {}
+    for _, r in ipairs(_M.runtimes()) do
+        local m = by_name[r.name]
+        if not m then
+            m = { ok = 0, error = 0, timeout = 0, refused = 0, in_flight = 0,
+                  queue_length = 0, parked = 0, sum = 0, count = 0, buckets = {} }
+            for i = 1, NBUCKETS + 1 do m.buckets[i] = 0 end
+            by_name[r.name] = m
+        end
+        for k, v in pairs(r.calls) do m[k] = m[k] + v end
+        m.in_flight = m.in_flight + r.in_flight
+        m.queue_length = m.queue_length + r.queue_length
+        m.parked = m.parked + r.parked
+        m.sum = m.sum + r.latency.sum
+        m.count = m.count + r.latency.count
+        for i, c in ipairs(r.latency.buckets) do
+            m.buckets[i] = m.buckets[i] + c
+        end
+    end
+    local s = _M.stats()
+    return { runtimes = by_name, log_lines_dropped = s.log_lines_dropped }
+end
+
+-- Writes this worker's metrics into the shared dict (expiring, so a dead
+-- worker's numbers go away).
+local function publish(dict)
+    local blob = cjson.encode(worker_metrics())
+    if blob then
+        dict:set("w:" .. ngx.worker.pid(), blob, PUBLISH_TTL)
+    end
+end
+
+local publishing = false
+local function publish_timer(premature)
+    local dict = ngx.shared[METRICS_DICT]
+    if premature or not dict then
+        return
+    end
+    publish(dict)
+end
+
+-- Starts publishing this worker's metrics every second, once, when the
+-- operator declared the shared dict (not with lua_code_cache off: a timer
+-- would keep each request's VM alive; there a worker publishes when it
+-- serves a scrape).
+start_publishing = function()
+    if publishing or not ngx.shared[METRICS_DICT] or many_vms() then
+        return
+    end
+    publishing = ngx.timer.every(PUBLISH_EVERY, publish_timer) and true
+end
+_M.start_publishing = start_publishing
+
+local function label(v)
+    return (tostring(v):gsub("\\", "\\\\"):gsub("\n", "\\n"):gsub('"', '\\"'))
+end
+
+-- The Prometheus text exposition of resty-ffi's metrics for the whole
+-- nginx (all workers summed), or nil, err. Needs
+-- `lua_shared_dict resty_ffi_stats 1m;` in the http block.
+function _M.prometheus()
+    local dict = ngx.shared[METRICS_DICT]
+    if not dict then
+        return nil, "resty_ffi: prometheus() needs `lua_shared_dict "
+               .. METRICS_DICT .. " 1m;` in the http block: every worker "
+               .. "publishes its metrics there"
+    end
+    start_publishing()
+    publish(dict)
+    local total = { runtimes = {}, log_lines_dropped = 0 }
+    for _, key in ipairs(dict:get_keys(0)) do
+        local w = key:sub(1, 2) == "w:" and cjson.decode(dict:get(key) or "")
+        if type(w) == "table" then
+            total.log_lines_dropped = total.log_lines_dropped + (w.log_lines_dropped or 0)
+            for name, m in pairs(w.runtimes or {}) do
+                local t = total.runtimes[name]
+                if not t then
+                    total.runtimes[name] = m
+                else
+                    for k, v in pairs(m) do
+                        if k == "buckets" then
+                            for i, c in ipairs(v) do t.buckets[i] = t.buckets[i] + c end
+                        else
+                            t[k] = t[k] + v
+                        end
+                    end
+                end
+            end
+        end
+    end
+    local names = {}
+    for name in pairs(total.runtimes) do names[#names + 1] = name end
+    table.sort(names)
+    local out = {}
+    local function add(...) out[#out + 1] = table.concat({ ... }) end
+    add("# HELP resty_ffi_calls_total Calls to resty-ffi runtimes, by outcome.")
+    add("# TYPE resty_ffi_calls_total counter")
+    for _, name in ipairs(names) do
+        local m = total.runtimes[name]
+        for _, o in ipairs({ "ok", "error", "timeout", "refused" }) do
+            add('resty_ffi_calls_total{runtime="', label(name), '",outcome="', o,
+                '"} ', string.format("%d", m[o]))
+        end
+    end
+    add("# HELP resty_ffi_call_duration_seconds Time from post to answer of calls that were answered.")
+    add("# TYPE resty_ffi_call_duration_seconds histogram")
+    for _, name in ipairs(names) do
+        local m = total.runtimes[name]
+        local cum = 0
+        for i = 1, NBUCKETS + 1 do
+            cum = cum + m.buckets[i]
+            local le = BUCKETS[i] and string.format("%g", BUCKETS[i]) or "+Inf"
+            add('resty_ffi_call_duration_seconds_bucket{runtime="', label(name),
+                '",le="', le, '"} ', string.format("%d", cum))
+        end
+        add('resty_ffi_call_duration_seconds_sum{runtime="', label(name), '"} ',
+            string.format("%.9f", m.sum))
+        add('resty_ffi_call_duration_seconds_count{runtime="', label(name), '"} ',
+            string.format("%d", m.count))
+    end
+    for _, g in ipairs({ { "queue_length", "Tasks waiting in runtimes' queues." },
+                         { "in_flight", "Calls posted and not yet answered and freed." },
+                         { "parked", "Calls parked (waiting on the dispatcher)." } }) do
+        add("# HELP resty_ffi_", g[1], " ", g[2])
+        add("# TYPE resty_ffi_", g[1], " gauge")
+        for _, name in ipairs(names) do
+            add("resty_ffi_", g[1], '{runtime="', label(name), '"} ',
+                string.format("%d", total.runtimes[name][g[1]]))
+        end
+    end
+    add("# HELP resty_ffi_log_lines_dropped_total Runtime log lines dropped because too many waited.")
+    add("# TYPE resty_ffi_log_lines_dropped_total counter")
+    add("resty_ffi_log_lines_dropped_total ", string.format("%d", total.log_lines_dropped))
+    return table.concat(out, "\n") .. "\n"
+end
+
 -- Number of calls of this VM parked and waiting for an answer.
 function _M.waiting()
     return nwaiting
 end
 
 local STAT_NAMES = { "posted", "refused", "answered_spinning", "parked",
-                     "drained", "wakes", "stray_answers" }
+                     "drained", "wakes", "stray_answers", "log_lines_dropped" }
 local stats_buf = ffi.new("uint64_t[?]", #STAT_NAMES)
 
 -- Counters of this worker's call path since it started: posted (calls
@@ -672,6 +943,7 @@ local stats_buf = ffi.new("uint64_t[?]", #STAT_NAMES)
 -- (answered before the caller parked), parked, drained (answers handed over
 -- by the dispatcher), wakes (wake-up bytes runtimes wrote), stray_answers
 -- (answers to tasks not waiting for one: a runtime answered twice or late),
+-- log_lines_dropped (runtime log lines dropped because too many waited),
 -- waiting (parked now, this VM), wake ("socket", or "polling" when no wake
 -- socket could be made), vms (Lua VMs this worker has had: more than 1 with
 -- lua_code_cache off).

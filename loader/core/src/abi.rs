@@ -19,6 +19,7 @@ use std::sync::Arc;
 use crate::completion::Channel;
 use crate::queue::TaskQueue;
 use crate::runtime::{self, Options, Runtime};
+use crate::stats::Outcome;
 use crate::task::{Response, TaskPtr};
 
 fn guard<R>(name: &str, on_panic: R, body: impl FnOnce() -> R) -> R {
@@ -30,7 +31,7 @@ fn guard<R>(name: &str, on_panic: R, body: impl FnOnce() -> R) -> R {
                 .map(|s| s.to_string())
                 .or_else(|| e.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            eprintln!("resty_ffi: panic in {name}: {msg}");
+            crate::log::error(&format!("resty_ffi: panic in {name}: {msg}"));
             on_panic
         }
     }
@@ -194,7 +195,7 @@ pub unsafe extern "C" fn resty_ffi_queue_fd(tq: *mut c_void) -> c_int {
         queue(tq).map_or(-1, |q| match q.ready.fd() {
             Ok(fd) => fd,
             Err(e) => {
-                eprintln!("resty_ffi: {e}");
+                crate::log::error(&format!("resty_ffi: {e}"));
                 -1
             }
         })
@@ -372,6 +373,7 @@ pub unsafe extern "C" fn resty_ffi_post(
         };
         let Some(task) = TaskPtr::new(&rt.queue, Some(ch), id, req.cast(), len) else {
             crate::stats::refused();
+            rt.queue.stats.refused();
             set_err(4);
             return std::ptr::null_mut();
         };
@@ -383,6 +385,7 @@ pub unsafe extern "C" fn resty_ffi_post(
             }
             Err(e) => {
                 crate::stats::refused();
+                rt.queue.stats.refused();
                 task.free();
                 set_err(e.post_code());
                 std::ptr::null_mut()
@@ -454,16 +457,234 @@ pub unsafe extern "C" fn resty_ffi_task_id(task: *mut c_void) -> f64 {
     })
 }
 
-/// Frees a finished task and its response.
+/// Frees a finished task and its response, counting the call in its
+/// runtime's stats as `outcome`: 0 ok, 1 error, 2 a late answer to a call
+/// that timed out (counted when it timed out).
 ///
 /// # Safety
 /// Pointer arguments must be valid as described, per the C ABI.
 #[no_mangle]
-pub unsafe extern "C" fn resty_ffi_task_free(task: *mut c_void) {
+pub unsafe extern "C" fn resty_ffi_task_free(task: *mut c_void, outcome: c_int) {
     guard("resty_ffi_task_free", (), || {
         if let Some(t) = TaskPtr::from_raw(task) {
-            t.free();
+            t.free_as(Some(match outcome {
+                0 => Outcome::Ok,
+                1 => Outcome::Error,
+                _ => Outcome::Late,
+            }));
         }
+    })
+}
+
+/// Counts a call of runtime `rt` that timed out.
+///
+/// # Safety
+/// `rt` comes from `resty_ffi_runtime_load`.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_runtime_timed_out(rt: *mut c_void) {
+    guard("resty_ffi_runtime_timed_out", (), || {
+        if let Some(r) = runtime(rt) {
+            r.queue.stats.timed_out();
+        }
+    })
+}
+
+/// Every runtime this process loaded (unloaded ones too, so counters never
+/// go back): writes up to `max` into `out`, returns how many there are.
+///
+/// # Safety
+/// `out` has `max` writable slots.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_runtimes(out: *mut *mut c_void, max: c_int) -> c_int {
+    guard("resty_ffi_runtimes", 0, || {
+        let all = runtime::all();
+        if !out.is_null() && max > 0 {
+            // SAFETY: per the doc above.
+            let out = unsafe { std::slice::from_raw_parts_mut(out, max as usize) };
+            for (o, rt) in out.iter_mut().zip(&all) {
+                *o = (*rt as *const Runtime).cast_mut().cast();
+            }
+        }
+        all.len().min(c_int::MAX as usize) as c_int
+    })
+}
+
+/// Names a runtime for its metrics (default: its `lib & cfg` key).
+///
+/// # Safety
+/// `rt` comes from `resty_ffi_runtime_load`; `name` has `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_runtime_set_name(
+    rt: *mut c_void,
+    name: *const c_char,
+    len: c_int,
+) {
+    guard("resty_ffi_runtime_set_name", (), || {
+        if let (Some(r), false, true) = (runtime(rt), name.is_null(), len >= 0) {
+            // SAFETY: per the doc above.
+            let bytes = unsafe { std::slice::from_raw_parts(name.cast::<u8>(), len as usize) };
+            r.set_name(String::from_utf8_lossy(bytes).into_owned());
+        }
+    })
+}
+
+/// Writes the runtime's name into `buf`; returns its length (cut to fit),
+/// and through `unloaded` whether it was unloaded.
+///
+/// # Safety
+/// `rt` comes from `resty_ffi_runtime_load`; `buf` has `cap` bytes;
+/// `unloaded` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_runtime_name(
+    rt: *mut c_void,
+    buf: *mut c_char,
+    cap: c_int,
+    unloaded: *mut c_int,
+) -> c_int {
+    guard("resty_ffi_runtime_name", 0, || {
+        let Some(r) = runtime(rt) else { return 0 };
+        if !unloaded.is_null() {
+            // SAFETY: per the doc above.
+            unsafe { *unloaded = r.queue.is_finished() as c_int };
+        }
+        write_str(buf, cap, &r.name())
+    })
+}
+
+/// The runtime's counters (see `RuntimeStats::snapshot` for the order: ok,
+/// error, timeout, refused, in_flight, parked, queue_len, latency sum ns,
+/// latency count, then the histogram buckets' own counts); returns how
+/// many were written.
+///
+/// # Safety
+/// `rt` comes from `resty_ffi_runtime_load`; `out` has `max` slots.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_runtime_stats(
+    rt: *mut c_void,
+    out: *mut u64,
+    max: c_int,
+) -> c_int {
+    guard("resty_ffi_runtime_stats", 0, || {
+        let (Some(r), false, true) = (runtime(rt), out.is_null(), max > 0) else {
+            return 0;
+        };
+        let snap = r.queue.stats.snapshot(r.queue.len());
+        let n = snap.len().min(max as usize);
+        // SAFETY: per the doc above.
+        unsafe { std::ptr::copy_nonoverlapping(snap.as_ptr(), out, n) };
+        n as c_int
+    })
+}
+
+/// Latency histogram bucket bounds in ns (without the last, unbounded
+/// one): writes up to `max`, returns how many there are.
+///
+/// # Safety
+/// `out` has `max` writable slots.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_latency_buckets(out: *mut u64, max: c_int) -> c_int {
+    guard("resty_ffi_latency_buckets", 0, || {
+        let b = crate::stats::BUCKETS_NS;
+        if !out.is_null() && max > 0 {
+            let n = b.len().min(max as usize);
+            // SAFETY: per the doc above.
+            unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), out, n) };
+        }
+        b.len() as c_int
+    })
+}
+
+/// Logs a line through nginx (`level`: 1 emerg ... 4 err, 5 warn, 6
+/// notice, 7 info, 8 debug; `len` -1 for NUL-terminated). Callable from any
+/// thread. nginx writes it at its level once the worker's dispatcher takes
+/// it; lines below the `error_log` level are dropped here; past 4096 lines
+/// (or 1 MiB) waiting, lines are dropped and counted.
+///
+/// # Safety
+/// `msg` has `len` readable bytes, or is NUL-terminated when `len` is -1.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_log(level: c_int, msg: *const c_char, len: c_int) {
+    guard("resty_ffi_log", (), || {
+        if msg.is_null() {
+            return;
+        }
+        // SAFETY: per the doc above.
+        let bytes = unsafe {
+            if len < 0 {
+                CStr::from_ptr(msg).to_bytes()
+            } else {
+                std::slice::from_raw_parts(msg.cast::<u8>(), len as usize)
+            }
+        };
+        crate::log::log(level, bytes);
+    })
+}
+
+/// Makes channel `ch`'s dispatcher the writer of log lines; `filter` is
+/// nginx's error_log level.
+///
+/// # Safety
+/// `ch` comes from `resty_ffi_channel_open`.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_log_attach(ch: *mut c_void, filter: c_int) {
+    guard("resty_ffi_log_attach", (), || {
+        if ch.is_null() {
+            return;
+        }
+        // SAFETY: ch came from Arc::into_raw and is open; this adds a
+        // reference for the log sink.
+        let ch = unsafe {
+            Arc::increment_strong_count(ch as *const Channel);
+            Arc::from_raw(ch as *const Channel)
+        };
+        crate::log::attach(ch, filter);
+    })
+}
+
+/// Sets nginx's error_log level: log lines above it are dropped at once.
+#[no_mangle]
+pub extern "C" fn resty_ffi_log_filter(filter: c_int) {
+    guard("resty_ffi_log_filter", (), || {
+        crate::log::set_filter(filter)
+    })
+}
+
+/// Channel `ch`'s dispatcher stops writing log lines: from now on they go
+/// to stderr (error.log) directly.
+///
+/// # Safety
+/// `ch` comes from `resty_ffi_channel_open`.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_log_detach(ch: *mut c_void) {
+    guard("resty_ffi_log_detach", (), || {
+        if let Some(c) = channel(ch) {
+            crate::log::detach(c);
+        }
+    })
+}
+
+/// Takes the next log line: copies it into `buf` (cut to `cap`), sets
+/// `*level`, returns its length, or -1 when none waits.
+///
+/// # Safety
+/// `buf` has `cap` writable bytes; `level` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_log_take(
+    buf: *mut c_char,
+    cap: c_int,
+    level: *mut c_int,
+) -> c_int {
+    guard("resty_ffi_log_take", -1, || {
+        let Some((l, msg)) = crate::log::take() else {
+            return -1;
+        };
+        let n = msg.len().min(cap.max(0) as usize);
+        // SAFETY: per the doc above.
+        unsafe {
+            std::ptr::copy_nonoverlapping(msg.as_ptr(), buf.cast::<u8>(), n);
+            *level = l;
+        }
+        n as c_int
     })
 }
 
@@ -612,7 +833,7 @@ pub unsafe extern "C" fn resty_ffi_wake(ch: *mut c_void) {
 
 /// Copies up to `max` process-wide counters into `out` (see stats.rs for
 /// their order: posted, refused, answered_spinning, parked, drained, wakes,
-/// stray_answers);
+/// stray_answers, log_lines_dropped);
 /// returns how many.
 ///
 /// # Safety

@@ -118,11 +118,21 @@ impl Channel {
         n
     }
 
-    /// Marks the dispatcher asleep unless answers are waiting. Returns the
-    /// number waiting: 0 means "sleep now, a push will wake you".
+    /// Wakes the dispatcher if it sleeps (a log line for it is queued).
+    pub fn wake_if_asleep(&self) {
+        if self.asleep.swap(false, Ordering::AcqRel) {
+            let inner = self.lock();
+            crate::stats::wake_written();
+            wake::notify(inner.wake_fd);
+        }
+    }
+
+    /// Marks the dispatcher asleep unless answers (or, for the log sink,
+    /// log lines) are waiting. Returns the number waiting: 0 means "sleep
+    /// now, a push will wake you".
     pub fn prepare_sleep(&self) -> usize {
         self.asleep.store(true, Ordering::SeqCst);
-        let n = self.lock().tasks.len();
+        let n = self.lock().tasks.len() + crate::log::pending_for(self);
         if n > 0 {
             self.asleep.store(false, Ordering::SeqCst);
         }
@@ -184,6 +194,7 @@ impl Channel {
         };
         wake::close_fd(fd);
         drop(listener);
+        crate::log::detach(self);
         for t in tasks {
             t.free();
         }

@@ -1,15 +1,178 @@
-//! The core's own log lines, and a rate limit for lines a misbehaving
-//! runtime could otherwise repeat without bound.
+//! Log lines for nginx's error.log, written by nginx itself.
 //!
-//! Lines go to stderr, which nginx points at its error.log.
+//! Any thread (a runtime's, the core's) may log with [`log`]. While a Lua
+//! dispatcher is attached ([`attach`]), lines wait in a bounded queue and
+//! the dispatcher hands them to nginx's own logger (`ngx.errlog.raw_log`)
+//! at their level: they carry nginx's format, obey the `error_log` level and
+//! follow `nginx -s reopen`. The queue wakes the dispatcher like an answer
+//! does. Lines below the `error_log` level are dropped where they are made.
+//!
+//! Bounded: past [`MAX_LINES`] lines or [`MAX_BYTES`] bytes waiting, lines
+//! are dropped and counted ([`dropped`]), so a flood keeps memory flat.
+//! With no dispatcher attached (before the first load, while the worker
+//! exits, with `lua_code_cache off` between calls) a line goes straight to
+//! stderr, which nginx points at its error_log file, in nginx's line format:
+//! never lost silently.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::completion::Channel;
 use crate::spin::now_ns;
 
-/// Writes one line at error level.
+/// nginx's levels, as `ngx.ERR` and friends.
+pub const EMERG: i32 = 1;
+pub const ERR: i32 = 4;
+pub const WARN: i32 = 5;
+pub const DEBUG: i32 = 8;
+const NAMES: [&str; 9] = [
+    "stderr", "emerg", "alert", "crit", "error", "warn", "notice", "info", "debug",
+];
+
+pub const MAX_LINES: usize = 4096;
+pub const MAX_BYTES: usize = 1 << 20;
+/// Longer lines are cut to this many bytes.
+pub const MAX_LINE: usize = 4000;
+
+struct Lines {
+    q: VecDeque<(i32, Box<[u8]>)>,
+    bytes: usize,
+}
+
+static LINES: Mutex<Lines> = Mutex::new(Lines {
+    q: VecDeque::new(),
+    bytes: 0,
+});
+static SINK: Mutex<Option<Arc<Channel>>> = Mutex::new(None);
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Lines above this level (less severe) are dropped at once: the
+/// `error_log` level of the attached dispatcher's nginx.
+static FILTER: AtomicI32 = AtomicI32::new(DEBUG);
+
+fn lines() -> MutexGuard<'static, Lines> {
+    LINES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn sink() -> MutexGuard<'static, Option<Arc<Channel>>> {
+    SINK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Lines dropped so far because the queue was full.
+pub fn dropped() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+/// Logs one line at nginx level `level` (1 emerg ... 8 debug).
+pub fn log(level: i32, msg: &[u8]) {
+    let level = level.clamp(EMERG, DEBUG);
+    if level > FILTER.load(Ordering::Relaxed) {
+        return;
+    }
+    let msg = &msg[..msg.len().min(MAX_LINE)];
+    let Some(ch) = sink().clone() else {
+        return write_stderr(level, msg);
+    };
+    {
+        let mut l = lines();
+        if l.q.len() >= MAX_LINES || l.bytes + msg.len() > MAX_BYTES {
+            drop(l);
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        l.bytes += msg.len();
+        l.q.push_back((level, msg.into()));
+    }
+    ch.wake_if_asleep();
+}
+
+/// Logs at error level.
 pub fn error(msg: &str) {
-    eprintln!("{msg}");
+    log(ERR, msg.as_bytes());
+}
+
+/// Lines waiting, for the sink channel's `prepare_sleep`.
+pub fn pending_for(ch: &Channel) -> usize {
+    let attached = sink().as_ref().is_some_and(|s| std::ptr::eq(&**s, ch));
+    if attached {
+        lines().q.len()
+    } else {
+        0
+    }
+}
+
+/// Sets nginx's `error_log` level: lines above it are dropped at once,
+/// attached or not.
+pub fn set_filter(filter: i32) {
+    FILTER.store(filter.clamp(EMERG, DEBUG), Ordering::Relaxed);
+}
+
+/// Makes `ch`'s dispatcher the writer of log lines; `filter` is nginx's
+/// `error_log` level (lines above it are dropped at once).
+pub fn attach(ch: Arc<Channel>, filter: i32) {
+    set_filter(filter);
+    *sink() = Some(ch);
+}
+
+/// The dispatcher of `ch` stops: lines go to stderr from now on, and those
+/// waiting are written there now.
+pub fn detach(ch: &Channel) {
+    let mut s = sink();
+    if s.as_ref().is_some_and(|c| std::ptr::eq(&**c, ch)) {
+        *s = None;
+        drop(s);
+        let waiting = {
+            let mut l = lines();
+            l.bytes = 0;
+            std::mem::take(&mut l.q)
+        };
+        for (level, msg) in waiting {
+            write_stderr(level, &msg);
+        }
+    }
+}
+
+/// Takes the next waiting line.
+pub fn take() -> Option<(i32, Box<[u8]>)> {
+    let mut l = lines();
+    let line = l.q.pop_front()?;
+    l.bytes -= line.1.len();
+    Some(line)
+}
+
+/// One line to stderr in nginx's error.log format.
+fn write_stderr(level: i32, msg: &[u8]) {
+    use std::io::Write;
+    let mut line = format!(
+        "{} [{}] {}#{}: ",
+        now(),
+        NAMES[level as usize],
+        std::process::id(),
+        // SAFETY: gettid has no preconditions.
+        unsafe { libc::gettid() }
+    )
+    .into_bytes();
+    line.extend_from_slice(msg);
+    line.push(b'\n');
+    let _ = std::io::stderr().write_all(&line);
+}
+
+fn now() -> String {
+    let mut buf = [0u8; 32];
+    // SAFETY: time/localtime_r/strftime write only into the locals given,
+    // and strftime NUL-terminates within the buffer size it is told.
+    let n = unsafe {
+        let t = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        libc::localtime_r(&t, &mut tm);
+        libc::strftime(
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            c"%Y/%m/%d %H:%M:%S".as_ptr(),
+            &tm,
+        )
+    };
+    String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
 /// True at most once a second per `last` (which holds the time of the last
@@ -22,4 +185,27 @@ pub fn every_second(last: &AtomicU64) -> bool {
     }
     last.compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
         .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_is_bounded_and_counted_and_detach_flushes() {
+        let ch = Channel::open();
+        attach(ch.clone(), DEBUG);
+        let before = dropped();
+        for i in 0..(MAX_LINES + 100) {
+            log(WARN, format!("line {i}").as_bytes());
+        }
+        assert!(dropped() - before >= 100);
+        assert!(pending_for(&ch) <= MAX_LINES);
+        let (level, first) = take().expect("a line");
+        assert_eq!(level, WARN);
+        assert!(first.starts_with(b"line "));
+        detach(&ch);
+        assert_eq!(pending_for(&ch), 0);
+        assert!(take().is_none(), "detach wrote the rest to stderr");
+    }
 }

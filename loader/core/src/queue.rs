@@ -46,6 +46,8 @@ pub struct TaskQueue {
     pub caller_gate: SpinGate,
     /// Readiness fd for event-loop runtimes (see ready.rs).
     pub ready: ReadyFd,
+    /// Per-runtime call counters and latency histogram.
+    pub stats: crate::stats::RuntimeStats,
 }
 
 impl TaskQueue {
@@ -64,6 +66,7 @@ impl TaskQueue {
             poll_gate: SpinGate::new(poll_spin),
             caller_gate: SpinGate::new(caller_spin),
             ready: ReadyFd::default(),
+            stats: Default::default(),
         }
     }
 

@@ -73,6 +73,16 @@ impl Default for Options {
 pub struct Runtime {
     pub queue: Arc<TaskQueue>,
     key: Vec<u8>,
+    /// The name its metrics carry (opts.name, else the key).
+    name: Mutex<String>,
+}
+
+/// Every runtime this process loaded, unloaded ones included.
+static ALL: Mutex<Vec<&'static Runtime>> = Mutex::new(Vec::new());
+
+/// Every runtime this process loaded, in load order.
+pub fn all() -> Vec<&'static Runtime> {
+    ALL.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// Loaded, not yet unloaded runtimes of this process, by `lib & cfg`.
@@ -102,6 +112,7 @@ pub fn load_shared(
     }
     let rt: &'static Runtime = Box::leak(Box::new(Runtime::load(key, path, cfg, opts)?));
     map.insert(key.to_vec(), rt);
+    ALL.lock().unwrap_or_else(|e| e.into_inner()).push(rt);
     Ok(rt)
 }
 
@@ -223,7 +234,16 @@ impl Runtime {
         Ok(Runtime {
             queue,
             key: key.to_vec(),
+            name: Mutex::new(String::from_utf8_lossy(key).into_owned()),
         })
+    }
+
+    pub fn name(&self) -> String {
+        self.name.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_name(&self, name: String) {
+        *self.name.lock().unwrap_or_else(|e| e.into_inner()) = name;
     }
 
     /// Finishes the queue: queued tasks are served, then pollers get NULL.

@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use crate::completion::Channel;
 use crate::queue::TaskQueue;
 use crate::spin::now_ns;
+use crate::stats::Outcome;
 
 const PENDING: u32 = 0;
 const DONE: u32 = 1;
@@ -77,6 +78,8 @@ pub struct Slot {
     state: AtomicU32,
     /// When a runtime thread took the task from the queue (0: not yet).
     picked_ns: AtomicU64,
+    /// When the caller posted the call (for the latency histogram).
+    posted_ns: AtomicU64,
     /// Whether a runtime thread was spinning in poll when the task was
     /// posted: only then can the caller expect an answer within a spin.
     poller_spinning: AtomicBool,
@@ -91,6 +94,7 @@ impl Slot {
             word: AtomicU64::new(FREE),
             state: AtomicU32::new(PENDING),
             picked_ns: AtomicU64::new(0),
+            posted_ns: AtomicU64::new(0),
             poller_spinning: AtomicBool::new(false),
             call: UnsafeCell::new(Call {
                 id: 0.0,
@@ -218,7 +222,9 @@ impl TaskPtr {
         }
         s.state.store(PENDING, Ordering::Relaxed);
         s.picked_ns.store(0, Ordering::Relaxed);
+        s.posted_ns.store(now_ns(), Ordering::Relaxed);
         s.poller_spinning.store(false, Ordering::Relaxed);
+        queue.stats.task_taken();
         let gen = s.word.load(Ordering::Relaxed) >> 32;
         s.word.store(gen << 32 | LIVE, Ordering::Release);
         Some(TaskPtr(NonNull::from(s)))
@@ -390,9 +396,14 @@ impl TaskPtr {
         {
             return true;
         }
-        s.state
+        let answered = s
+            .state
             .compare_exchange(PENDING, PARKED, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
+            .is_err();
+        if !answered {
+            self.queue().stats.parked();
+        }
+        answered
     }
 
     /// The answer; valid once `wait` returned true or the task came out of
@@ -442,7 +453,19 @@ impl TaskPtr {
     /// gives the slot back under a new generation. An answered task reports
     /// its service time (taken to answered) to its queue's caller gate.
     pub fn free(self) {
+        self.free_as(None)
+    }
+
+    /// Like [`free`](Self::free), counting the call in its runtime's stats
+    /// as ending with `outcome` now.
+    pub fn free_as(self, outcome: Option<Outcome>) {
         let s = self.slot();
+        let stats = &self.queue().stats;
+        stats.task_freed(s.state.load(Ordering::Acquire) == PARKED);
+        if let Some(o) = outcome {
+            let posted = s.posted_ns.load(Ordering::Relaxed);
+            stats.finished(o, now_ns().saturating_sub(posted));
+        }
         // SAFETY: freeing means the answer was published (or never written,
         // answered_ns 0): see `response`. This consumes the last pointer to
         // the call, so taking its channel and response is ours to do.

@@ -241,6 +241,13 @@ fn cfg_string(cfg: Option<usize>) -> PyResult<Option<String>> {
     })
 }
 
+/// Logs `msg` through nginx at nginx level `level` (1 emerg, 2 alert, 3
+/// crit, 4 err, 5 warn, 6 notice, 7 info, 8 debug).
+#[pyfunction]
+fn log(level: i32, msg: &str) {
+    abi::log(level, msg);
+}
+
 /// Names the calling OS thread (15 bytes kept), for top -H and /proc.
 #[pyfunction]
 fn name_thread(name: &str) {
@@ -259,5 +266,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(queue_arm, m)?)?;
     m.add_function(wrap_pyfunction!(cfg_string, m)?)?;
     m.add_function(wrap_pyfunction!(name_thread, m)?)?;
+    m.add_function(wrap_pyfunction!(log, m)?)?;
     Ok(())
 }

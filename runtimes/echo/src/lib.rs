@@ -22,6 +22,10 @@
 //!   must refuse it and free the response), then answer `text`
 //! - `!twice:MS:text`  answer `text`, then MS ms later answer the same task
 //!   again with `second:text` (breaks the ABI: the core must drop it)
+//! - `!log:LEVEL:msg`  log `msg` at nginx level LEVEL through the core's
+//!   optional `resty_ffi_log` (looked up at run time, so the runtime still
+//!   runs under lua-resty-ffi), then answer `logged`
+//! - `!flood:N:msg`    log N lines as fast as possible, then answer `flooded`
 //! - `!len:N:MS:text`  after MS ms answer `text` claiming length N (N may be
 //!   negative or larger than the buffer: the core must refuse it)
 //!
@@ -84,6 +88,25 @@ fn request<'a>(task: Ptr) -> &'a [u8] {
     }
 }
 
+type LogFn = unsafe extern "C" fn(c_int, *const c_char, c_int);
+
+/// Logs through the core's `resty_ffi_log` when the process has it.
+fn log_line(level: c_int, msg: &[u8]) {
+    static LOG: std::sync::OnceLock<Option<LogFn>> = std::sync::OnceLock::new();
+    let f = LOG.get_or_init(|| {
+        // SAFETY: looking up a symbol by a NUL-terminated name; when found
+        // it is the core's resty_ffi_log, with this signature.
+        unsafe {
+            let p = libc::dlsym(libc::RTLD_DEFAULT, c"resty_ffi_log".as_ptr());
+            (!p.is_null()).then(|| std::mem::transmute::<*mut c_void, LogFn>(p))
+        }
+    });
+    if let Some(f) = f {
+        // SAFETY: msg is valid for its length during the call.
+        unsafe { f(level, msg.as_ptr().cast(), msg.len() as c_int) }
+    }
+}
+
 fn split_once(s: &[u8], sep: u8) -> (&[u8], &[u8]) {
     match s.iter().position(|&b| b == sep) {
         Some(i) => (&s[..i], &s[i + 1..]),
@@ -131,6 +154,18 @@ fn serve(task: Ptr, hung: &Mutex<Vec<Ptr>>) {
             // checks the pointer before using it and frees rsp.
             unsafe { ngx_http_lua_ffi_respond(bogus.as_ptr() as *mut c_void, 0, rsp, 0) };
             respond(task, 0, Some(rest));
+        }
+        b"log" => {
+            let (level, msg) = split_once(rest, b':');
+            log_line(number(level).unwrap_or(4) as c_int, msg);
+            respond(task, 0, Some(b"logged"));
+        }
+        b"flood" => {
+            let (n, msg) = split_once(rest, b':');
+            for _ in 0..number(n).unwrap_or(0).max(0) {
+                log_line(5, msg);
+            }
+            respond(task, 0, Some(b"flooded"));
         }
         b"twice" => {
             let (ms, body) = split_once(rest, b':');

@@ -1,0 +1,194 @@
+"""Operability: runtime logs written by nginx at their level, metrics per
+runtime and worker, and the Prometheus text for the whole nginx.
+
+Against a real nginx, with the echo runtime's `!log` / `!flood` commands (a
+C-ABI runtime calling `resty_ffi_log`) and a Python runtime.
+"""
+
+import os
+import re
+import signal
+import time
+import urllib.parse
+
+import pytest
+
+import harness
+
+LOG = r"""
+location /call {
+    content_by_lua_block {
+        local rt = assert(require("resty.ffi").load("ffi_echo"))
+        require("t.reply").send(rt:echo(ngx.unescape_uri(ngx.var.arg_req)))
+    }
+}
+location /stats {
+    content_by_lua_block {
+        local s = require("resty.ffi").stats()
+        ngx.print(s.log_lines_dropped)
+    }
+}
+"""
+
+
+def q(s):
+    return urllib.parse.quote(s, safe="")
+
+
+def test_runtime_log_lines_are_written_by_nginx_at_their_level_and_follow_reopen(nginx):
+    n = nginx(LOG, log_level="notice")
+    assert n.get("/call?req=warm") == (200, b"warm")
+    for level, word in [(4, "c-error-line"), (5, "c-warn-line"), (7, "c-info-line")]:
+        assert n.get("/call?req=" + q("!log:%d:%s" % (level, word))) == (200, b"logged")
+    assert harness.wait_until(lambda: "c-warn-line" in n.error_log(), 5)
+    log = n.error_log()
+    assert re.search(r"\[error\] \d+#\d+: (\*\d+ )?c-error-line", log), log[-2000:]
+    assert re.search(r"\[warn\] \d+#\d+: (\*\d+ )?c-warn-line", log), log[-2000:]
+    assert "c-info-line" not in log, "below the error_log level"
+    # reopen: nginx writes later lines to the new file
+    path = os.path.join(n.prefix, "logs", "error.log")
+    os.rename(path, path + ".1")
+    n.signal(signal.SIGUSR1)
+    assert harness.wait_until(lambda: os.path.exists(path), 5)
+    assert n.get("/call?req=" + q("!log:4:after-reopen")) == (200, b"logged")
+    assert harness.wait_until(lambda: "after-reopen" in n.error_log(), 5), n.error_log()
+    with open(path + ".1") as f:
+        assert "after-reopen" not in f.read()
+
+
+def test_a_flood_of_a_million_lines_keeps_memory_flat_and_counts_the_drops(nginx):
+    n = nginx(LOG, log_level="notice")
+    assert n.get("/call?req=warm") == (200, b"warm")
+    [pid] = n.worker_pids()
+    before = harness.rss_kib(pid)
+    assert n.get("/call?req=" + q("!flood:1000000:" + "f" * 100), timeout=60) == \
+        (200, b"flooded")
+    assert n.get("/call?req=still-serving") == (200, b"still-serving")
+    grown = harness.rss_kib(pid) - before
+    assert grown < 20 * 1024, "worker grew by %d KiB" % grown
+    status, body = n.get("/stats")
+    assert status == 200 and int(body) > 100000, body
+    assert "f" * 100 in n.error_log()
+
+
+PY_LOG = r"""
+location /py {
+    content_by_lua_block {
+        require "resty_ffi"
+        local rt = assert(ngx.load_ffi("ffi_python3", ngx.unescape_uri(ngx.var.arg_cfg)))
+        require("t.reply").send(rt:call("x"))
+    }
+}
+"""
+
+
+def test_python_print_and_log_levels_go_through_nginx(nginx, stage):
+    d = os.path.join(stage.dir, "oplog")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "levels.py"), "w") as f:
+        f.write("import resty_ffi, logging\n"
+                "log = logging.getLogger('levels')\n"
+                "def init(cfg, tq):\n"
+                "    def handle(req):\n"
+                "        print('py-notice-line')\n"
+                "        resty_ffi.log(7, 'py-info-line')\n"
+                "        log.error('py-logging-error')\n"
+                "        return b'ok'\n"
+                "    return handle\n")
+    stage.world_readable()
+    n = nginx(PY_LOG, log_level="notice")
+    assert n.get("/py?cfg=" + q(d + "/levels,init")) == (200, b"ok")
+    assert harness.wait_until(lambda: "py-logging-error" in n.error_log(), 5)
+    log = n.error_log()
+    assert re.search(r"\[notice\] .*ffi_python3: py-notice-line", log)
+    assert re.search(r"\[error\] .*ffi_python3: py-logging-error", log)
+    assert "py-info-line" not in log
+
+
+METRICS = r"""
+location /call {
+    content_by_lua_block {
+        local args = ngx.req.get_uri_args()
+        local rt = assert(require("resty.ffi").load("ffi_echo", "threads=1",
+                                                     { name = "echo", max_queue = 1 }))
+        require("t.reply").send(rt:echo(args.req, tonumber(args.timeout)))
+    }
+}
+location /rtstats {
+    content_by_lua_block {
+        local ffi = require "resty.ffi"
+        local rt = assert(ffi.load("ffi_echo", "threads=1", { name = "echo", max_queue = 1 }))
+        local s = rt:__stats()
+        local all = ffi.runtimes()
+        ngx.print(s.name, " ok=", s.calls.ok, " error=", s.calls.error,
+                  " timeout=", s.calls.timeout, " refused=", s.calls.refused,
+                  " count=", s.latency.count, " runtimes=", #all)
+    }
+}
+location /metrics {
+    content_by_lua_block {
+        local text, err = require("resty.ffi").prometheus()
+        if not text then
+            ngx.status = 500
+            return ngx.print(err)
+        end
+        ngx.header.content_type = "text/plain; version=0.0.4"
+        ngx.print(text)
+    }
+}
+"""
+
+
+def metrics(n):
+    from prometheus_client.parser import text_string_to_metric_families
+    status, body = n.get("/metrics")
+    assert status == 200, body
+    out = {}
+    for fam in text_string_to_metric_families(body.decode()):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_metrics_move_with_outcomes_and_prometheus_sums_both_workers(nginx):
+    n = nginx(METRICS, workers=2, http="lua_shared_dict resty_ffi_stats 1m;")
+    import concurrent.futures
+    ok = [n.get("/call?req=ok%d" % i) for i in range(200)]
+    assert all(r[0] == 200 for r in ok), [r for r in ok if r[0] != 200][:3]
+    fails = [n.get("/call?req=" + q("!fail:3:no")) for _ in range(10)]
+    assert all(r == (502, b"rc=3 err=no") for r in fails)
+    timeouts = [n.get("/call?req=" + q("!sleep:300:late") + "&timeout=0.05") for _ in range(4)]
+    assert all(r[0] == 502 and b"timed out" in r[1] for r in timeouts)
+    time.sleep(0.5)  # the late answers arrive
+    # refused: one thread blocked, one task queued, the rest refused
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        burst = list(pool.map(lambda i: n.get("/call?req=" + q("!block:300:b%d" % i)), range(6)))
+    refused = sum(1 for r in burst if b"queue full" in r[1])
+    assert refused >= 1, burst
+    time.sleep(1.5)  # every worker publishes its numbers each second
+    m = metrics(n)
+
+    def calls(outcome):
+        return m[("resty_ffi_calls_total", (("outcome", outcome), ("runtime", "echo")))]
+    assert calls("ok") == 200 + 6 - refused
+    assert calls("error") == 10
+    assert calls("timeout") == 4
+    assert calls("refused") == refused
+    count = m[("resty_ffi_call_duration_seconds_count", (("runtime", "echo"),))]
+    assert count == calls("ok") + calls("error"), "timeouts are not in the histogram"
+    inf = m[("resty_ffi_call_duration_seconds_bucket", (("le", "+Inf"), ("runtime", "echo")))]
+    assert inf == count
+    assert m[("resty_ffi_in_flight", (("runtime", "echo"),))] == 0
+    assert m[("resty_ffi_queue_length", (("runtime", "echo"),))] == 0
+    assert ("resty_ffi_log_lines_dropped_total", ()) in m
+    # one worker's own view
+    status, body = n.get("/rtstats")
+    assert status == 200 and body.startswith(b"echo ok="), body
+    assert re.search(rb" runtimes=1$", body), body
+
+
+def test_prometheus_without_the_shared_dict_says_what_to_declare(nginx):
+    n = nginx(METRICS)
+    status, body = n.get("/metrics")
+    assert status == 500
+    assert b"needs `lua_shared_dict resty_ffi_stats 1m;` in the http block" in body
