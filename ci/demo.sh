@@ -51,5 +51,9 @@ while read -r path body; do
     echo
 done
 echo
+sleep 1.2   # each worker publishes its metrics every second
+echo "\$ curl $base/metrics | grep calls_total"
+curl -sS "$base/metrics" | grep '^resty_ffi_calls_total' || true
+echo
 echo "nginx error.log (runtime output):"
 grep -vE ' \[(notice|info)\] ' "$prefix/logs/error.log" | tail -n 20 || true
