@@ -298,12 +298,14 @@ local function on_worker_exit(premature)
 end
 
 -- With many VMs a year-long timer would keep this VM alive for a year: a
--- one-second timer re-armed while the dispatcher runs does the same job.
+-- short timer re-armed while the dispatcher runs does the same job, and
+-- keeps the VM at most that long once the dispatcher stopped.
+local EXIT_WATCH = 0.1
 local function exit_watch(premature)
     if premature then
         C.resty_ffi_wake(channel)
     elseif dispatcher_running then
-        timer_at(1, exit_watch)
+        timer_at(EXIT_WATCH, exit_watch)
     end
 end
 
@@ -355,7 +357,7 @@ local function socket_loop()
     sock:settimeouts(1000, 1000, FOREVER_MS)
     C.resty_ffi_log_attach(channel, log_filter())
     if many_vms() then
-        timer_at(1, exit_watch)
+        timer_at(EXIT_WATCH, exit_watch)
     elseif not exit_timer_set then
         exit_timer_set = timer_at(FOREVER_MS / 1000, on_worker_exit) and true
     end
