@@ -383,12 +383,17 @@ def test_temurin_25_from_java_home_runs_both_styles(j_nginx):
 def test_reload_and_quit_stay_prompt_with_a_jvm_loaded(j_nginx):
     n = j_nginx(workers=2)
     cfg = "t.Handlers,asleep"
+    assert n.get("/plain") == (200, b"plain")
+    old = n.worker_pids()
+    before = [harness.rss_kib(p) for p in old]
     for _ in range(4):
         status, got = call(n, cfg, b"w")
         assert status == 200, got
-    old = n.worker_pids()
-    rss = [harness.rss_kib(p) for p in old]
-    print("worker RSS with a JVM loaded (KiB):", rss)
+    assert n.worker_pids() == old
+    after = [harness.rss_kib(p) for p in old]
+    print("worker RSS (KiB) before / with a JVM loaded:", before, after)
+    # -Xmx256m by default; a fresh JVM commits far less
+    assert max(after) - min(before) < 150 * 1024, (before, after)
     n.reload()
     assert harness.wait_until(lambda: not set(n.worker_pids()) & set(old), 5), \
         (old, n.worker_pids())
