@@ -114,6 +114,12 @@ def jstage(stage):
     os.makedirs(classes, exist_ok=True)
     tdir = os.path.join(harness.ROOT, "tests", "java", "t")
     javac(classes, *[os.path.join(tdir, f) for f in sorted(os.listdir(tdir))])
+    if os.path.exists(JDK25):
+        # the FFM runtime needs JDK 22+: its own folder, on CLASSPATH only there
+        stage.java_ffm = os.path.join(root, "ffm")
+        subprocess.run([JDK25 + "/bin/javac", "--release", "22", "-d", stage.java_ffm,
+                        os.path.join(harness.ROOT, "tests", "java", "ffm", "Echo.java")],
+                       check=True)
     stage.java_examples = stage.add_lib(build_examples(), "../java/examples.jar")
     stage.java_hot = os.path.join(root, "hot")
     os.makedirs(stage.java_hot, exist_ok=True)
@@ -126,8 +132,8 @@ def jstage(stage):
 
 @pytest.fixture
 def j_nginx(nginx, jstage):
-    def start(java_opts=None, java_home=None, main="", **kw):
-        env = "env CLASSPATH=%s;\n" % jstage.java_classpath
+    def start(java_opts=None, java_home=None, main="", classpath=None, **kw):
+        env = "env CLASSPATH=%s;\n" % (classpath or jstage.java_classpath)
         if java_opts is not None:
             env += "env \"JAVA_OPTS=%s\";\n" % java_opts
         if java_home:
@@ -378,6 +384,17 @@ def test_temurin_25_from_java_home_runs_both_styles(j_nginx):
     assert good == 100 and elapsed < 1.8, (good, elapsed)
 
 
+@pytest.mark.skipif(not os.path.exists(JDK25), reason="Temurin 25 not installed")
+def test_ffm_runtime_finds_the_core_symbols_process_wide(j_nginx, jstage):
+    n = j_nginx(java_home=JDK25, java_opts="--enable-native-access=ALL-UNNAMED",
+                classpath=jstage.java_classpath + ":" + jstage.java_ffm)
+    for body in (b"hello", b""):
+        status, got = call(n, "ffm.Echo,init", body)
+        assert (status, got) == (200, b"ffm: " + body), got + n.error_log().encode()[-2000:]
+    unload(n, "ffm.Echo,init")
+    assert harness.wait_until(lambda: "ffm echo: queue finished" in n.error_log(), 5)
+
+
 # ---- nginx lifecycle ----------------------------------------------------
 
 def test_reload_and_quit_stay_prompt_with_a_jvm_loaded(j_nginx):
@@ -410,6 +427,21 @@ def test_reload_and_quit_stay_prompt_with_a_jvm_loaded(j_nginx):
     t.join(10)
     assert results == [(200, b"slept late")]
     assert took < 5, took
+
+
+def test_system_exit_ends_the_worker_and_nginx_starts_a_new_one(j_nginx):
+    n = j_nginx()
+    assert call(n, "demo.echo.Handler,echo", b"x") == (200, b"x")
+    old = n.worker_pids()
+    try:
+        status, _ = call(n, "t.Handlers,exiter", b"bye")
+        assert status != 200
+    except OSError:
+        pass    # the connection dies with the worker
+    assert harness.wait_until(lambda: n.worker_pids() and n.worker_pids() != old, 5)
+    assert "exited with code 3" in n.error_log()
+    # the new worker creates its own JVM on its first call
+    assert call(n, "demo.echo.Handler,echo", b"again") == (200, b"again")
 
 
 # ---- examples -----------------------------------------------------------

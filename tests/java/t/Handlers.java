@@ -79,6 +79,14 @@ public class Handlers {
                 + " user=" + System.getProperty("user.name"));
     }
 
+    /** Ends the worker process, as System.exit does wherever it is called. */
+    public static Function<byte[], byte[]> exiter(String cfg) {
+        return req -> {
+            System.exit(3);
+            return null;
+        };
+    }
+
     @SuppressWarnings("rawtypes")
     public static Function raw(String cfg) {
         return req -> req;
