@@ -96,7 +96,7 @@ def build_examples():
     d = os.path.join(harness.ROOT, "examples", "java")
     jar = os.path.join(d, "target", "resty-ffi-examples.jar")
     if os.environ.get("RESTY_FFI_SKIP_BUILD") != "1" or not os.path.exists(jar):
-        harness.run(["mvn", "-q", "-B", "package"], cwd=d)
+        harness.run(["mvn", "-q", "-B", "-Dstyle.color=never", "package"], cwd=d)
     return jar
 
 

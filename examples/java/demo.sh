@@ -6,7 +6,7 @@
 # and names the requests the demo shows ("PATH [BODY]" per line).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-(cd "$here" && mvn -q -B package)
+(cd "$here" && mvn -q -B -Dstyle.color=never package)
 mkdir -p "$STAGE/java"
 cp "$here/target/resty-ffi-examples.jar" "$STAGE/java/"
 echo "env CLASSPATH=$STAGE/java/resty-ffi-examples.jar;" > "$STAGE/demo.d/java.main"
@@ -14,5 +14,5 @@ cp "$here/nginx.conf" "$STAGE/demo.d/java.conf"
 cat > "$STAGE/demo.d/java.locations" <<'LOCATIONS'
 /java/echo hello-from-lua-resty-ffi's-jnr-ffi-runtime
 /java/echo-handler hello-from-a-java-handler
-/java/markdown #_Markdown_rendered_by_commonmark-java
+/java/markdown # Markdown *rendered* by commonmark-java
 LOCATIONS
