@@ -285,6 +285,9 @@ class Bench:
                 main = ""
                 if "java_classpath" in self.ctx:
                     main = "env CLASSPATH=%s;" % self.ctx["java_classpath"]
+                    # JAVA_HOME / JAVA_OPTS of this run reach the JVM
+                    main += "".join("env %s;" % v for v in ("JAVA_HOME", "JAVA_OPTS")
+                                    if os.environ.get(v))
                 self.nginx = harness.Nginx(self.stage, self.server_block(), main=main,
                                            workers=self.workers, log_level="warn")
                 self.nginx.start()

@@ -256,6 +256,31 @@ def test_100_calls_to_an_async_handler_sleeping_1s_finish_in_about_1s(j_nginx):
         java_threads(n, "jv")
 
 
+def test_thread_bound_and_unload_end_the_pollers(j_nginx):
+    n = j_nginx(java_opts="-Dresty.ffi.threads=4")
+    cfg = "t.Handlers,sleepSync"
+    # at most 4 pollers: 8 calls of 1 s take two rounds
+    good, elapsed = par(n, cfg, 8, "s", "slept s")
+    assert good == 8
+    assert 1.9 < elapsed < 3.0, elapsed
+    assert len(java_threads(n, "jv")) <= 4
+    unload(n, cfg)
+    assert harness.wait_until(lambda: not java_threads(n, "jv"), 5), java_threads(n, "jv")
+
+
+@pytest.mark.skipif(not os.path.exists(JDK25), reason="Temurin 25 not installed")
+def test_virtual_thread_executor_runs_blocking_sync_handlers_unbounded(j_nginx):
+    n = j_nginx(java_home=JDK25, java_opts="-Dresty.ffi.executor=virtual -Dresty.ffi.threads=2")
+    good, elapsed = par(n, "t.Handlers,sleepSync", 100, "v", "slept v")
+    assert good == 100, n.error_log()[-3000:]
+    assert 0.95 < elapsed < 1.8, elapsed
+    assert len(java_threads(n, "jv")) <= 2
+    status, got = call(n, "t.Handlers,where", b"x")
+    assert status == 200 and b" thread= " in got, got    # virtual threads have no name
+    status, got = call(n, "t.Handlers,raiser", b"raise")
+    assert status == 502 and got.startswith(b"rc=1 err=t.Handlers$Boom"), got
+
+
 @pytest.mark.parametrize("method", ["raiser", "raiserAsync"])
 def test_handler_exceptions_become_error_answers_and_the_runtime_keeps_serving(j_nginx, method):
     n = j_nginx()

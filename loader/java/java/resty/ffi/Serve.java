@@ -15,6 +15,11 @@
  * Any result that is a CompletionStage is treated so, whatever the
  * declared type.
  *
+ * -Dresty.ffi.executor=virtual (JDK 21+) hands each sync call from the
+ * poller to a new virtual thread instead: no thread bound for handlers that
+ * block, at the price of a hand-over per call (waking a parked carrier
+ * thread). On an older JDK the setting is reported and ignored.
+ *
  * Errors: an exception (or a failed stage) answers rc 1 with
  * "ExceptionClass: message" (Throwable.toString()) and logs the stack
  * trace; the runtime keeps serving. The queue finishing (rt:__unload())
@@ -26,12 +31,15 @@ package resty.ffi;
 import java.util.concurrent.CompletionException;
 import java.util.concurrent.CompletionStage;
 import java.util.concurrent.ExecutionException;
+import java.util.concurrent.Executor;
+import java.util.concurrent.Executors;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.function.Function;
 
 final class Serve {
     static final int MAX_THREADS = Integer.getInteger("resty.ffi.threads", 256);
     static final int SPARE = 2;
+    static final Executor VIRTUAL = virtualExecutor();
 
     private final Function<byte[], Object> handler;
     private final boolean async;
@@ -48,6 +56,19 @@ final class Serve {
         this.queue = queue;
         this.name = name;
         this.loader = loader;
+    }
+
+    private static Executor virtualExecutor() {
+        if (!"virtual".equals(System.getProperty("resty.ffi.executor"))) {
+            return null;
+        }
+        try {
+            return (Executor) Executors.class.getMethod("newVirtualThreadPerTaskExecutor").invoke(null);
+        } catch (ReflectiveOperationException e) {
+            Log.warn("ffi_java: -Dresty.ffi.executor=virtual needs JDK 21+ (this is "
+                    + Runtime.version() + "): handlers run on the pollers");
+            return null;
+        }
     }
 
     static void start(Function<byte[], Object> handler, boolean async, Queue queue, String name, ClassLoader loader) {
@@ -97,7 +118,11 @@ final class Serve {
                 if (left == 0) {
                     spawn();
                 }
-                handle(task);
+                if (VIRTUAL != null && !async) {
+                    VIRTUAL.execute(() -> handle(task));
+                } else {
+                    handle(task);
+                }
                 // stay a poller unless enough others are idle already
                 if (polling.get() >= SPARE) {
                     return;
