@@ -11,8 +11,14 @@ set -euo pipefail
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
+# javac 17 or later (the loader's API is compiled with --release 17)
+javac_major() {
+    javac -version 2>&1 | sed -n 's/^javac \([0-9]*\).*/\1/p'
+}
 missing=()
-command -v javac >/dev/null 2>&1 || missing+=(default-jdk-headless)
+if ! command -v javac >/dev/null 2>&1 || [ "$(javac_major)" -lt 17 ]; then
+    missing+=(default-jdk-headless)
+fi
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
 if [ ${#missing[@]} -gt 0 ]; then
     $SUDO apt-get update -qq

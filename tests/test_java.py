@@ -11,6 +11,7 @@ world-readable stage folder and put on CLASSPATH with nginx's `env`.
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -120,7 +121,8 @@ def jstage(stage):
         subprocess.run([JDK25 + "/bin/javac", "--release", "22", "-d", stage.java_ffm,
                         os.path.join(harness.ROOT, "tests", "java", "ffm", "Echo.java")],
                        check=True)
-    stage.java_examples = stage.add_lib(build_examples(), "../java/examples.jar")
+    stage.java_examples = os.path.join(root, "examples.jar")
+    shutil.copy(build_examples(), stage.java_examples)
     stage.java_hot = os.path.join(root, "hot")
     os.makedirs(stage.java_hot, exist_ok=True)
     stage.java_classpath = ":".join([classes, stage.java_hot, stage.java_examples])

@@ -52,11 +52,6 @@ pub fn get() -> Result<&'static Jvm, Error> {
 /// Candidate libjvm paths in the order they are tried, with where each
 /// came from.
 fn candidates() -> Vec<(String, PathBuf)> {
-    let mut out = Vec::new();
-    let lib = |home: &Path| home.join("lib/server/libjvm.so");
-    if let Some(home) = std::env::var_os("JAVA_HOME").filter(|h| !h.is_empty()) {
-        out.push(("JAVA_HOME".to_string(), lib(Path::new(&home))));
-    }
     let java = std::env::var_os("PATH")
         .and_then(|p| {
             std::env::split_paths(&p)
@@ -64,18 +59,37 @@ fn candidates() -> Vec<(String, PathBuf)> {
                 .find(|j| j.exists())
         })
         .unwrap_or_else(|| PathBuf::from("/usr/bin/java"));
-    if let Ok(real) = std::fs::canonicalize(&java) {
+    candidates_from(
+        std::env::var_os("JAVA_HOME"),
+        &java,
+        Path::new("/usr/lib/jvm"),
+    )
+}
+
+/// [`candidates`] for a given JAVA_HOME, `java` launcher and JDK folder;
+/// each libjvm is listed once (symlinks resolved).
+fn candidates_from(
+    java_home: Option<std::ffi::OsString>,
+    java: &Path,
+    jvm_dir: &Path,
+) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    let lib = |home: &Path| home.join("lib/server/libjvm.so");
+    if let Some(home) = java_home.filter(|h| !h.is_empty()) {
+        out.push(("JAVA_HOME".to_string(), lib(Path::new(&home))));
+    }
+    if let Ok(real) = std::fs::canonicalize(java) {
         // <home>/bin/java
         if let Some(home) = real.parent().and_then(Path::parent) {
             out.push((format!("default JDK ({})", java.display()), lib(home)));
         }
     }
-    let mut homes: Vec<PathBuf> = std::fs::read_dir("/usr/lib/jvm")
+    let mut homes: Vec<PathBuf> = std::fs::read_dir(jvm_dir)
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
         .unwrap_or_default();
     homes.sort();
     for h in homes {
-        out.push(("/usr/lib/jvm".to_string(), lib(&h)));
+        out.push((jvm_dir.display().to_string(), lib(&h)));
     }
     let mut seen = std::collections::HashSet::new();
     out.retain(|(_, p)| seen.insert(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())));
@@ -84,8 +98,12 @@ fn candidates() -> Vec<(String, PathBuf)> {
 
 /// dlopens the first libjvm that loads; the library stays loaded forever.
 fn open_libjvm() -> Result<PathBuf, String> {
+    open_first(candidates())
+}
+
+fn open_first(candidates: Vec<(String, PathBuf)>) -> Result<PathBuf, String> {
     let mut tried = Vec::new();
-    for (from, path) in candidates() {
+    for (from, path) in candidates {
         if !path.exists() {
             tried.push(format!("{} ({from}): no such file", path.display()));
             continue;
@@ -219,7 +237,52 @@ pub fn describe(env: &mut jni::JNIEnv<'_>, e: jni::errors::Error, what: &str) ->
 
 #[cfg(test)]
 mod tests {
-    use super::options;
+    use std::path::{Path, PathBuf};
+
+    use super::{candidates_from, open_first, options};
+
+    fn fake_jdk(root: &Path, name: &str, libjvm: &[u8]) -> PathBuf {
+        let home = root.join(name);
+        std::fs::create_dir_all(home.join("lib/server")).unwrap();
+        std::fs::create_dir_all(home.join("bin")).unwrap();
+        std::fs::write(home.join("lib/server/libjvm.so"), libjvm).unwrap();
+        std::fs::write(home.join("bin/java"), b"").unwrap();
+        home
+    }
+
+    #[test]
+    fn libjvm_candidates_come_in_order_once_each_and_failures_are_named() {
+        let root = std::env::temp_dir().join(format!("ffi-java-test-{}", std::process::id()));
+        let jvm = root.join("jvm");
+        let a = fake_jdk(&jvm, "a-jdk", b"not an ELF file");
+        let b = fake_jdk(&jvm, "b-jdk", b"");
+        let c = candidates_from(Some("/nonexistent/jdk".into()), &b.join("bin/java"), &jvm);
+        assert_eq!(
+            c,
+            vec![
+                (
+                    "JAVA_HOME".to_string(),
+                    PathBuf::from("/nonexistent/jdk/lib/server/libjvm.so")
+                ),
+                (
+                    format!("default JDK ({})", b.join("bin/java").display()),
+                    std::fs::canonicalize(&b)
+                        .unwrap()
+                        .join("lib/server/libjvm.so")
+                ),
+                (jvm.display().to_string(), a.join("lib/server/libjvm.so")),
+            ]
+        );
+        let err = open_first(c).unwrap_err();
+        assert!(
+            err.contains("/nonexistent/jdk/lib/server/libjvm.so (JAVA_HOME): no such file"),
+            "{err}"
+        );
+        assert!(err.contains("a-jdk/lib/server/libjvm.so ("), "{err}");
+        assert!(err.contains("env JAVA_HOME="), "{err}");
+        std::fs::remove_dir_all(&root).unwrap();
+        assert!(open_first(vec![]).unwrap_err().contains("no JAVA_HOME"));
+    }
 
     #[test]
     fn default_heap_unless_java_opts_sets_one() {
