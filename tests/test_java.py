@@ -454,6 +454,8 @@ def test_reload_and_quit_stay_prompt_with_a_jvm_loaded(j_nginx):
     t.join(10)
     assert results == [(200, b"slept late")]
     assert took < 5, took
+    # workers with a JVM exit cleanly (no crash in the JVM at exit)
+    assert "exited on signal" not in n.error_log(), n.error_log()[-3000:]
 
 
 def test_system_exit_ends_the_worker_and_nginx_starts_a_new_one(j_nginx):
