@@ -458,6 +458,25 @@ def test_reload_and_quit_stay_prompt_with_a_jvm_loaded(j_nginx):
     assert "exited on signal" not in n.error_log(), n.error_log()[-3000:]
 
 
+def test_loading_in_init_worker_creates_the_jvm_before_requests(j_nginx):
+    n = j_nginx(http="""
+        init_worker_by_lua_block {
+            require "resty_ffi"
+            local rt, err = ngx.load_ffi("ffi_java", "demo.echo.Handler,echo,early: ")
+            if not rt then
+                ngx.log(ngx.ERR, "init_worker load failed: ", err)
+            end
+        }
+    """)
+    assert harness.wait_until(lambda: n.worker_pids(), 5)
+    pid = n.worker_pids()[0]
+    assert harness.wait_until(lambda: any(t.startswith("jv") for t in harness.thread_names(pid)), 5)
+    t0 = time.time()
+    assert call(n, "demo.echo.Handler,echo,early: ", b"x") == (200, b"early: x")
+    assert time.time() - t0 < 0.5
+    assert "init_worker load failed" not in n.error_log()
+
+
 def test_system_exit_ends_the_worker_and_nginx_starts_a_new_one(j_nginx):
     n = j_nginx()
     assert call(n, "demo.echo.Handler,echo", b"x") == (200, b"x")
