@@ -137,6 +137,17 @@ def stage_java(stage, ctx):
     except subprocess.CalledProcessError as e:
         raise NotBuilt("javac failed: %s" % e.stderr.decode(errors="replace")[:200])
     ctx["java_classpath"] = out
+    # lua-resty-ffi's jnr-ffi echo (the java-jnr variant), when Maven built it
+    jar = os.path.join(ROOT, "examples", "java", "target", "resty-ffi-examples.jar")
+    if os.path.exists(jar):
+        shutil.copy(jar, os.path.join(out, "examples.jar"))
+        ctx["java_classpath"] += ":" + os.path.join(out, "examples.jar")
+
+
+def stage_java_jnr(stage, ctx):
+    stage_java(stage, ctx)
+    if "examples.jar" not in ctx["java_classpath"]:
+        raise NotBuilt("examples/java not built (cd examples/java && mvn package)")
 
 
 # name, library as Lua loads it, cfg ({stage}, {venv} filled in), staging
@@ -165,6 +176,8 @@ RUNTIMES = [
          stage=stage_java, required=False),
     dict(name="java-handler", lib="ffi_java", cfg="bench.Echo,handler",
          stage=stage_java, required=False),
+    dict(name="java-jnr", lib="ffi_java", cfg="demo.echo.App,init",
+         stage=stage_java_jnr, required=False, variant=True),
 ]
 
 # The proxy-model baselines, measured in the same run with the same payloads.
