@@ -424,8 +424,11 @@ def test_ffm_runtime_finds_the_core_symbols_process_wide(j_nginx, jstage):
 
 # ---- nginx lifecycle ----------------------------------------------------
 
-def test_reload_and_quit_stay_prompt_with_a_jvm_loaded(j_nginx):
-    n = j_nginx(workers=2)
+@pytest.mark.parametrize("java_home", [None, JDK25], ids=["default-jdk", "temurin-25"])
+def test_reload_and_quit_stay_prompt_with_a_jvm_loaded(j_nginx, java_home):
+    if java_home and not os.path.exists(java_home):
+        pytest.skip("Temurin 25 not installed")
+    n = j_nginx(workers=2, java_home=java_home)
     cfg = "t.Handlers,asleep"
     assert n.get("/plain") == (200, b"plain")
     old = n.worker_pids()
