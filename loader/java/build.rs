@@ -1,5 +1,6 @@
 //! Compiles the loader's small Java API (`java/resty/ffi/*.java`, plain JDK)
-//! with javac, packs it into `resty-ffi.jar` (for runtimes that compile
+//! with javac, packs it into `resty-ffi.jar` (copied next to libffi_java.so,
+//! for runtimes that compile
 //! against it), and writes `classes.rs`: every class file as bytes, which
 //! the loader defines in the JVM it creates, so no jar of ours has to be on
 //! a worker's CLASSPATH.
@@ -71,6 +72,11 @@ fn main() {
         out.join("resty-ffi.jar").display().to_string()
     ));
     std::fs::write(out.join("classes.rs"), rs).expect("classes.rs");
+    // Also next to libffi_java.so (target/<profile>/), where users look for
+    // what to compile against; OUT_DIR is target/<profile>/build/<pkg>/out.
+    if let Some(profile_dir) = out.ancestors().nth(3) {
+        let _ = std::fs::copy(out.join("resty-ffi.jar"), profile_dir.join("resty-ffi.jar"));
+    }
     println!("cargo:rerun-if-changed=java");
     println!("cargo:rerun-if-env-changed=JAVA_HOME");
 }
