@@ -1,7 +1,7 @@
 //! Compiles the loader's small Java API (`java/resty/ffi/*.java`, plain JDK)
-//! with javac, packs it into `resty-ffi.jar` (copied next to libffi_java.so,
-//! for runtimes that compile
-//! against it), and writes `classes.rs`: every class file as bytes, which
+//! with javac, packs it into `resty-ffi.jar` (copied next to
+//! libffi_java.so, for runtimes that compile against it), and writes
+//! `classes.rs`: every class file as bytes, which
 //! the loader defines in the JVM it creates, so no jar of ours has to be on
 //! a worker's CLASSPATH.
 //!
