@@ -204,7 +204,8 @@ def test_lua_resty_ffi_jnr_ffi_echo_runs_unchanged(j_nginx):
 
 
 def test_native_api_polls_answers_once_and_checks_queues(j_nginx):
-    n = j_nginx()
+    # -Xcheck:jni: the JVM checks every JNI call of the natives
+    n = j_nginx(java_opts="-Xcheck:jni")
     cfg = "t.NativeEcho,init,hello"
     assert call(n, cfg, b"abc") == (200, b"ABC")
     assert call(n, cfg, b"nil") == (200, b"<nil>")
@@ -220,6 +221,7 @@ def test_native_api_polls_answers_once_and_checks_queues(j_nginx):
     unload(n, cfg)
     assert harness.wait_until(
         lambda: "native echo: queue finished, poller exits" in n.error_log(), 5)
+    assert "in native method" not in n.error_log(), n.error_log()[-3000:]
 
 
 # ---- handler style ------------------------------------------------------
@@ -394,10 +396,12 @@ def test_default_heap_is_capped_unless_java_opts_sets_one(j_nginx):
     assert 200 <= heap <= 256, got
     if os.geteuid() == 0:
         assert b"user=nobody" in got, got
-    n2 = j_nginx(java_opts="-Xmx64m -Dx=1")
+    n2 = j_nginx(java_opts="-Xmx64m -Dx=1 -XX:+PrintCommandLineFlags")
     status, got = call(n2, "t.Handlers,where", b"x")
     heap = int(re.search(rb"maxheap=(\d+)", got).group(1))
     assert heap <= 64, got
+    # the JVM's own output reaches error.log (its stdout is /dev/null)
+    assert "-XX:MaxHeapSize=67108864" in n2.error_log(), n2.error_log()[-2000:]
 
 
 @pytest.mark.skipif(not os.path.exists(JDK25), reason="Temurin 25 not installed")

@@ -13,6 +13,7 @@
 //! candidate and why it failed.
 //!
 //! Options: `-Djava.class.path=$CLASSPATH`, `-Xrs` (signals stay nginx's),
+//! `-XX:+DisplayVMOutputToStderr` (the JVM's messages reach error.log),
 //! `-Xmx256m` unless `JAVA_OPTS` sets a heap size (the JVM's default is a
 //! quarter of RAM per worker), then `JAVA_OPTS` split on whitespace.
 //! Unknown options fail creation (they are not ignored).
@@ -139,6 +140,9 @@ pub fn options(classpath: Option<&str>, java_opts: Option<&str>) -> Vec<String> 
         opts.push(format!("-Djava.class.path={cp}"));
     }
     opts.push("-Xrs".to_string());
+    // the JVM's own messages (warnings, -Xcheck:jni, crash notes) go to its
+    // "tty", stdout by default, which is /dev/null in an nginx worker
+    opts.push("-XX:+DisplayVMOutputToStderr".to_string());
     let sets_heap = user.iter().any(|o| {
         o.starts_with("-Xmx")
             || o.starts_with("-XX:MaxHeapSize")
@@ -287,10 +291,11 @@ mod tests {
     #[test]
     fn default_heap_unless_java_opts_sets_one() {
         let o = options(Some("/a.jar:/b"), None);
-        assert_eq!(o, ["-Djava.class.path=/a.jar:/b", "-Xrs", "-Xmx256m"]);
+        let vm = "-XX:+DisplayVMOutputToStderr";
+        assert_eq!(o, ["-Djava.class.path=/a.jar:/b", "-Xrs", vm, "-Xmx256m"]);
         let o = options(None, Some("  -Xmx1g   -Dx=1 "));
-        assert_eq!(o, ["-Xrs", "-Xmx1g", "-Dx=1"]);
+        assert_eq!(o, ["-Xrs", vm, "-Xmx1g", "-Dx=1"]);
         let o = options(Some(""), Some("-XX:MaxRAMPercentage=10"));
-        assert_eq!(o, ["-Xrs", "-XX:MaxRAMPercentage=10"]);
+        assert_eq!(o, ["-Xrs", vm, "-XX:MaxRAMPercentage=10"]);
     }
 }
