@@ -137,7 +137,7 @@ def stage_java(stage, ctx):
     except subprocess.CalledProcessError as e:
         raise NotBuilt("javac failed: %s" % e.stderr.decode(errors="replace")[:200])
     ctx["java_classpath"] = out
-    # lua-resty-ffi's jnr-ffi echo (the java-jnr variant), when Maven built it
+    # the jnr-ffi echo of examples/java (the java-jnr variant), when Maven built it
     jar = os.path.join(ROOT, "examples", "java", "target", "resty-ffi-examples.jar")
     if os.path.exists(jar):
         shutil.copy(jar, os.path.join(out, "examples.jar"))

@@ -2,10 +2,10 @@
 (OpenJDK 17, the default, and Temurin 25 where it is installed), with
 workers running as `nobody`.
 
-Runtimes under test: the examples in examples/java (built with Maven: the
-jnr-ffi echo from lua-resty-ffi, the handler-style echo, Markdown rendering
-with commonmark-java) and small classes in tests/java, compiled with javac
-against the loader's API sources. Everything is staged into the
+Runtimes under test: the examples in examples/java (built with Maven: a
+jnr-ffi echo written as lua-resty-ffi's are, the handler-style echo,
+Markdown rendering with commonmark-java) and small classes in tests/java,
+compiled with javac against the loader's API sources. Everything is staged into the
 world-readable stage folder and put on CLASSPATH with nginx's `env`.
 """
 

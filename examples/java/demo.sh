@@ -6,13 +6,15 @@
 # and names the requests the demo shows ("PATH [BODY]" per line).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-(cd "$here" && mvn -q -B -Dstyle.color=never package)
+log=$(mktemp)
+(cd "$here" && mvn -q -B -Dstyle.color=never package) > "$log" 2>&1 || { cat "$log"; exit 1; }
+rm -f "$log"
 mkdir -p "$STAGE/java"
 cp "$here/target/resty-ffi-examples.jar" "$STAGE/java/"
 echo "env CLASSPATH=$STAGE/java/resty-ffi-examples.jar;" > "$STAGE/demo.d/java.main"
 cp "$here/nginx.conf" "$STAGE/demo.d/java.conf"
 cat > "$STAGE/demo.d/java.locations" <<'LOCATIONS'
-/java/echo hello-from-lua-resty-ffi's-jnr-ffi-runtime
+/java/echo hello-from-a-jnr-ffi-runtime-in-lua-resty-ffi-style
 /java/echo-handler hello-from-a-java-handler
 /java/markdown # Markdown *rendered* by commonmark-java
 LOCATIONS
