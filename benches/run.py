@@ -120,8 +120,34 @@ def stage_python(style):
 
 
 def stage_java(stage, ctx):
+    """libffi_java.so plus benches/java compiled with javac against the
+    loader's API sources; nginx passes the classes folder as CLASSPATH."""
     stage.add_lib(release_lib("libffi_java.so"))
-    raise NotBuilt("the Java bench runtime is added with the Java loader (issue 4)")
+    if "java_classpath" in ctx:
+        return
+    javac = shutil.which("javac")
+    if not javac:
+        raise NotBuilt("no javac (ci/setup-java.sh installs a JDK)")
+    out = os.path.join(stage.dir, "java-bench")
+    src = os.path.join(HERE, "java", "bench", "Echo.java")
+    try:
+        subprocess.run([javac, "--release", "17", "-d", out, "-implicit:none",
+                        "-sourcepath", os.path.join(ROOT, "loader", "java", "java"), src],
+                       check=True, capture_output=True)
+    except subprocess.CalledProcessError as e:
+        raise NotBuilt("javac failed: %s" % e.stderr.decode(errors="replace")[:200])
+    ctx["java_classpath"] = out
+    # the jnr-ffi echo of examples/java (the java-jnr variant), when Maven built it
+    jar = os.path.join(ROOT, "examples", "java", "target", "resty-ffi-examples.jar")
+    if os.path.exists(jar):
+        shutil.copy(jar, os.path.join(out, "examples.jar"))
+        ctx["java_classpath"] += ":" + os.path.join(out, "examples.jar")
+
+
+def stage_java_jnr(stage, ctx):
+    stage_java(stage, ctx)
+    if "examples.jar" not in ctx["java_classpath"]:
+        raise NotBuilt("examples/java not built (cd examples/java && mvn package)")
 
 
 # name, library as Lua loads it, cfg ({stage}, {venv} filled in), staging
@@ -146,10 +172,12 @@ RUNTIMES = [
     dict(name="python-cffi", lib="ffi_python3",
          cfg="venv={venv}:{stage}/python/ffi.echo,init,threads=1",
          stage=stage_python("cffi"), required=False),
-    dict(name="java-jni", lib="ffi_java", cfg="",
+    dict(name="java-jni", lib="ffi_java", cfg="bench.Echo,init,threads=1",
          stage=stage_java, required=False),
-    dict(name="java-handler", lib="ffi_java", cfg="",
+    dict(name="java-handler", lib="ffi_java", cfg="bench.Echo,handler",
          stage=stage_java, required=False),
+    dict(name="java-jnr", lib="ffi_java", cfg="demo.echo.App,init",
+         stage=stage_java_jnr, required=False, variant=True),
 ]
 
 # The proxy-model baselines, measured in the same run with the same payloads.
@@ -267,7 +295,13 @@ class Bench:
         try:
             with affinity(self.cpus):
                 self.proxy.start()
-                self.nginx = harness.Nginx(self.stage, self.server_block(),
+                main = ""
+                if "java_classpath" in self.ctx:
+                    main = "env CLASSPATH=%s;" % self.ctx["java_classpath"]
+                    # JAVA_HOME / JAVA_OPTS of this run reach the JVM
+                    main += "".join("env %s;" % v for v in ("JAVA_HOME", "JAVA_OPTS")
+                                    if os.environ.get(v))
+                self.nginx = harness.Nginx(self.stage, self.server_block(), main=main,
                                            workers=self.workers, log_level="warn")
                 self.nginx.start()
             self.workers_pids = self.nginx.worker_pids()
@@ -448,7 +482,11 @@ class Run:
                 if cfg:
                     cmd += ["--cfg", cfg]
                 try:
-                    p = subprocess.run(cmd, capture_output=True, timeout=120, check=True)
+                    env = dict(os.environ)
+                    if "java_classpath" in ctx:
+                        env["CLASSPATH"] = ctx["java_classpath"]
+                    p = subprocess.run(cmd, capture_output=True, timeout=120, check=True,
+                                       env=env)
                 except subprocess.SubprocessError as e:
                     if rt["required"]:
                         raise RuntimeError("%s: %s" % (" ".join(cmd), getattr(e, "stderr", e)))
@@ -507,6 +545,9 @@ def build(args):
     # optional runtimes: a failed build means "not built", never a failed run
     if os.path.exists(os.path.join(ROOT, "loader", "python3", "Cargo.toml")):
         subprocess.run(["cargo", "build", "--release", "-p", "ffi-python3"], cwd=ROOT,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if os.path.exists(os.path.join(ROOT, "loader", "java", "Cargo.toml")):
+        subprocess.run(["cargo", "build", "--release", "-p", "ffi-java"], cwd=ROOT,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

@@ -1,0 +1,35 @@
+/*
+ * The natives the loader (libffi_java.so) registers with RegisterNatives
+ * when it creates the JVM. Package-private: runtimes use Queue, Task and
+ * Log, which keep raw addresses from being misused (a task is answered
+ * once, a queue is one the loader handed out).
+ */
+package resty.ffi;
+
+final class Native {
+    private Native() {}
+
+    /** Blocks for the next task of queue tq; 0 once the queue is finished. */
+    static native long poll(long tq);
+
+    /** The next task if one waits right now, else 0 (also once finished). */
+    static native long tryPoll(long tq);
+
+    /** True once the queue is finished and drained. */
+    static native boolean finished(long tq);
+
+    /** True if tq is a queue the loader handed to a runtime's init. */
+    static native boolean isQueue(long tq);
+
+    /** The request of a live task (null for a nil request from Lua). */
+    static native byte[] request(long task);
+
+    /** Answers a live task; rsp may be null (nil in Lua). */
+    static native void respond(long task, int rc, byte[] rsp);
+
+    /** Writes one line to nginx's error.log at level (see Log). */
+    static native void log(int level, String msg);
+
+    /** Names the calling OS thread (top -H, /proc/PID/task/TID/comm). */
+    static native void nameThread(String name);
+}

@@ -1,0 +1,182 @@
+//! The native methods of `resty.ffi.Native`, registered with
+//! RegisterNatives when the JVM is created (no mangled symbol names, no
+//! `System.loadLibrary`).
+//!
+//! Each body runs inside `catch_unwind`: a panic becomes a Java
+//! `RuntimeException`, never an unwind into the JVM. A queue argument is
+//! checked against the queues the core handed out (a wrong one throws
+//! `IllegalArgumentException`); task handles are guarded by
+//! `resty.ffi.Task`, which passes each one to `respond` exactly once.
+
+use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use jni::objects::{JByteArray, JClass, JString};
+use jni::sys::{jboolean, jbyteArray, jint, jlong, JNI_FALSE, JNI_TRUE};
+use jni::{JNIEnv, NativeMethod};
+
+use crate::abi::{self, TaskRef};
+use crate::log;
+
+/// Runs `body`; a panic throws RuntimeException and returns `dflt`.
+fn guarded<'l, R>(env: &mut JNIEnv<'l>, dflt: R, body: impl FnOnce(&mut JNIEnv<'l>) -> R) -> R {
+    match catch_unwind(AssertUnwindSafe(|| body(env))) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = format!(
+                "ffi_java: panic in a native method: {}",
+                abi::panic_text(&*p)
+            );
+            eprintln!("{}", log::line("error", &msg));
+            let _ = env.throw_new("java/lang/RuntimeException", msg);
+            dflt
+        }
+    }
+}
+
+fn checked_queue(env: &mut JNIEnv<'_>, tq: jlong) -> Option<usize> {
+    let tq = tq as usize;
+    if abi::is_queue(tq) {
+        Some(tq)
+    } else {
+        let _ = env.throw_new(
+            "java/lang/IllegalArgumentException",
+            format!("resty.ffi: {tq:#x} is not a task queue (pass the tq your init was given)"),
+        );
+        None
+    }
+}
+
+extern "system" fn poll<'l>(mut env: JNIEnv<'l>, _: JClass<'l>, tq: jlong) -> jlong {
+    guarded(&mut env, 0, |env| match checked_queue(env, tq) {
+        Some(tq) => abi::poll(tq).map_or(0, TaskRef::into_handle),
+        None => 0,
+    })
+}
+
+extern "system" fn try_poll<'l>(mut env: JNIEnv<'l>, _: JClass<'l>, tq: jlong) -> jlong {
+    guarded(&mut env, 0, |env| match checked_queue(env, tq) {
+        Some(tq) => abi::try_poll(tq).map_or(0, TaskRef::into_handle),
+        None => 0,
+    })
+}
+
+extern "system" fn finished<'l>(mut env: JNIEnv<'l>, _: JClass<'l>, tq: jlong) -> jboolean {
+    guarded(&mut env, JNI_FALSE, |env| match checked_queue(env, tq) {
+        Some(tq) if abi::finished(tq) => JNI_TRUE,
+        _ => JNI_FALSE,
+    })
+}
+
+extern "system" fn is_queue<'l>(mut env: JNIEnv<'l>, _: JClass<'l>, tq: jlong) -> jboolean {
+    guarded(&mut env, JNI_FALSE, |_| {
+        if abi::is_queue(tq as usize) {
+            JNI_TRUE
+        } else {
+            JNI_FALSE
+        }
+    })
+}
+
+extern "system" fn request<'l>(mut env: JNIEnv<'l>, _: JClass<'l>, task: jlong) -> jbyteArray {
+    guarded(&mut env, std::ptr::null_mut(), |env| {
+        // SAFETY: resty.ffi.Task passes only unanswered handles from poll;
+        // the TaskRef is forgotten below, not answered.
+        let Some(t) = (unsafe { TaskRef::from_handle(task) }) else {
+            return std::ptr::null_mut();
+        };
+        let out = match t.request() {
+            None => std::ptr::null_mut(),
+            Some(bytes) => env
+                .byte_array_from_slice(bytes)
+                .map(|a| a.into_raw())
+                .unwrap_or(std::ptr::null_mut()),
+        };
+        // still Java's to answer
+        let _ = t.into_handle();
+        out
+    })
+}
+
+extern "system" fn respond<'l>(
+    mut env: JNIEnv<'l>,
+    _: JClass<'l>,
+    task: jlong,
+    rc: jint,
+    rsp: JByteArray<'l>,
+) {
+    guarded(&mut env, (), |env| {
+        // SAFETY: resty.ffi.Task passes each handle here exactly once.
+        let Some(t) = (unsafe { TaskRef::from_handle(task) }) else {
+            return;
+        };
+        if rsp.is_null() {
+            return t.respond_with(rc, None, |_| Ok(()));
+        }
+        let len = env.get_array_length(&rsp).unwrap_or(0).max(0) as usize;
+        t.respond_with(rc, Some(len), |buf| {
+            // SAFETY: i8 and u8 have the same size and alignment.
+            let buf = unsafe { &mut *(buf as *mut [u8] as *mut [i8]) };
+            env.get_byte_array_region(&rsp, 0, buf)
+                .map_err(|e| format!("ffi_java: reading the answer: {e}"))
+        });
+    })
+}
+
+extern "system" fn log_line<'l>(mut env: JNIEnv<'l>, _: JClass<'l>, level: jint, msg: JString<'l>) {
+    guarded(&mut env, (), |env| {
+        let text: String = match env.get_string(&msg) {
+            Ok(s) => s.into(),
+            Err(_) => return,
+        };
+        let level = match level {
+            0 => "emerg",
+            1 => "alert",
+            2 => "crit",
+            3 => "error",
+            4 => "warn",
+            5 => "notice",
+            6 => "info",
+            _ => "debug",
+        };
+        // one write per line keeps concurrent lines whole
+        let mut out = String::new();
+        for l in text.lines() {
+            out.push_str(&log::line(level, l));
+            out.push('\n');
+        }
+        use std::io::Write;
+        let _ = std::io::stderr().lock().write_all(out.as_bytes());
+    })
+}
+
+extern "system" fn name_thread<'l>(mut env: JNIEnv<'l>, _: JClass<'l>, name: JString<'l>) {
+    guarded(&mut env, (), |env| {
+        if let Ok(s) = env.get_string(&name) {
+            abi::name_thread(&String::from(s));
+        }
+    })
+}
+
+/// The table handed to RegisterNatives for `resty/ffi/Native`.
+pub fn table() -> Vec<NativeMethod> {
+    let m = |name: &str, sig: &str, f: *mut c_void| NativeMethod {
+        name: name.into(),
+        sig: sig.into(),
+        fn_ptr: f,
+    };
+    vec![
+        m("poll", "(J)J", poll as *mut c_void),
+        m("tryPoll", "(J)J", try_poll as *mut c_void),
+        m("finished", "(J)Z", finished as *mut c_void),
+        m("isQueue", "(J)Z", is_queue as *mut c_void),
+        m("request", "(J)[B", request as *mut c_void),
+        m("respond", "(JI[B)V", respond as *mut c_void),
+        m("log", "(ILjava/lang/String;)V", log_line as *mut c_void),
+        m(
+            "nameThread",
+            "(Ljava/lang/String;)V",
+            name_thread as *mut c_void,
+        ),
+    ]
+}
