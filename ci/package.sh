@@ -52,9 +52,9 @@ ln -sf libffi_python3.so "$lib/libresty_ffi_python.so"
 if [ -f "$lib/libffi_java.so" ]; then
     ln -sf libffi_java.so "$lib/libresty_ffi_java.so"
 fi
-# the Java API jar (built by loader/java's build script), when built
-jar=$(ls -t target/release/build/ffi-java-*/out/resty-ffi.jar 2>/dev/null | head -n1 || true)
-if [ -n "$jar" ]; then
+# the Java API jar (loader/java's build leaves it next to libffi_java.so)
+jar=target/release/resty-ffi.jar
+if [ -f "$jar" ]; then
     mkdir -p "$stage/usr/share/java"
     install -m 0644 "$jar" "$stage/usr/share/java/resty-ffi.jar"
 fi

@@ -198,7 +198,9 @@ def test_lua_resty_ffi_jnr_ffi_echo_runs_unchanged(j_nginx):
     assert harness.wait_until(lambda: "exit java echo runtime" in n.error_log(), 5), \
         n.error_log()[-2000:]
     line = [l for l in n.error_log().splitlines() if "exit java echo runtime" in l][0]
-    assert re.match(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[notice\] \d+#\d+: ffi_java: ", line), line
+    # (written by nginx from the dispatcher's timer: `*N` may come first)
+    assert re.match(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[notice\] \d+#\d+: (\*\d+ )?ffi_java: ",
+                    line), line
     # and without '?' (the class from the system class loader)
     assert call(n, "demo.echo.App,init", b"again") == (200, b"again")
 
@@ -298,9 +300,9 @@ def test_handler_exceptions_become_error_answers_and_the_runtime_keeps_serving(j
         assert call(n, cfg, b"fail") == (502, b"rc=1 err=java.lang.IllegalStateException: stage failed")
     assert call(n, cfg, b"ok") == (200, b"fine")
     log = n.error_log()
-    assert re.search(r"\[error\] \d+#\d+: ffi_java: Handlers: handler threw t.Handlers\$Boom", log), \
+    assert re.search(r"\[error\] \d+#\d+: (\*\d+ )?ffi_java: Handlers: handler threw t.Handlers\$Boom", log), \
         log[-3000:]
-    assert re.search(r"\[error\] \d+#\d+: \tat t\.Handlers", log), log[-3000:]
+    assert re.search(r"\[error\] \d+#\d+: (\*\d+ )?\tat t\.Handlers", log), log[-3000:]
 
 
 # ---- loading ------------------------------------------------------------
@@ -518,3 +520,13 @@ def test_example_nginx_conf_serves_every_java_example(nginx, jstage):
     assert n.post("/java/echo-handler", b"hello") == (200, b"echo: hello")
     status, got = n.post("/java/markdown", b"*hi*")
     assert (status, got) == (200, b"<p><em>hi</em></p>\n"), got + n.error_log().encode()[-2000:]
+
+
+def test_java_log_lines_are_written_by_nginx_at_their_level(j_nginx):
+    n = j_nginx(log_level="notice")
+    assert call(n, "t.Handlers,logger", b"x") == (200, b"logged")
+    assert harness.wait_until(lambda: "java-error-line" in n.error_log(), 5)
+    log = n.error_log()
+    assert re.search(r"\[warn\] \d+#\d+: (\*\d+ )?java-warn-line", log), log[-2000:]
+    assert re.search(r"\[error\] \d+#\d+: (\*\d+ )?java-error-line", log), log[-2000:]
+    assert "java-info-line" not in log, "below the error_log level"

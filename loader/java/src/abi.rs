@@ -23,6 +23,15 @@ extern "C" {
     fn ngx_http_lua_ffi_respond(task: *mut c_void, rc: c_int, rsp: *mut c_char, rsp_len: c_int);
     fn resty_ffi_task_try_poll(tq: *mut c_void) -> *mut c_void;
     fn resty_ffi_queue_finished(tq: *mut c_void) -> c_int;
+    fn resty_ffi_log(level: c_int, msg: *const c_char, len: c_int);
+}
+
+/// Logs one line through nginx at nginx level `level` (1 emerg ... 8
+/// debug): the core queues it and nginx writes it, obeying `error_log`.
+pub fn log(level: i32, msg: &str) {
+    let len = msg.len().min(c_int::MAX as usize) as c_int;
+    // SAFETY: msg is valid for len bytes during the call; the core copies it.
+    unsafe { resty_ffi_log(level, msg.as_ptr().cast(), len) }
 }
 
 /// Called by the core when Lua loads this library: parses `cfg`, creates
@@ -51,7 +60,7 @@ pub unsafe extern "C" fn libffi_init(cfg: *mut c_char, tq: *mut c_void) -> c_int
         Err(panic) => crate::Error::Internal(format!("panic: {}", panic_text(&*panic))),
     };
     let msg = format!("ffi_java: {err}");
-    eprintln!("{}", crate::log::line("error", &msg));
+    log(crate::log::ERR, &msg);
     report_init_error(&msg);
     match err.rc() {
         0 => 10,

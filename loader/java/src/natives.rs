@@ -27,7 +27,7 @@ fn guarded<'l, R>(env: &mut JNIEnv<'l>, dflt: R, body: impl FnOnce(&mut JNIEnv<'
                 "ffi_java: panic in a native method: {}",
                 abi::panic_text(&*p)
             );
-            eprintln!("{}", log::line("error", &msg));
+            abi::log(log::ERR, &msg);
             let _ = env.throw_new("java/lang/RuntimeException", msg);
             dflt
         }
@@ -129,24 +129,9 @@ extern "system" fn log_line<'l>(mut env: JNIEnv<'l>, _: JClass<'l>, level: jint,
             Ok(s) => s.into(),
             Err(_) => return,
         };
-        let level = match level {
-            0 => "emerg",
-            1 => "alert",
-            2 => "crit",
-            3 => "error",
-            4 => "warn",
-            5 => "notice",
-            6 => "info",
-            _ => "debug",
-        };
-        // one write per line keeps concurrent lines whole
-        let mut out = String::new();
         for l in text.lines() {
-            out.push_str(&log::line(level, l));
-            out.push('\n');
+            abi::log(level, l);
         }
-        use std::io::Write;
-        let _ = std::io::stderr().lock().write_all(out.as_bytes());
     })
 }
 

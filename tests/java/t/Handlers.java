@@ -35,6 +35,16 @@ public class Handlers {
         };
     }
 
+    /** Logs at each level it is asked for ("warn info"), then answers. */
+    public static Function<byte[], byte[]> logger(String cfg) {
+        return req -> {
+            resty.ffi.Log.warn("java-warn-line");
+            resty.ffi.Log.info("java-info-line");
+            resty.ffi.Log.log(resty.ffi.Log.ERROR, "java-error-line");
+            return b("logged");
+        };
+    }
+
     static class Boom extends RuntimeException {
         Boom(String m) {
             super(m);

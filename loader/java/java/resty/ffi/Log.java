@@ -1,12 +1,14 @@
 /*
- * Lines in nginx's error.log, in nginx's own format
- * ("2024/05/01 12:00:00 [warn] 123#124: ffi_java: text"). The loader also
- * sends System.out (notice) and System.err (error) there, line by line.
+ * Lines in nginx's error.log, written by nginx itself at their level
+ * (through the core's resty_ffi_log: they obey the error_log level and
+ * follow nginx -s reopen). Levels are nginx's: 4 error, 5 warn, 6 notice,
+ * 7 info, 8 debug. The loader also sends System.out (notice) and
+ * System.err (error) there, line by line.
  */
 package resty.ffi;
 
 public final class Log {
-    public static final int ERROR = 3, WARN = 4, NOTICE = 5, INFO = 6, DEBUG = 7;
+    public static final int ERROR = 4, WARN = 5, NOTICE = 6, INFO = 7, DEBUG = 8;
 
     private Log() {}
 
