@@ -3,12 +3,13 @@
 //! test probe (every field type, chosen status codes, sleeps, metadata,
 //! slow streams), in plaintext, TLS or mTLS.
 //!
-//! Usage: grpc_test_server [--listen ADDR] [--tls DIR [--mtls]]
+//! Usage: grpc_test_server [--listen ADDR] [--tls DIR [--mtls]] [--while-exists PATH]
 //!
 //! ADDR defaults to 127.0.0.1:0; the bound address is printed on stdout as
 //! `listening on ADDR`. `--tls DIR` serves with DIR/server.pem and
 //! DIR/server.key (see grpc_certs); `--mtls` also requires a client
-//! certificate signed by DIR/ca.pem.
+//! certificate signed by DIR/ca.pem. `--while-exists PATH` stops the
+//! server once PATH is gone (the demo ties it to its staging folder).
 
 use std::io::Write;
 use std::pin::Pin;
@@ -275,12 +276,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut listen = "127.0.0.1:0".to_string();
     let mut tls_dir: Option<String> = None;
     let mut mtls = false;
+    let mut while_exists: Option<std::path::PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--listen" => listen = args.next().ok_or("--listen needs ADDR")?,
             "--tls" => tls_dir = Some(args.next().ok_or("--tls needs DIR")?),
             "--mtls" => mtls = true,
+            "--while-exists" => {
+                while_exists = Some(args.next().ok_or("--while-exists needs PATH")?.into())
+            }
             _ => return Err(format!("unknown argument {a}").into()),
         }
     }
@@ -306,8 +311,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }))
         .add_service(EchoServer::new(Echoes))
         .add_service(ProbeServer::new(Probing))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-            let _ = tokio::signal::ctrl_c().await;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let gone = async {
+                match while_exists {
+                    Some(path) => {
+                        while path.exists() {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = gone => {}
+            }
         })
         .await?;
     Ok(())
