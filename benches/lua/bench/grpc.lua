@@ -34,6 +34,12 @@ local function fail(msg)
 end
 
 local function connect(args)
+    if args.cfg and args.cfg ~= "" then
+        grpc.CFG = args.cfg
+    end
+    if args.spin_us then
+        grpc.LOAD_OPTS = { spin_us = tonumber(args.spin_us) }
+    end
     local ok, conn, err = grpc.connect(args.addr)
     if not ok then
         return fail("connect: " .. tostring(err))

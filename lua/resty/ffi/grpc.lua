@@ -46,6 +46,12 @@ int resty_ffi_grpc_open_count(int *conns, int *streams);
 
 -- The library; a path, a file name or a short name as resty.ffi.load takes.
 _M.LIB = "ffi_grpc"
+-- The runtime's cfg ("threads=N,spin_us=N": tokio worker threads, default 1;
+-- how long the queue loop keeps looking for calls after activity before it
+-- parks, default 50). Set before the first connect of the worker.
+_M.CFG = nil
+-- resty.ffi.load options of the runtime (spin_us, max_queue...).
+_M.LOAD_OPTS = nil
 -- How long a call without a deadline may wait for the runtime (seconds).
 _M.NO_DEADLINE_WAIT = 3600
 -- Extra wait beyond a deadline before the bridge itself gives up.
@@ -83,7 +89,7 @@ local function runtime()
     if rt then
         return rt
     end
-    local r, err = resty_ffi.load(_M.LIB)
+    local r, err = resty_ffi.load(_M.LIB, _M.CFG, _M.LOAD_OPTS)
     if not r then
         return nil, err
     end

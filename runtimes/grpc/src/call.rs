@@ -169,3 +169,41 @@ pub async fn unary(req: &[u8]) -> Result<Vec<u8>, Error> {
     codec::to_json(res.get_ref(), &mut out)?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_parses_header_metadata_and_body() {
+        let h = Head::parse(b"7\t1500\tm\t/a.B/C\n{\"k\":\"v\"}\n{\"x\":1}").unwrap();
+        assert_eq!((h.conn, h.flags, h.path), (7, "m", "/a.B/C"));
+        assert_eq!(h.timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(h.metadata, br#"{"k":"v"}"#);
+        assert_eq!(h.body, br#"{"x":1}"#);
+        let h = Head::parse(b"1\t0\t\t/a.B/C\n\n").unwrap();
+        assert_eq!((h.timeout, h.metadata, h.body), (None, &b""[..], &b""[..]));
+    }
+
+    #[test]
+    fn bad_headers_are_errors_not_panics() {
+        for bad in [&b""[..], b"x\t0\t\t/p\n\n", b"1\t0", b"1\t-5\t\t/p\n\n"] {
+            assert!(
+                Head::parse(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn tonic_timeouts_become_deadline_exceeded() {
+        let d = Some(Duration::from_millis(200));
+        let s = deadline_status(Status::cancelled("Timeout expired"), d);
+        assert_eq!(s.code(), tonic::Code::DeadlineExceeded);
+        let s = deadline_status(Status::cancelled("other"), d);
+        assert_eq!(s.code(), tonic::Code::Cancelled);
+        let s = deadline_status(Status::cancelled("Timeout expired"), None);
+        assert_eq!(s.code(), tonic::Code::Cancelled);
+    }
+}

@@ -95,3 +95,49 @@ pub fn to_json(msg: &DynamicMessage, out: &mut Vec<u8>) -> Result<(), Error> {
             )))
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc() -> MessageDescriptor {
+        crate::protos::load_source(
+            r#"syntax = "proto3"; package codec.test;
+               enum E { Z = 0; ONE = 1; }
+               message M { int64 big = 1; bytes raw = 2; E e = 3; map<string, int32> m = 4;
+                           repeated string tags = 5; oneof o { string a = 6; int32 b = 7; } }
+               service S { rpc Call (M) returns (M); }"#,
+            &[],
+        )
+        .unwrap();
+        crate::protos::method("/codec.test.S/Call").unwrap().input()
+    }
+
+    #[test]
+    fn json_mapping_round_trips() {
+        let d = desc();
+        let json = br#"{"big":"-9007199254740993","raw":"AAH/","e":"ONE","m":{"k":2},"tags":["x","y"],"b":5}"#;
+        let msg = from_json(&d, json).unwrap();
+        let mut out = Vec::new();
+        to_json(&msg, &mut out).unwrap();
+        let back: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let want: serde_json::Value = serde_json::from_slice(json).unwrap();
+        assert_eq!(back, want);
+    }
+
+    #[test]
+    fn tables_that_do_not_fit_are_errors() {
+        let d = desc();
+        for bad in [
+            &br#"{"nope":1}"#[..],
+            br#"{"big":[1]}"#,
+            br#"{"e":"TWO"}"#,
+            b"[1]",
+            b"{",
+        ] {
+            let e = from_json(&d, bad).err().unwrap().to_string();
+            assert!(e.contains("does not fit message codec.test.M"), "{e}");
+        }
+        assert!(from_json(&d, b"").is_ok());
+    }
+}

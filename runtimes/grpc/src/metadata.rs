@@ -80,3 +80,35 @@ pub fn insert(map: &mut MetadataMap, key: &str, value: &str) -> Result<(), Error
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_round_trips_ascii_and_binary_and_skips_transport_headers() {
+        let mut md = MetadataMap::new();
+        merge_json(&mut md, br#"{"X-Id":"7","trace-bin":"AAH/"}"#).unwrap();
+        md.insert("content-type", "application/grpc".parse().unwrap());
+        let json: serde_json::Value = serde_json::from_slice(&to_json(&md)).unwrap();
+        assert_eq!(json, serde_json::json!({"x-id": "7", "trace-bin": "AAH/"}));
+    }
+
+    #[test]
+    fn bad_metadata_is_an_error() {
+        let mut md = MetadataMap::new();
+        for bad in [
+            &br#"{"a":1}"#[..],
+            br#"{"bad key":"v"}"#,
+            br#"{"k":"line\nbreak"}"#,
+            br#"{"k-bin":"***"}"#,
+            b"[]",
+        ] {
+            assert!(
+                merge_json(&mut md, bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

@@ -139,3 +139,43 @@ pub fn method(path: &str) -> Result<MethodDescriptor, Error> {
     p.methods.insert(path.to_string(), m.clone());
     Ok(m)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SRC: &str = r#"
+        syntax = "proto3";
+        package unit.test;
+        import "google/protobuf/timestamp.proto";
+        message Req { int64 n = 1; google.protobuf.Timestamp at = 2; }
+        service S { rpc Call (Req) returns (Req); rpc Chat (stream Req) returns (stream Req); }
+    "#;
+
+    #[test]
+    fn source_with_well_known_imports_compiles_and_its_methods_resolve() {
+        load_source(SRC, &[]).unwrap();
+        load_source(SRC, &[]).unwrap(); // again: a no-op
+        let m = method("/unit.test.S/Call").unwrap();
+        assert_eq!(m.input().full_name(), "unit.test.Req");
+        assert!(method("/unit.test.S/Chat").unwrap().is_server_streaming());
+        for bad in ["/unit.test.S/Nope", "unit.test.S/Call", "/nope.S/Call", ""] {
+            let e = method(bad).err().unwrap().to_string();
+            assert!(e.contains("unknown method"), "{e}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_and_missing_files_say_what_failed() {
+        let e = load_source("syntax = \"proto3\"; message {", &[])
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string()
+                .contains("cannot compile the source given to grpc.load"),
+            "{e}"
+        );
+        let e = load_file("/nonexistent/x.proto", &[]).err().unwrap();
+        assert!(e.to_string().contains("/nonexistent/x.proto"), "{e}");
+    }
+}
