@@ -193,6 +193,17 @@ def test_protobuf_json_mapping_round_trips_every_field_kind(run, servers):
     }
 
 
+def test_empty_lua_tables_fit_lists_maps_and_messages(run, servers):
+    res = run("""
+        local ok, conn = grpc.connect(args.addr)
+        local ok, res = conn:unary("/resty.test.Probe/Echo",
+                                   { nums = {}, inners = {}, counts = {}, inner = {} })
+        assert(ok, res)
+        return { res.inner ~= nil, res.nums == nil, res.counts == nil }
+    """, addr=servers["plain"].addr)
+    assert res == [True, True, True]
+
+
 def test_grpc_load_compiles_source_text_with_imports(run, servers, grpc_stage):
     res = run("""
         local src = [[

@@ -116,8 +116,22 @@ local function compile(src, is_file, includes)
 end
 
 -- grpc.loadfile(path [, includes]) -> true | nil, err
--- Imports are looked up in the file's folder, then in `includes`.
+-- Imports are looked up in the file's folder, then in `includes`. A
+-- relative path is taken from nginx's working folder, then from its prefix.
 function _M.loadfile(path, includes)
+    if type(path) == "string" and str_sub(path, 1, 1) ~= "/" then
+        local f = io_open(path, "rb")
+        if f then
+            f:close()
+        else
+            local prefixed = ngx.config.prefix() .. path
+            f = io_open(prefixed, "rb")
+            if f then
+                f:close()
+                path = prefixed
+            end
+        end
+    end
     return compile(path, 1, includes)
 end
 

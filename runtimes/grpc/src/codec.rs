@@ -3,7 +3,10 @@
 //! strings, bytes as base64, enums by name, proto field names).
 
 use prost::Message;
-use prost_reflect::{DeserializeOptions, DynamicMessage, MessageDescriptor, SerializeOptions};
+use prost_reflect::{
+    DeserializeOptions, DynamicMessage, Kind, MessageDescriptor, SerializeOptions,
+};
+use serde_json::Value;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
 
@@ -67,6 +70,10 @@ impl Decoder for DynamicDecoder {
 
 /// A message of type `desc` from its JSON form. Unknown fields are errors;
 /// empty input is the empty message.
+///
+/// Lua has one empty table, which cjson writes as `{}`: when the straight
+/// parse fails, empty objects where a list belongs (and empty arrays where
+/// a message or map belongs) are fixed up and the parse is tried again.
 pub fn from_json(desc: &MessageDescriptor, json: &[u8]) -> Result<DynamicMessage, Error> {
     if json.is_empty() {
         return Ok(DynamicMessage::new(desc.clone()));
@@ -76,11 +83,80 @@ pub fn from_json(desc: &MessageDescriptor, json: &[u8]) -> Result<DynamicMessage
         reason: e.to_string(),
     };
     let mut de = serde_json::Deserializer::from_slice(json);
-    let msg =
-        DynamicMessage::deserialize_with_options(desc.clone(), &mut de, &DeserializeOptions::new())
-            .map_err(bad)?;
-    de.end().map_err(bad)?;
-    Ok(msg)
+    let first = DynamicMessage::deserialize_with_options(desc.clone(), &mut de, &OPTIONS)
+        .and_then(|m| de.end().map(|_| m));
+    match first {
+        Ok(msg) => Ok(msg),
+        Err(e) => {
+            let Ok(mut value) = serde_json::from_slice::<Value>(json) else {
+                return Err(bad(e));
+            };
+            if !fix_empty_tables(&mut value, desc) {
+                return Err(bad(e));
+            }
+            DynamicMessage::deserialize_with_options(desc.clone(), value, &OPTIONS)
+                .map_err(|_| bad(e))
+        }
+    }
+}
+
+const OPTIONS: DeserializeOptions = DeserializeOptions::new();
+
+fn is_empty_object(v: &Value) -> bool {
+    matches!(v, Value::Object(m) if m.is_empty())
+}
+
+fn is_empty_array(v: &Value) -> bool {
+    matches!(v, Value::Array(a) if a.is_empty())
+}
+
+/// Rewrites empty tables to the shape the field wants; true if it changed
+/// anything.
+fn fix_empty_tables(value: &mut Value, desc: &MessageDescriptor) -> bool {
+    if is_empty_array(value) {
+        *value = Value::Object(Default::default());
+        return true;
+    }
+    let Value::Object(map) = value else {
+        return false;
+    };
+    let mut changed = false;
+    for (key, v) in map.iter_mut() {
+        let Some(field) = desc
+            .get_field_by_name(key)
+            .or_else(|| desc.get_field_by_json_name(key))
+        else {
+            continue;
+        };
+        let message = match field.kind() {
+            Kind::Message(m) => Some(m),
+            _ => None,
+        };
+        if field.is_list() {
+            if is_empty_object(v) {
+                *v = Value::Array(Vec::new());
+                changed = true;
+            } else if let (Value::Array(items), Some(m)) = (&mut *v, &message) {
+                for item in items {
+                    changed |= fix_empty_tables(item, m);
+                }
+            }
+        } else if field.is_map() {
+            if is_empty_array(v) {
+                *v = Value::Object(Default::default());
+                changed = true;
+            } else if let (Value::Object(entries), Some(entry)) = (&mut *v, &message) {
+                if let Kind::Message(m) = entry.map_entry_value_field().kind() {
+                    for item in entries.values_mut() {
+                        changed |= fix_empty_tables(item, &m);
+                    }
+                }
+            }
+        } else if let Some(m) = &message {
+            changed |= fix_empty_tables(v, m);
+        }
+    }
+    changed
 }
 
 const SERIALIZE: SerializeOptions = SerializeOptions::new().use_proto_field_name(true);
@@ -123,6 +199,16 @@ mod tests {
         let back: serde_json::Value = serde_json::from_slice(&out).unwrap();
         let want: serde_json::Value = serde_json::from_slice(json).unwrap();
         assert_eq!(back, want);
+    }
+
+    #[test]
+    fn empty_lua_tables_fit_lists_maps_and_messages() {
+        let d = desc();
+        let msg = from_json(&d, br#"{"tags":{},"m":[],"raw":""}"#).unwrap();
+        let mut out = Vec::new();
+        to_json(&msg, &mut out).unwrap();
+        assert_eq!(out, b"{}");
+        assert!(from_json(&d, b"[]").is_ok());
     }
 
     #[test]
