@@ -578,6 +578,29 @@ def test_a_thousand_concurrent_unary_calls_across_two_workers(stage, grpc_stage,
         assert (res.get("ok0"), res.get("ok1")) == (500, 500), (res, n.error_log()[-2000:])
 
 
+def test_protos_compiled_in_init_by_lua_serve_every_worker(stage, grpc_stage, servers):
+    http = """
+    init_by_lua_block {
+        local grpc = require "resty.ffi.grpc"
+        assert(grpc.loadfile("%s/helloworld.proto"))
+    }
+    """ % grpc_stage["proto"]
+    server = """
+    location /hello {
+        content_by_lua_block {
+            local grpc = require "resty.ffi.grpc"
+            local ok, conn, err = grpc.connect("%s")
+            assert(ok, err)
+            local ok, res = conn:unary("/helloworld.Greeter/SayHello", { name = "init" })
+            ngx.print(ok and res.message or res)
+        }
+    }
+    """ % servers["plain"].addr
+    with harness.Nginx(stage, server, http=http, workers=2) as n:
+        for _ in range(4):
+            assert n.get("/hello") == (200, b"Hello init!")
+
+
 def test_python_grpcio_helloworld_server(run, grpc_stage):
     srv = Server([sys.executable, os.path.join(harness.ROOT, "tests", "grpc",
                                                "helloworld_server.py"),
