@@ -601,6 +601,38 @@ def test_protos_compiled_in_init_by_lua_serve_every_worker(stage, grpc_stage, se
             assert n.get("/hello") == (200, b"Hello init!")
 
 
+def test_runtime_cfg_threads_and_spin_serve_sequential_and_concurrent_calls(stage, grpc_stage,
+                                                                           servers):
+    http = http_block(grpc_stage["proto"], 'require("resty.ffi.grpc").CFG = "threads=2,spin_us=50"')
+    server = """
+    location /calls {
+        content_by_lua_block {
+            local grpc = require "resty.ffi.grpc"
+            local ok, conn, err = grpc.connect("%s")
+            assert(ok, err)
+            local good = 0
+            for i = 1, 300 do
+                local ok, res = conn:unary("/helloworld.Greeter/SayHello", { name = tostring(i) })
+                if ok and res.message == "Hello " .. i .. "!" then good = good + 1 end
+            end
+            local threads = {}
+            for i = 1, 100 do
+                threads[i] = ngx.thread.spawn(conn.unary, conn, "/helloworld.Greeter/SayHello",
+                                              { name = "c" .. i })
+            end
+            for i = 1, 100 do
+                local _, ok, res = ngx.thread.wait(threads[i])
+                if ok and res.message == "Hello c" .. i .. "!" then good = good + 1 end
+            end
+            ngx.print(good)
+        }
+    }
+    """ % servers["plain"].addr
+    with harness.Nginx(stage, server, http=http, workers=1) as n:
+        assert n.get("/calls") == (200, b"400")
+        assert "ffi-grpc" in " ".join(harness.thread_names(n.worker_pids()[0]))
+
+
 def test_python_grpcio_helloworld_server(run, grpc_stage):
     srv = Server([sys.executable, os.path.join(harness.ROOT, "tests", "grpc",
                                                "helloworld_server.py"),

@@ -8,31 +8,28 @@
 //! task per call, which answers it. When the queue is finished (unload) the
 //! loop ends; calls still running answer as they finish.
 //!
-//! Optionally (cfg `spin_us=N`), after activity (a task taken or answered)
-//! the loop keeps checking the queue between the other tasks' turns
-//! (`yield_now`) for N µs before it arms the fd and parks, so a caller's
-//! next call, coming right after its answer, needs no wake-up. Off by
-//! default: on 2-CPU machines shared by nginx, this runtime and the server,
-//! measurements were slower with it (the spin takes the CPU the others
-//! need); never on when the process may use one CPU only.
+//! Optionally (cfg `spin_us=N`), when the last call in flight has just
+//! been answered, the loop looks for the caller's next call for N µs before
+//! it arms the fd and parks, so a sequential caller's next call needs no
+//! wake-up. Off by default: on the 2-CPU machines measured, it gained
+//! nothing clear (the caller, the server and this thread already share two
+//! CPUs); never on when the process may use one CPU only.
 //!
 //! Operations (first byte of a request): `C` connect, `U` unary call, `S`
 //! new stream, `W` send, `R` recv, `E` close_send.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 use tokio::runtime::Runtime;
+use tokio::sync::Notify;
 
 use crate::abi::{clear_eventfd, Armed, Queue, QueueFd, Task};
 use crate::error::Error;
 
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
-
-/// Answers given so far: activity the spin watches for.
-static ANSWERED: AtomicU64 = AtomicU64::new(0);
 
 struct Cfg {
     threads: usize,
@@ -89,44 +86,89 @@ pub fn start(cfg: &str, queue: Queue) -> Result<(), Error> {
     Ok(())
 }
 
+/// What a queue's loop shares with the calls it spawned.
+#[derive(Default)]
+struct Calls {
+    /// calls taken and not yet answered
+    in_flight: AtomicUsize,
+    /// the last call in flight was answered
+    idle: Notify,
+}
+
 async fn serve(queue: Queue, ready: AsyncFd<QueueFd>, spin: Duration) {
-    let mut active = Instant::now();
-    let mut answered = ANSWERED.load(Ordering::Relaxed);
+    let calls = Arc::new(Calls::default());
+    let mut just_idle = false;
     loop {
         while let Some(task) = queue.try_poll() {
-            tokio::spawn(handle(task));
-            active = Instant::now();
+            tokio::spawn(handle(task, InFlight::new(&calls)));
         }
-        if !spin.is_zero() {
-            let now = ANSWERED.load(Ordering::Relaxed);
-            if now != answered {
-                answered = now;
-                active = Instant::now();
-            }
-            if active.elapsed() < spin {
-                tokio::task::yield_now().await;
+        if just_idle && !spin.is_zero() && calls.in_flight.load(Ordering::Acquire) == 0 {
+            just_idle = false;
+            if let Some(task) = spin_for_next(&queue, spin) {
+                tokio::spawn(handle(task, InFlight::new(&calls)));
                 continue;
             }
         }
         match queue.arm() {
             Armed::Tasks => continue,
             Armed::Finished => return,
-            Armed::Wait => match ready.readable().await {
-                Ok(mut guard) => {
-                    clear_eventfd(ready.get_ref());
-                    guard.clear_ready();
-                    active = Instant::now();
-                }
-                Err(e) => {
-                    eprintln!("ffi_grpc: waiting on the task queue failed: {e}");
-                    return;
-                }
+            Armed::Wait => tokio::select! {
+                r = ready.readable() => match r {
+                    Ok(mut guard) => {
+                        clear_eventfd(ready.get_ref());
+                        guard.clear_ready();
+                    }
+                    Err(e) => {
+                        eprintln!("ffi_grpc: waiting on the task queue failed: {e}");
+                        return;
+                    }
+                },
+                _ = calls.idle.notified() => just_idle = true,
             },
         }
     }
 }
 
-async fn handle(task: Task) {
+/// Counts a call in flight until dropped (answered, or unwound by a panic).
+struct InFlight(Arc<Calls>);
+
+impl InFlight {
+    fn new(calls: &Arc<Calls>) -> Self {
+        calls.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(calls.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_one();
+        }
+    }
+}
+
+/// Right after the last call in flight was answered (nothing else of ours
+/// to run), looks for the caller's next call for up to `spin` before the
+/// loop parks. Blocking the thread is fine then: the caller's next call is
+/// usually a few µs away, and a wake-up costs tens.
+fn spin_for_next(queue: &Queue, spin: Duration) -> Option<Task> {
+    let t0 = Instant::now();
+    let mut i: u32 = 0;
+    while t0.elapsed() < spin {
+        if let Some(task) = queue.try_poll() {
+            return Some(task);
+        }
+        i = i.wrapping_add(1);
+        if i.is_multiple_of(64) {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+    None
+}
+
+async fn handle(task: Task, _in_flight: InFlight) {
     let req = task.request();
     let Some((&op, rest)) = req.split_first() else {
         return task.respond(100, Some(b"ffi_grpc: empty request"));
@@ -152,7 +194,6 @@ async fn handle(task: Task) {
         Ok(body) => task.respond(0, body.as_deref()),
         Err(e) => task.respond(e.rc(), Some(&e.body())),
     }
-    ANSWERED.fetch_add(1, Ordering::Relaxed);
 }
 
 #[cfg(test)]
