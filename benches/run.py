@@ -14,6 +14,9 @@ tests/harness.py and its own proxy-model server, and measures in one run:
   3  the unix-socket proxy model (tokio side process, cosockets, keepalive
      pool, length-prefixed frames; raw and MessagePack RPC), same payloads;
   4  throughput with wrk: plain Lua, one echo call per request, proxy;
+  5  gRPC: N sequential SayHello calls from Lua (resty.ffi.grpc) against a
+     native tonic client (grpc_bench_client) on the same server, and 64
+     concurrent Lua callers against 64 concurrent tonic tasks;
   6  the bridge alone, without nginx (benches/src/bin/bridge_host).
 
 Records go to target/bench/results.json, tables to target/bench/results.md,
@@ -504,6 +507,78 @@ class Run:
                         self.log("  [6] %-15s %7d B  batch of 64: %10.0f calls/s  cpu %6.2f us"
                                  % (rt["name"], payload, r["rps"], r["cpu_us_per_call"]))
 
+    def section_5(self, stage):
+        a = self.args
+        self.log("== 5: gRPC SayHello, Lua (resty.ffi.grpc) vs native tonic, %d calls"
+                 % a.calls)
+        stage.add_lib(release_lib("libffi_grpc.so"))
+        proto = stage.add_tree(os.path.join(ROOT, "examples", "grpc", "proto"), "proto")
+        server = subprocess.Popen([os.path.join(RELEASE, "grpc_test_server")],
+                                  stdout=subprocess.PIPE, text=True)
+        nginx = None
+        try:
+            line = server.stdout.readline()
+            if not line.startswith("listening on "):
+                raise RuntimeError("grpc_test_server did not start: %r" % line)
+            addr = line.split()[-1]
+            http = ("init_worker_by_lua_block { assert(require('resty.ffi.grpc')"
+                    ".loadfile(%s)) }" % lua_str(proto + "/helloworld.proto"))
+            loc = ("location = /grpc/seq { content_by_lua_block { require('bench.grpc').seq() } }\n"
+                   "location = /grpc/conc { content_by_lua_block { require('bench.grpc').conc() } }\n")
+            nginx = harness.Nginx(stage, loc, http=http, workers=1, log_level="warn")
+            nginx.start()
+            worker_pids = nginx.worker_pids()
+            native = os.path.join(RELEASE, "grpc_bench_client")
+
+            def lua(path, **q):
+                pids = worker_pids + [server.pid]
+                c0 = cpu_ns(pids)
+                status, body = nginx.get(path + "?" + urllib.parse.urlencode(
+                    dict(q, addr=addr)), timeout=600)
+                c1 = cpu_ns(pids)
+                if status != 200:
+                    raise RuntimeError("%s: %d %s\n%s" % (path, status, body[:300],
+                                                          nginx.error_log()[-2000:]))
+                rec = json.loads(body)
+                rec["cpu_us_per_call"] = (c1 - c0) / 1e3 / rec["calls"]
+                return rec
+
+            def tonic(n, conc):
+                c0 = cpu_ns([server.pid])
+                p = subprocess.run([native, addr, str(n), str(conc)], capture_output=True,
+                                   text=True, timeout=600, check=True)
+                rec = json.loads(p.stdout)
+                rec["server_cpu_us_per_call"] = (cpu_ns([server.pid]) - c0) / 1e3 / rec["calls"]
+                return rec
+
+            for mode, conc in (("sequential", 1), ("concurrent", 64)):
+                lua_runs, native_runs = [], []
+                for _ in range(a.reps):
+                    if conc == 1:
+                        lua_runs.append(lua("/grpc/seq", n=a.calls))
+                    else:
+                        lua_runs.append(lua("/grpc/conc", n=a.calls, c=conc))
+                    native_runs.append(tonic(a.calls, conc))
+                key = "wall_us_per_call" if conc == 1 else "us_per_call"
+                lr = sorted(lua_runs, key=lambda r: r[key])[len(lua_runs) // 2]
+                nr = sorted(native_runs, key=lambda r: r["us_per_call"])[len(native_runs) // 2]
+                lua_us = lr[key]
+                for name, r, us in (("lua-grpc", lr, lua_us),
+                                    ("tonic-native", nr, nr["us_per_call"])):
+                    rec = self.add(bench="grpc-" + mode, section="5", runtime=name,
+                                   calls=r["calls"], concurrency=conc, workers=1,
+                                   cpus=self.cpus, us_per_call=us, rate=1e6 / us,
+                                   p50_us=r.get("p50_us"), p99_us=r.get("p99_us"),
+                                   runs_us=[round(x.get(key, x.get("us_per_call")), 3)
+                                            for x in (lua_runs if name == "lua-grpc"
+                                                      else native_runs)])
+                    self.log("  [5] %-12s %-10s c%-3d %8.2f us/call  %9.0f calls/s"
+                             % (name, mode, conc, rec["us_per_call"], rec["rate"]))
+        finally:
+            if nginx:
+                nginx.stop()
+            harness.terminate(server, 5)
+
 
 def harness_find(stage, lib):
     for name in ("lib%s.so" % lib, "%s.so" % lib):
@@ -539,7 +614,7 @@ def build(args):
     if args.no_build or os.environ.get("RESTY_FFI_SKIP_BUILD") == "1":
         return
     harness.run(["cargo", "build", "--release", "-p", "resty-ffi", "-p", "ffi-echo",
-                 "-p", "resty-ffi-benches"])
+                 "-p", "resty-ffi-benches", "-p", "ffi-grpc", "-p", "grpc-examples"])
     harness.run(["go", "build", "-buildmode=c-shared", "-o", "libffi_go_echo.so", "echo.go"],
                 cwd=os.path.join(ROOT, "examples", "go"))
     # optional runtimes: a failed build means "not built", never a failed run
@@ -709,6 +784,26 @@ def report(run, mach, stage_runtimes):
                         "%.2fx" % (r["rps"] / proxy["rps"]) if proxy else "-",
                         fmt(r["cpu_us_per_request"]), r["errors"]))
         L.append("")
+    g = [r for r in run.records if r.get("section") == "5"]
+    if g:
+        L += ["## 5. gRPC: SayHello from Lua (resty.ffi.grpc) vs native tonic", "",
+              "Same server (grpc_test_server, tonic), same run. Lua: one nginx worker, "
+              "one connection; native: grpc_bench_client (tonic on tokio's "
+              "multi-threaded runtime, one channel). Median of the loops.", "",
+              "| calls | concurrency | client | µs/call | calls/s | p50 µs | p99 µs | vs tonic |",
+              "|---|---:|---|---:|---:|---:|---:|---:|"]
+        for mode in ("sequential", "concurrent"):
+            nat = find(g, bench="grpc-" + mode, runtime="tonic-native")
+            for r in g:
+                if r["bench"] != "grpc-" + mode:
+                    continue
+                L.append("| %s | %d | %s | %s | %.0f | %s | %s | %s |" % (
+                    mode, r["concurrency"], r["runtime"], fmt(r["us_per_call"]), r["rate"],
+                    fmt(r["p50_us"]) if r.get("p50_us") else "-",
+                    fmt(r["p99_us"]) if r.get("p99_us") else "-",
+                    "%+.0f%%" % (100 * (r["us_per_call"] / nat["us_per_call"] - 1))
+                    if nat else "-"))
+        L.append("")
     br = [r for r in run.records if r["bench"] == "bridge"]
     if br:
         L += ["## 6. The bridge alone (no nginx): bench-bridge-host", "",
@@ -768,6 +863,13 @@ def targets(run):
     if proxy and rust:
         v = rust["rps"] / proxy["rps"]
         check("wrk -c64 1 worker: Rust call >= 2x proxy", v, 2, "%.2fx" % v)
+    for mode in ("sequential", "concurrent"):
+        lua = find(recs, bench="grpc-" + mode, runtime="lua-grpc")
+        nat = find(recs, bench="grpc-" + mode, runtime="tonic-native")
+        if lua and nat:
+            v = nat["us_per_call"] / lua["us_per_call"]
+            check("gRPC %s: Lua within 10%% of native tonic" % mode, v, 1 / 1.1,
+                  "%+.0f%%" % (100 * (lua["us_per_call"] / nat["us_per_call"] - 1)))
     if not rows:
         return []
     return ["## Targets", "", "| target | measured | |", "|---|---:|---|"] + rows + [""]
@@ -782,7 +884,7 @@ def parse_args(argv):
     p.add_argument("--calls", type=int, help="calls per sequential loop (20000)")
     p.add_argument("--reps", type=int, help="loops per measurement, median kept (3)")
     p.add_argument("--duration", type=int, help="seconds per wrk run (5)")
-    p.add_argument("--sections", default="1,2,3,4,6",
+    p.add_argument("--sections", default="1,2,3,4,5,6",
                    help="comma-separated sections to run (1 and 3 run together)")
     p.add_argument("--runtimes", help="comma-separated runtime names (default: all)")
     p.add_argument("--out", default=OUT, help="output folder (target/bench)")
@@ -826,6 +928,8 @@ def main(argv=None):
             run.section_6(stage, ctx, runtimes)
         if "4" in a.sections:
             run.section_4(stage, ctx, runtimes)
+        if "5" in a.sections:
+            run.section_5(stage)
     finally:
         stage.remove()
     for r in run.records:

@@ -60,7 +60,13 @@ def test_quick_bench_produces_sane_records_for_every_section(tmp_path):
         assert 0 < rt[0]["p50_us"] <= rt[0]["p99_us"]
         assert batch[0]["rps"] > 0
 
+    for mode in ("sequential", "concurrent"):
+        for runtime in ("lua-grpc", "tonic-native"):
+            recs = by(section="5", bench="grpc-" + mode, runtime=runtime)
+            assert len(recs) == 1, (mode, runtime, stdout[-2000:])
+            assert recs[0]["calls"] > 0 and 0 < recs[0]["us_per_call"] < 100_000, recs[0]
+
     assert os.path.getsize(tmp_path / "echo.png") > 1000
     md = (tmp_path / "results.md").read_text()
-    for heading in ("## 1 + 3.", "## 2.", "## 4.", "## 6.", "## Targets"):
+    for heading in ("## 1 + 3.", "## 2.", "## 4.", "## 5.", "## 6.", "## Targets"):
         assert heading in md

@@ -1,0 +1,447 @@
+-- resty.ffi.grpc: a gRPC client for nginx-lua, in the API of
+-- lua-resty-ffi-grpc (switch by changing the require), on resty.ffi and
+-- libffi_grpc.so (tonic on a tokio runtime of its own).
+--
+-- .proto files are compiled in Rust at run time (imports, well-known
+-- types) by a direct, non-yielding FFI call, so grpc.load/loadfile work in
+-- init_worker (and init) too. Messages cross as Lua tables in the protobuf
+-- JSON mapping (int64 as strings, bytes as base64, enums by name, proto
+-- field names). Calls go through the runtime's task queue and yield; they
+-- need a phase that can yield (rewrite, access, content, timer...).
+--
+-- Errors never throw: calls return `false, err` where err names the gRPC
+-- status ("DEADLINE_EXCEEDED (4): ...") and a third value holds
+-- { code = 4, status = "DEADLINE_EXCEEDED", message = ..., metadata = {...} }.
+
+local ffi = require "ffi"
+local resty_ffi = require "resty.ffi"
+local json = require("cjson.safe").new()
+
+local ffi_new = ffi.new
+local ffi_gc = ffi.gc
+local ffi_string = ffi.string
+local json_encode = json.encode
+local json_decode = json.decode
+local type = type
+local tostring = tostring
+local tonumber = tonumber
+local setmetatable = setmetatable
+local floor = math.floor
+local str_find = string.find
+local str_sub = string.sub
+local io_open = io.open
+local pairs = pairs
+local pcall = pcall
+local concat = table.concat
+
+local _M = { _VERSION = "0.1.0" }
+
+ffi.cdef[[
+int resty_ffi_grpc_load(const char *src, int src_len, int is_file,
+                        const char *includes, char *err, int err_len);
+int resty_ffi_grpc_conn_close(double id);
+int resty_ffi_grpc_stream_close(double id);
+int resty_ffi_grpc_open_count(int *conns, int *streams);
+]]
+
+-- The library; a path, a file name or a short name as resty.ffi.load takes.
+_M.LIB = "ffi_grpc"
+-- The runtime's cfg ("threads=N,spin_us=N": tokio worker threads, default 1;
+-- how long the queue loop keeps looking for calls after activity before it
+-- parks, default 50). Set before the first connect of the worker.
+_M.CFG = nil
+-- resty.ffi.load options of the runtime (spin_us, max_queue...).
+_M.LOAD_OPTS = nil
+-- How long a call without a deadline may wait for the runtime (seconds).
+_M.NO_DEADLINE_WAIT = 3600
+-- Extra wait beyond a deadline before the bridge itself gives up.
+local GRACE = 5
+
+local STATUS = {
+    [1] = "CANCELLED", [2] = "UNKNOWN", [3] = "INVALID_ARGUMENT",
+    [4] = "DEADLINE_EXCEEDED", [5] = "NOT_FOUND", [6] = "ALREADY_EXISTS",
+    [7] = "PERMISSION_DENIED", [8] = "RESOURCE_EXHAUSTED",
+    [9] = "FAILED_PRECONDITION", [10] = "ABORTED", [11] = "OUT_OF_RANGE",
+    [12] = "UNIMPLEMENTED", [13] = "INTERNAL", [14] = "UNAVAILABLE",
+    [15] = "DATA_LOSS", [16] = "UNAUTHENTICATED",
+}
+_M.STATUS = STATUS
+
+pcall(json.encode_number_precision, 17)
+
+local lib        -- the library through LuaJIT FFI (load, close)
+local rt         -- the library as a resty.ffi runtime (calls)
+local err_buf = ffi_new("char[?]", 4096)
+
+local function library()
+    if lib then
+        return lib
+    end
+    local ok, l = pcall(ffi.load, resty_ffi.find_library(_M.LIB))
+    if not ok then
+        return nil, "resty.ffi.grpc: cannot load " .. _M.LIB .. ": " .. tostring(l)
+    end
+    lib = l
+    return lib
+end
+
+local function runtime()
+    if rt then
+        return rt
+    end
+    local r, err = resty_ffi.load(_M.LIB, _M.CFG, _M.LOAD_OPTS)
+    if not r then
+        return nil, err
+    end
+    rt = r
+    return rt
+end
+
+local function compile(src, is_file, includes)
+    local l, err = library()
+    if not l then
+        return nil, err
+    end
+    if type(src) ~= "string" then
+        return nil, "resty.ffi.grpc: want a string, got " .. type(src)
+    end
+    if includes ~= nil and type(includes) ~= "table" then
+        return nil, "resty.ffi.grpc: includes must be a table of folders"
+    end
+    local inc = includes and concat(includes, ":") or nil
+    if l.resty_ffi_grpc_load(src, #src, is_file, inc, err_buf, 4096) ~= 0 then
+        return nil, ffi_string(err_buf)
+    end
+    return true
+end
+
+-- grpc.loadfile(path [, includes]) -> true | nil, err
+-- Imports are looked up in the file's folder, then in `includes`. A
+-- relative path is taken from nginx's working folder, then from its prefix.
+function _M.loadfile(path, includes)
+    if type(path) == "string" and str_sub(path, 1, 1) ~= "/" then
+        local f = io_open(path, "rb")
+        if f then
+            f:close()
+        else
+            local prefixed = ngx.config.prefix() .. path
+            f = io_open(prefixed, "rb")
+            if f then
+                f:close()
+                path = prefixed
+            end
+        end
+    end
+    return compile(path, 1, includes)
+end
+
+-- grpc.load(source [, includes]) -> true | nil, err
+function _M.load(src, includes)
+    return compile(src, 0, includes)
+end
+
+-- grpc.readfile(path) -> content | nil, err
+function _M.readfile(path)
+    local f, err = io_open(path, "rb")
+    if not f then
+        return nil, err
+    end
+    local content = f:read("*a")
+    f:close()
+    return content
+end
+
+-- Splits "<metadata json>\n<rest>".
+local function split_meta(body)
+    local nl = str_find(body, "\n", 1, true)
+    if not nl then
+        return {}, body
+    end
+    return json_decode(str_sub(body, 1, nl - 1)) or {}, str_sub(body, nl + 1)
+end
+
+-- A failed call as `false, err, status`.
+local function failure(rc, body)
+    if rc == nil then                        -- the bridge itself failed
+        return false, body
+    end
+    local name = STATUS[rc]
+    if not name then                         -- failed on our side
+        return false, body or ("resty.ffi.grpc: error " .. tostring(rc))
+    end
+    local md, msg = split_meta(body or "")
+    return false, name .. " (" .. rc .. "): " .. msg,
+           { code = rc, status = name, message = msg, metadata = md }
+end
+
+local function wait_for(deadline)
+    if deadline then
+        return deadline + GRACE
+    end
+    return _M.NO_DEADLINE_WAIT
+end
+
+local function millis(t)
+    if t == nil then
+        return 0, nil
+    end
+    if type(t) ~= "number" or t <= 0 then
+        return nil, "resty.ffi.grpc: timeout must be a positive number of seconds, got "
+                    .. tostring(t)
+    end
+    local ms = floor(t * 1000)
+    return ms > 0 and ms or 1
+end
+
+local function encode_meta(md)
+    if md == nil then
+        return ""
+    end
+    if type(md) ~= "table" then
+        return nil, "resty.ffi.grpc: metadata must be a table of strings"
+    end
+    local s, err = json_encode(md)
+    if not s then
+        return nil, "resty.ffi.grpc: bad metadata: " .. err
+    end
+    return s
+end
+
+local function close_conn_gc(c)
+    lib.resty_ffi_grpc_conn_close(c[0])
+end
+
+local function close_stream_gc(c)
+    lib.resty_ffi_grpc_stream_close(c[0])
+end
+
+local stream_mt = {}
+stream_mt.__index = stream_mt
+
+-- stream:send(tbl) -> true | false, err
+function stream_mt.send(self, tbl)
+    if self.closed then
+        return false, "resty.ffi.grpc: stream is closed"
+    end
+    local body, err = json_encode(tbl)
+    if not body then
+        return false, "resty.ffi.grpc: cannot encode the table: " .. err
+    end
+    local ok, rc, res = rt:call(self._send .. body, self._wait)
+    if ok then
+        return true
+    end
+    return failure(rc, res)
+end
+
+-- stream:recv() -> true, res | true, nil (end) | false, err, status
+function stream_mt.recv(self)
+    if self.closed then
+        return false, "resty.ffi.grpc: stream is closed"
+    end
+    local ok, rc, res = rt:call(self._recv, self._wait)
+    if ok then
+        if rc == nil then
+            return true, nil
+        end
+        local t, err = json_decode(rc)
+        if t == nil then
+            return false, "resty.ffi.grpc: bad response JSON: " .. tostring(err)
+        end
+        return true, t
+    end
+    return failure(rc, res)
+end
+
+-- stream:close_send() -> true | false, err
+function stream_mt.close_send(self)
+    if self.closed then
+        return false, "resty.ffi.grpc: stream is closed"
+    end
+    local ok, rc, res = rt:call(self._close_send, self._wait)
+    if ok then
+        return true
+    end
+    return failure(rc, res)
+end
+
+-- stream:close() -> true. Cancels the call if still running.
+function stream_mt.close(self)
+    if not self.closed then
+        self.closed = true
+        lib.resty_ffi_grpc_stream_close(self._gc[0])
+    end
+    return true
+end
+
+local conn_mt = {}
+conn_mt.__index = conn_mt
+
+local function call_head(self, prefix, path, opts)
+    if self.closed then
+        return nil, "resty.ffi.grpc: connection is closed"
+    end
+    if type(path) ~= "string" then
+        return nil, "resty.ffi.grpc: path must be a string like /pkg.Service/Method"
+    end
+    local ms, md, flags, deadline = 0, "", "", self._timeout
+    if opts ~= nil then
+        if type(opts) ~= "table" then
+            return nil, "resty.ffi.grpc: opts must be a table"
+        end
+        local err
+        if opts.timeout ~= nil then
+            ms, err = millis(opts.timeout)
+            if not ms then
+                return nil, err
+            end
+            deadline = opts.timeout
+        end
+        md, err = encode_meta(opts.metadata)
+        if not md then
+            return nil, err
+        end
+        if opts.response_metadata then
+            flags = "m"
+        end
+    end
+    return prefix .. ms .. "\t" .. flags .. "\t" .. path .. "\n" .. md .. "\n",
+           wait_for(deadline)
+end
+
+-- conn:unary(path, tbl [, opts]) -> true, res [, metadata] | false, err, status
+-- opts: timeout (deadline, seconds), metadata (table), response_metadata
+-- (true: also return the response's headers and trailers).
+function conn_mt.unary(self, path, tbl, opts)
+    local head, wait = call_head(self, self._unary, path, opts)
+    if not head then
+        return false, wait
+    end
+    local body, err = json_encode(tbl == nil and {} or tbl)
+    if not body then
+        return false, "resty.ffi.grpc: cannot encode the table: " .. err
+    end
+    local ok, res, msg = rt:call(head .. body, wait)
+    if not ok then
+        return failure(res, msg)
+    end
+    local md
+    if opts and opts.response_metadata then
+        md, res = split_meta(res)
+    end
+    local t
+    t, err = json_decode(res)
+    if t == nil then
+        return false, "resty.ffi.grpc: bad response JSON: " .. tostring(err)
+    end
+    return true, t, md
+end
+
+-- conn:new_stream(path [, opts]) -> true, stream | false, err
+-- opts as for unary (timeout covers the whole stream).
+function conn_mt.new_stream(self, path, opts)
+    local head, wait = call_head(self, self._stream, path, opts)
+    if not head then
+        return false, wait
+    end
+    local ok, res, msg = rt:call(head, wait)
+    if not ok then
+        return failure(res, msg)
+    end
+    local id = tonumber(res)
+    local s = setmetatable({
+        closed = false,
+        _send = "W" .. id .. "\n",
+        _recv = "R" .. id,
+        _close_send = "E" .. id,
+        _wait = wait,
+        _gc = ffi_gc(ffi_new("double[1]", id), close_stream_gc),
+    }, stream_mt)
+    return true, s
+end
+
+-- conn:close() -> true. The channel stays cached for other handles.
+function conn_mt.close(self)
+    if not self.closed then
+        self.closed = true
+        lib.resty_ffi_grpc_conn_close(self._gc[0])
+    end
+    return true
+end
+
+local CONNECT_OPTS = {
+    host = "string", ca = "string", cert = "string", priv_key = "string",
+    connect_timeout = "number", timeout = "number", metadata = "table",
+}
+
+-- grpc.connect(target, opts) -> true, conn | false, rc, err
+-- target: "host:port", "[::1]:port" or a URI (http://, https://).
+-- opts: host (authority / TLS name), ca, cert, priv_key (PEM strings; any of
+-- them means TLS), connect_timeout (s, default 10), timeout (default
+-- deadline of each call, s), metadata (sent with each call).
+function _M.connect(target, opts)
+    if type(target) ~= "string" or target == "" then
+        return false, nil, "resty.ffi.grpc: target must be a string like host:port"
+    end
+    local req = { target = target }
+    if opts ~= nil then
+        if type(opts) ~= "table" then
+            return false, nil, "resty.ffi.grpc: opts must be a table"
+        end
+        for k, v in pairs(opts) do
+            local want = CONNECT_OPTS[k]
+            if not want then
+                return false, nil, "resty.ffi.grpc: unknown connect option '"
+                                   .. tostring(k) .. "'"
+            end
+            if type(v) ~= want then
+                return false, nil, "resty.ffi.grpc: opts." .. k .. " must be a "
+                                   .. want .. ", got " .. type(v)
+            end
+            req[k] = v
+        end
+    end
+    local l, err = library()
+    if not l then
+        return false, nil, err
+    end
+    local r
+    r, err = runtime()
+    if not r then
+        return false, nil, err
+    end
+    local body
+    body, err = json_encode(req)
+    if not body then
+        return false, nil, "resty.ffi.grpc: bad connect options: " .. err
+    end
+    local wait = (opts and opts.connect_timeout or 10) + GRACE
+    local ok, res, msg = r:call("C" .. body, wait)
+    if not ok then
+        return false, res, msg
+    end
+    local id = tonumber(res)
+    return true, setmetatable({
+        closed = false,
+        target = target,
+        _unary = "U" .. id .. "\t",
+        _stream = "S" .. id .. "\t",
+        _timeout = opts and opts.timeout,
+        _gc = ffi_gc(ffi_new("double[1]", id), close_conn_gc),
+    }, conn_mt)
+end
+
+local counts = ffi_new("int[2]")
+
+-- grpc.open_count() -> connection handles, streams open in this worker
+-- (dropped ones are closed by the GC).
+function _M.open_count()
+    local l, err = library()
+    if not l then
+        return nil, err
+    end
+    l.resty_ffi_grpc_open_count(counts, counts + 1)
+    return counts[0], counts[1]
+end
+
+return _M

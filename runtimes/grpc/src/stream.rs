@@ -1,0 +1,174 @@
+//! Streaming calls (server, client and bidirectional: one mechanism).
+//!
+//! `new_stream` starts the call in a task of its own (the pump): the
+//! request side is a channel `send` feeds and `close_send` closes; the
+//! pump forwards each response message, then the final status, into a
+//! bounded channel `recv` reads (`None` at a clean end).
+//!
+//! Guarantees: `send` waits while 16 messages are in flight (back
+//! pressure); `recv` callers take messages in turn; `close` (also from
+//! Lua's GC, any phase: it never blocks) drops the stream from the
+//! registry and aborts the pump, which cancels the HTTP/2 stream. A task
+//! already waiting in `recv` then ends with the stream closed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use prost_reflect::{DynamicMessage, MessageDescriptor};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::client::Grpc;
+use tonic::Status;
+
+use crate::call::{self, Head};
+use crate::codec::{self, DynamicCodec};
+use crate::conn;
+use crate::error::Error;
+
+const IN_FLIGHT: usize = 16;
+
+type Incoming = mpsc::Receiver<Result<DynamicMessage, Status>>;
+
+struct Stream {
+    input: MessageDescriptor,
+    tx: Mutex<Option<mpsc::Sender<DynamicMessage>>>,
+    rx: tokio::sync::Mutex<Incoming>,
+    pump: AbortHandle,
+}
+
+fn registry() -> &'static Mutex<HashMap<u64, Arc<Stream>>> {
+    static R: OnceLock<Mutex<HashMap<u64, Arc<Stream>>>> = OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+fn lock() -> std::sync::MutexGuard<'static, HashMap<u64, Arc<Stream>>> {
+    registry().lock().unwrap_or_else(|e| e.into_inner())
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+fn get(id: u64) -> Result<Arc<Stream>, Error> {
+    lock().get(&id).cloned().ok_or(Error::NoStream(id))
+}
+
+/// Starts a streaming call; returns the stream's id.
+pub fn open(req: &[u8]) -> Result<u64, Error> {
+    let head = Head::parse(req)?;
+    let m = call::method(head.path, false)?;
+    let conn = conn::get(head.conn)?;
+    let (out_tx, out_rx) = mpsc::channel::<DynamicMessage>(IN_FLIGHT);
+    let (in_tx, in_rx) = mpsc::channel(IN_FLIGHT);
+    let (request, deadline) = call::request(&conn, &head, ReceiverStream::new(out_rx))?;
+    let pq = call::path(head.path)?;
+    let channel = conn.channel.clone();
+    let output = m.output();
+    let pump = tokio::spawn(async move {
+        let feed = in_tx.clone();
+        let run = async move {
+            let mut grpc = Grpc::new(channel);
+            grpc.ready()
+                .await
+                .map_err(|e| Status::unavailable(crate::error::chain(&e)))?;
+            let mut body = grpc
+                .streaming(request, pq, DynamicCodec::new(output))
+                .await?
+                .into_inner();
+            while let Some(msg) = body.message().await? {
+                if feed.send(Ok(msg)).await.is_err() {
+                    break;
+                }
+            }
+            Ok::<(), Status>(())
+        };
+        let result = match deadline {
+            Some(d) => match tokio::time::timeout(d, run).await {
+                Ok(r) => r,
+                Err(_) => Err(match call::deadline_exceeded(d) {
+                    Error::Status(s) => s,
+                    _ => Status::deadline_exceeded("deadline exceeded"),
+                }),
+            },
+            None => run.await,
+        };
+        if let Err(status) = result {
+            let _ = in_tx
+                .send(Err(call::deadline_status(status, deadline)))
+                .await;
+        }
+    });
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    lock().insert(
+        id,
+        Arc::new(Stream {
+            input: m.input(),
+            tx: Mutex::new(Some(out_tx)),
+            rx: tokio::sync::Mutex::new(in_rx),
+            pump: pump.abort_handle(),
+        }),
+    );
+    Ok(id)
+}
+
+/// Sends one message (`W<id>\n<json>`).
+pub async fn send(req: &[u8]) -> Result<(), Error> {
+    let (id, json) = id_and_rest(req)?;
+    let s = get(id)?;
+    let msg = codec::from_json(&s.input, json)?;
+    let tx =
+        s.tx.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(Error::SendClosed(id))?;
+    tx.send(msg).await.map_err(|_| Error::SendClosed(id))
+}
+
+/// The next message as JSON, `None` at the end (`R<id>`).
+pub async fn recv(req: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+    let (id, _) = id_and_rest(req)?;
+    let s = get(id)?;
+    let next = s.rx.lock().await.recv().await;
+    match next {
+        Some(Ok(msg)) => {
+            let mut out = Vec::with_capacity(128);
+            codec::to_json(&msg, &mut out)?;
+            Ok(Some(out))
+        }
+        Some(Err(status)) => Err(Error::Status(status)),
+        None if lock().contains_key(&id) => Ok(None),
+        None => Err(Error::NoStream(id)),
+    }
+}
+
+/// Ends the request side (`E<id>`).
+pub fn close_send(req: &[u8]) -> Result<(), Error> {
+    let (id, _) = id_and_rest(req)?;
+    get(id)?.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+    Ok(())
+}
+
+/// Closes the stream: true if it was open. Never blocks.
+pub fn close(id: u64) -> bool {
+    match lock().remove(&id) {
+        Some(s) => {
+            s.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+            s.pump.abort();
+            true
+        }
+        None => false,
+    }
+}
+
+fn id_and_rest(req: &[u8]) -> Result<(u64, &[u8]), Error> {
+    let (id, rest) = match req.iter().position(|&b| b == b'\n') {
+        Some(i) => (&req[..i], &req[i + 1..]),
+        None => (req, &req[req.len()..]),
+    };
+    Ok((call::number(id)?, rest))
+}
+
+/// Open streams.
+pub fn count() -> usize {
+    lock().len()
+}
