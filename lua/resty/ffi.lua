@@ -709,7 +709,8 @@ local function load(lib, cfg, opts, meta, cache, default_timeout)
     ngx.update_time()
     local took = ngx.now() - t0
     if took >= SLOW_LOAD then
-        log(WARN, "resty_ffi: loading ", key, " took ", took, " s: the worker ",
+        log(WARN, "resty_ffi: loading ", key, " took ",
+            string.format("%.3f", took), " s: the worker ",
             "serves nothing while a runtime's libffi_init runs (start threads ",
             "and return)")
     end
