@@ -14,8 +14,6 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-use std::sync::Arc;
-
 use crate::completion::Channel;
 use crate::queue::TaskQueue;
 use crate::runtime::{self, Options, Runtime};
@@ -63,9 +61,9 @@ fn runtime(rt: *mut c_void) -> Option<&'static Runtime> {
     unsafe { (rt as *const Runtime).as_ref() }
 }
 
-fn channel<'a>(ch: *mut c_void) -> Option<&'a Channel> {
-    // SAFETY: ch comes from resty_ffi_channel_open; the Lua VM that holds
-    // it closes it (resty_ffi_channel_close) only when it is collected.
+fn channel(ch: *mut c_void) -> Option<&'static Channel> {
+    // SAFETY: ch comes from resty_ffi_channel_open, whose channels are
+    // never freed (completion.rs).
     unsafe { (ch as *const Channel).as_ref() }
 }
 
@@ -365,12 +363,6 @@ pub unsafe extern "C" fn resty_ffi_post(
             set_err(3);
             return std::ptr::null_mut();
         };
-        // SAFETY: ch came from Arc::into_raw in resty_ffi_channel_open and
-        // is still open (see `channel`); this adds the task's reference.
-        let ch = unsafe {
-            Arc::increment_strong_count(ch as *const Channel);
-            Arc::from_raw(ch as *const Channel)
-        };
         let Some(task) = TaskPtr::new(&rt.queue, Some(ch), id, req.cast(), len) else {
             crate::stats::refused();
             rt.queue.stats.refused();
@@ -631,13 +623,9 @@ pub unsafe extern "C" fn resty_ffi_log_attach(ch: *mut c_void, filter: c_int) {
         if ch.is_null() {
             return;
         }
-        // SAFETY: ch came from Arc::into_raw and is open; this adds a
-        // reference for the log sink.
-        let ch = unsafe {
-            Arc::increment_strong_count(ch as *const Channel);
-            Arc::from_raw(ch as *const Channel)
-        };
-        crate::log::attach(ch, filter);
+        if let Some(ch) = channel(ch) {
+            crate::log::attach(ch, filter);
+        }
     })
 }
 
@@ -694,7 +682,7 @@ pub unsafe extern "C" fn resty_ffi_log_take(
 #[no_mangle]
 pub extern "C" fn resty_ffi_channel_open() -> *mut c_void {
     guard("resty_ffi_channel_open", std::ptr::null_mut(), || {
-        Arc::into_raw(Channel::open()).cast_mut().cast()
+        (Channel::open() as *const Channel).cast_mut().cast()
     })
 }
 
@@ -709,9 +697,9 @@ pub unsafe extern "C" fn resty_ffi_channel_close(ch: *mut c_void) {
         if ch.is_null() {
             return;
         }
-        // SAFETY: per the doc above; this gives back the VM's reference.
-        let ch = unsafe { Arc::from_raw(ch as *const Channel) };
-        ch.close();
+        if let Some(ch) = channel(ch) {
+            ch.close();
+        }
     })
 }
 

@@ -8,6 +8,12 @@
 //! VM goes away its channel is closed: answers still queued, and those that
 //! arrive later, are freed by the core.
 //!
+//! Channels are never freed: a closed one is kept for the next VM that
+//! opens one, under a new generation. A task remembers its channel and the
+//! generation it was posted under, so an answer for a closed (or reused)
+//! channel is recognised and freed, and no reference count is touched on
+//! the call path (runtime threads and the worker would fight over it).
+//!
 //! Runtime threads push answered tasks ([`Channel::push`]); the VM's
 //! dispatcher drains them in batches ([`Channel::drain`]). The dispatcher
 //! announces it is about to sleep with [`Channel::prepare_sleep`]; a push
@@ -23,8 +29,8 @@
 //! a runtime thread never writes into an fd number nginx has reused.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use crate::task::TaskPtr;
 use crate::wake::{self, Listener};
@@ -52,11 +58,17 @@ pub struct Channel {
     inner: Mutex<Inner>,
     asleep: AtomicBool,
     /// The process that opened the channel.
-    pid: i32,
+    pid: AtomicI32,
+    /// Bumped when the channel closes; written under `inner`'s lock.
+    gen: AtomicU64,
 }
 
+/// Closed channels, ready for the next VM.
+static SPARE: Mutex<Vec<&'static Channel>> = Mutex::new(Vec::new());
+
 impl Channel {
-    pub fn open() -> Arc<Channel> {
+    /// A channel for a new Lua VM: a closed one reused, or a new one.
+    pub fn open() -> &'static Channel {
         let pid = pid();
         {
             let mut opened = OPENED.lock().unwrap_or_else(|e| e.into_inner());
@@ -65,16 +77,29 @@ impl Channel {
             }
             opened.1 += 1;
         }
-        Arc::new(Channel {
-            inner: Mutex::new(Inner {
-                tasks: VecDeque::new(),
-                closed: false,
-                wake_fd: -1,
-                listener: None,
-            }),
-            asleep: AtomicBool::new(false),
-            pid,
-        })
+        let spare = SPARE.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let ch: &'static Channel = spare.unwrap_or_else(|| {
+            Box::leak(Box::new(Channel {
+                inner: Mutex::new(Inner {
+                    tasks: VecDeque::new(),
+                    closed: true,
+                    wake_fd: -1,
+                    listener: None,
+                }),
+                asleep: AtomicBool::new(false),
+                pid: AtomicI32::new(pid),
+                gen: AtomicU64::new(0),
+            }))
+        });
+        ch.pid.store(pid, Ordering::Relaxed);
+        ch.asleep.store(false, Ordering::Relaxed);
+        ch.lock().closed = false;
+        ch
+    }
+
+    /// The generation posts are made under now.
+    pub fn generation(&self) -> u64 {
+        self.gen.load(Ordering::Acquire)
     }
 
     /// How many Lua VMs this process has had, as far as channels tell: the
@@ -84,18 +109,19 @@ impl Channel {
         let pid = pid();
         let opened = OPENED.lock().unwrap_or_else(|e| e.into_inner());
         let own = if opened.0 == pid { opened.1 } else { 0 };
-        own + (self.pid != pid) as u64
+        own + (self.pid.load(Ordering::Relaxed) != pid) as u64
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues an answered task for the dispatcher; wakes it if it sleeps.
-    /// On a closed channel the task is freed at once.
-    pub fn push(&self, task: TaskPtr) {
+    /// Queues an answered task posted under generation `gen` for the
+    /// dispatcher; wakes it if it sleeps. A task for a closed channel, or
+    /// for an earlier generation of it, is freed at once.
+    pub fn push(&self, task: TaskPtr, gen: u64) {
         let mut inner = self.lock();
-        if inner.closed {
+        if inner.closed || self.gen.load(Ordering::Relaxed) != gen {
             drop(inner);
             task.free();
             return;
@@ -184,11 +210,15 @@ impl Channel {
     }
 
     /// The VM is gone: frees what waits and every answer that comes later,
-    /// and closes the wake socket.
-    pub fn close(&self) {
+    /// closes the wake socket, and keeps the channel for the next VM.
+    pub fn close(&'static self) {
         let (tasks, fd, listener) = {
             let mut inner = self.lock();
+            if inner.closed {
+                return;
+            }
             inner.closed = true;
+            self.gen.fetch_add(1, Ordering::AcqRel);
             let fd = std::mem::replace(&mut inner.wake_fd, -1);
             (std::mem::take(&mut inner.tasks), fd, inner.listener.take())
         };
@@ -198,6 +228,7 @@ impl Channel {
         for t in tasks {
             t.free();
         }
+        SPARE.lock().unwrap_or_else(|e| e.into_inner()).push(self);
     }
 }
 
@@ -215,8 +246,8 @@ mod tests {
         let a = Channel::open();
         let b = Channel::open();
         assert!(b.vms() >= 2, "two channels: two VMs");
-        let ta = TaskPtr::new(&QUEUE, Some(a.clone()), 1.0, std::ptr::null(), 0).unwrap();
-        let tb = TaskPtr::new(&QUEUE, Some(b.clone()), 2.0, std::ptr::null(), 0).unwrap();
+        let ta = TaskPtr::new(&QUEUE, Some(a), 1.0, std::ptr::null(), 0).unwrap();
+        let tb = TaskPtr::new(&QUEUE, Some(b), 2.0, std::ptr::null(), 0).unwrap();
         assert!(!ta.wait(false) && !tb.wait(false), "both parked");
         ta.respond(0, std::ptr::null_mut(), 0);
         tb.respond(0, std::ptr::null_mut(), 0);
@@ -225,16 +256,20 @@ mod tests {
         let got = TaskPtr::from_raw(out[0]).unwrap();
         assert_eq!(got.id(), 1.0);
         got.free();
-        b.close();
-        assert!(b.is_empty(), "close frees what waited");
-        let late = TaskPtr::new(&QUEUE, Some(b.clone()), 3.0, std::ptr::null(), 0).unwrap();
+        let late = TaskPtr::new(&QUEUE, Some(b), 3.0, std::ptr::null(), 0).unwrap();
         assert!(!late.wait(false));
+        b.close();
+        // (b may now serve another VM, under a new generation)
         late.respond(0, std::ptr::null_mut(), 0);
         assert!(b.is_empty(), "a late answer to a closed channel is freed");
-        assert_eq!(
-            Arc::strong_count(&b),
-            1,
-            "freed tasks let go of the channel"
-        );
+        let again = Channel::open();
+        let stale = TaskPtr::new(&QUEUE, Some(again), 4.0, std::ptr::null(), 0).unwrap();
+        assert!(!stale.wait(false));
+        again.close();
+        let reused = Channel::open();
+        stale.respond(0, std::ptr::null_mut(), 0);
+        assert!(reused.is_empty(), "an answer from before a reuse is freed");
+        reused.close();
+        a.close();
     }
 }

@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
 use crate::completion::Channel;
 use crate::spin::now_ns;
@@ -44,7 +44,7 @@ static LINES: Mutex<Lines> = Mutex::new(Lines {
     q: VecDeque::new(),
     bytes: 0,
 });
-static SINK: Mutex<Option<Arc<Channel>>> = Mutex::new(None);
+static SINK: Mutex<Option<&'static Channel>> = Mutex::new(None);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 /// Lines above this level (less severe) are dropped at once: the
 /// `error_log` level of the attached dispatcher's nginx.
@@ -54,7 +54,7 @@ fn lines() -> MutexGuard<'static, Lines> {
     LINES.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn sink() -> MutexGuard<'static, Option<Arc<Channel>>> {
+fn sink() -> MutexGuard<'static, Option<&'static Channel>> {
     SINK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -70,7 +70,7 @@ pub fn log(level: i32, msg: &[u8]) {
         return;
     }
     let msg = &msg[..msg.len().min(MAX_LINE)];
-    let Some(ch) = sink().clone() else {
+    let Some(ch) = *sink() else {
         return write_stderr(level, msg);
     };
     {
@@ -93,7 +93,7 @@ pub fn error(msg: &str) {
 
 /// Lines waiting, for the sink channel's `prepare_sleep`.
 pub fn pending_for(ch: &Channel) -> usize {
-    let attached = sink().as_ref().is_some_and(|s| std::ptr::eq(&**s, ch));
+    let attached = sink().is_some_and(|s| std::ptr::eq(s, ch));
     if attached {
         lines().q.len()
     } else {
@@ -109,7 +109,7 @@ pub fn set_filter(filter: i32) {
 
 /// Makes `ch`'s dispatcher the writer of log lines; `filter` is nginx's
 /// `error_log` level (lines above it are dropped at once).
-pub fn attach(ch: Arc<Channel>, filter: i32) {
+pub fn attach(ch: &'static Channel, filter: i32) {
     set_filter(filter);
     *sink() = Some(ch);
 }
@@ -118,7 +118,7 @@ pub fn attach(ch: Arc<Channel>, filter: i32) {
 /// waiting are written there now.
 pub fn detach(ch: &Channel) {
     let mut s = sink();
-    if s.as_ref().is_some_and(|c| std::ptr::eq(&**c, ch)) {
+    if s.is_some_and(|c| std::ptr::eq(c, ch)) {
         *s = None;
         drop(s);
         let waiting = {
@@ -194,18 +194,19 @@ mod tests {
     #[test]
     fn a_flood_is_bounded_and_counted_and_detach_flushes() {
         let ch = Channel::open();
-        attach(ch.clone(), DEBUG);
+        attach(ch, DEBUG);
         let before = dropped();
         for i in 0..(MAX_LINES + 100) {
             log(WARN, format!("line {i}").as_bytes());
         }
         assert!(dropped() - before >= 100);
-        assert!(pending_for(&ch) <= MAX_LINES);
+        assert!(pending_for(ch) <= MAX_LINES);
         let (level, first) = take().expect("a line");
         assert_eq!(level, WARN);
         assert!(first.starts_with(b"line "));
-        detach(&ch);
-        assert_eq!(pending_for(&ch), 0);
+        detach(ch);
+        assert_eq!(pending_for(ch), 0);
         assert!(take().is_none(), "detach wrote the rest to stderr");
+        ch.close();
     }
 }

@@ -46,8 +46,10 @@ pub struct TaskQueue {
     pub caller_gate: SpinGate,
     /// Readiness fd for event-loop runtimes (see ready.rs).
     pub ready: ReadyFd,
-    /// Per-runtime call counters and latency histogram.
-    pub stats: crate::stats::RuntimeStats,
+    /// Per-runtime call counters and latency histogram, written on every
+    /// call by the caller: on lines of their own, away from what spinning
+    /// pollers read.
+    pub stats: CachePadded<crate::stats::RuntimeStats>,
 }
 
 impl TaskQueue {

@@ -28,7 +28,9 @@ use std::cell::UnsafeCell;
 use std::os::raw::{c_char, c_int};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
+
+use crossbeam_utils::CachePadded;
 
 use crate::completion::Channel;
 use crate::queue::TaskQueue;
@@ -63,8 +65,9 @@ struct Call {
     id: f64,
     /// The queue the task was posted to: never freed, so always valid.
     queue: *const TaskQueue,
-    /// Where a parked call's answer goes (the posting Lua VM's channel).
-    channel: Option<Arc<Channel>>,
+    /// Where a parked call's answer goes (the posting Lua VM's channel),
+    /// and the channel's generation when the call was posted.
+    channel: Option<(&'static Channel, u64)>,
     /// Borrowed request bytes: the Lua side keeps the string referenced until
     /// the task is freed (late answers included), so no copy is made.
     req: *const u8,
@@ -73,8 +76,9 @@ struct Call {
 
 pub struct Slot {
     index: u32,
-    /// generation << 32 | FREE / LIVE / ANSWERED
-    word: AtomicU64,
+    /// generation << 32 | FREE / LIVE / ANSWERED. On a line of its own: the
+    /// runtime thread claims it while the caller spins on `state`.
+    word: CachePadded<AtomicU64>,
     state: AtomicU32,
     /// When a runtime thread took the task from the queue (0: not yet).
     picked_ns: AtomicU64,
@@ -91,7 +95,7 @@ impl Slot {
     fn new(index: u32) -> Slot {
         Slot {
             index,
-            word: AtomicU64::new(FREE),
+            word: CachePadded::new(AtomicU64::new(FREE)),
             state: AtomicU32::new(PENDING),
             picked_ns: AtomicU64::new(0),
             posted_ns: AtomicU64::new(0),
@@ -196,7 +200,7 @@ impl TaskPtr {
     /// when 4 Mi calls are already in flight.
     pub fn new(
         queue: &TaskQueue,
-        channel: Option<Arc<Channel>>,
+        channel: Option<&'static Channel>,
         id: f64,
         req: *const u8,
         req_len: c_int,
@@ -209,7 +213,7 @@ impl TaskPtr {
             *s.call.get() = Call {
                 id,
                 queue,
-                channel,
+                channel: channel.map(|c| (c, c.generation())),
                 req,
                 req_len: if req.is_null() { 0 } else { req_len.max(0) },
             };
@@ -360,8 +364,8 @@ impl TaskPtr {
             .compare_exchange(PENDING, DONE, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
-            match self.call().channel.clone() {
-                Some(ch) => ch.push(self),
+            match self.call().channel {
+                Some((ch, gen)) => ch.push(self, gen),
                 None => self.free(),
             }
         }
@@ -457,31 +461,29 @@ impl TaskPtr {
     }
 
     /// Like [`free`](Self::free), counting the call in its runtime's stats
-    /// as ending with `outcome` now.
+    /// as ending with `outcome`, its latency from post to answer.
     pub fn free_as(self, outcome: Option<Outcome>) {
         let s = self.slot();
+        // SAFETY: freeing means the answer was published (or never written,
+        // answered_ns 0): see `response`. This consumes the last pointer to
+        // the call, so taking its response is ours to do.
+        let (rsp, answered_ns) = unsafe {
+            let a = &mut *s.answer.get();
+            let rsp = std::mem::replace(&mut a.rsp, std::ptr::null_mut());
+            (rsp, a.answered_ns)
+        };
         let stats = &self.queue().stats;
         stats.task_freed(s.state.load(Ordering::Acquire) == PARKED);
         if let Some(o) = outcome {
             let posted = s.posted_ns.load(Ordering::Relaxed);
-            stats.finished(o, now_ns().saturating_sub(posted));
+            stats.finished(o, answered_ns.saturating_sub(posted));
         }
-        // SAFETY: freeing means the answer was published (or never written,
-        // answered_ns 0): see `response`. This consumes the last pointer to
-        // the call, so taking its channel and response is ours to do.
-        let (rsp, answered_ns, channel) = unsafe {
-            let a = &mut *s.answer.get();
-            let rsp = std::mem::replace(&mut a.rsp, std::ptr::null_mut());
-            let channel = (*s.call.get()).channel.take();
-            (rsp, a.answered_ns, channel)
-        };
         let picked_ns = s.picked_ns.load(Ordering::Relaxed);
         if answered_ns != 0 && picked_ns != 0 {
             self.queue()
                 .caller_gate
                 .observe(answered_ns.saturating_sub(picked_ns));
         }
-        drop(channel);
         if !rsp.is_null() {
             // SAFETY: rsp was malloc()ed by the runtime and is ours since
             // respond; it was taken out of the slot above, so freed once.
