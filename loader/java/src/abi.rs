@@ -11,8 +11,7 @@
 //! sees addresses (`usize`, Java's `long`) and the owning [`TaskRef`].
 
 use std::collections::HashSet;
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ffi::{c_char, c_int, c_void};
 use std::sync::RwLock;
 
 use crate::load;
@@ -23,16 +22,9 @@ extern "C" {
     fn ngx_http_lua_ffi_respond(task: *mut c_void, rc: c_int, rsp: *mut c_char, rsp_len: c_int);
     fn resty_ffi_task_try_poll(tq: *mut c_void) -> *mut c_void;
     fn resty_ffi_queue_finished(tq: *mut c_void) -> c_int;
-    fn resty_ffi_log(level: c_int, msg: *const c_char, len: c_int);
 }
 
-/// Logs one line through nginx at nginx level `level` (1 emerg ... 8
-/// debug): the core queues it and nginx writes it, obeying `error_log`.
-pub fn log(level: i32, msg: &str) {
-    let len = msg.len().min(c_int::MAX as usize) as c_int;
-    // SAFETY: msg is valid for len bytes during the call; the core copies it.
-    unsafe { resty_ffi_log(level, msg.as_ptr().cast(), len) }
-}
+pub use resty_ffi_loader::{log, name_thread, panic_text};
 
 /// Called by the core when Lua loads this library: parses `cfg`, creates
 /// the JVM on first use, loads the class and starts it.
@@ -42,55 +34,12 @@ pub fn log(level: i32, msg: &str) {
 /// during the call, `tq` a task queue of the core.
 #[no_mangle]
 pub unsafe extern "C" fn libffi_init(cfg: *mut c_char, tq: *mut c_void) -> c_int {
-    let cfg = if cfg.is_null() {
-        String::new()
-    } else {
-        // SAFETY: per the ABI, cfg is NUL-terminated and valid during init.
-        unsafe { CStr::from_ptr(cfg) }
-            .to_string_lossy()
-            .into_owned()
-    };
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        register_queue(tq as usize);
-        load::start(&cfg, tq as usize)
-    }));
-    let err = match result {
-        Ok(Ok(())) => return 0,
-        Ok(Err(e)) => e,
-        Err(panic) => crate::Error::Internal(format!("panic: {}", panic_text(&*panic))),
-    };
-    let msg = format!("ffi_java: {err}");
-    log(crate::log::ERR, &msg);
-    report_init_error(&msg);
-    match err.rc() {
-        0 => 10,
-        rc => rc,
-    }
-}
-
-/// The text of a caught panic.
-pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_default()
-}
-
-/// Hands the message to the core when it offers `resty_ffi_init_error`
-/// (then `load_ffi` returns it to Lua); without it the message is only in
-/// error.log and Lua sees the return code.
-fn report_init_error(msg: &str) {
-    type ReportFn = unsafe extern "C" fn(*const c_char);
-    let Ok(msg) = CString::new(msg.replace('\0', " ")) else {
-        return;
-    };
-    // SAFETY: dlsym on the global scope with a NUL-terminated name.
-    let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"resty_ffi_init_error".as_ptr()) };
-    if !sym.is_null() {
-        // SAFETY: the core declares the symbol with this signature; it
-        // copies the string before returning.
-        unsafe { std::mem::transmute::<*mut c_void, ReportFn>(sym)(msg.as_ptr()) };
+    // SAFETY: per this function's contract.
+    unsafe {
+        resty_ffi_loader::init("ffi_java", cfg, tq, |cfg, tq| {
+            register_queue(tq);
+            load::start(cfg, tq)
+        })
     }
 }
 
@@ -233,35 +182,5 @@ pub fn finished(tq: usize) -> bool {
 /// even if the core was opened RTLD_LOCAL. The Lua layer already opens it
 /// RTLD_GLOBAL; this makes it hold whoever loaded it.
 pub fn make_core_global() -> Result<(), String> {
-    let addr = ngx_http_lua_ffi_task_poll as *const c_void;
-    // SAFETY: dladdr only reads the link map; info is plain data.
-    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
-    // SAFETY: addr is the address of a function in a loaded library.
-    if unsafe { libc::dladdr(addr, &mut info) } == 0 || info.dli_fname.is_null() {
-        return Err("dladdr found no library for the core".into());
-    }
-    // SAFETY: RTLD_NOLOAD only bumps the flags of a loaded library; the
-    // handle is deliberately never closed (the library stays loaded).
-    let h = unsafe {
-        libc::dlopen(
-            info.dli_fname,
-            libc::RTLD_NOW | libc::RTLD_NOLOAD | libc::RTLD_GLOBAL,
-        )
-    };
-    if h.is_null() {
-        // SAFETY: dli_fname is a NUL-terminated path set by dladdr.
-        let path = unsafe { CStr::from_ptr(info.dli_fname) }.to_string_lossy();
-        return Err(format!("cannot make {path} global"));
-    }
-    Ok(())
-}
-
-/// Names the calling OS thread (shown by top -H, ps -L, /proc/*/comm);
-/// Linux keeps the first 15 bytes.
-pub fn name_thread(name: &str) {
-    let mut bytes: Vec<u8> = name.bytes().filter(|&b| b != 0).take(15).collect();
-    bytes.push(0);
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of any length and
-    // applies to the calling thread only.
-    unsafe { libc::prctl(libc::PR_SET_NAME, bytes.as_ptr() as libc::c_ulong, 0, 0, 0) };
+    resty_ffi_loader::make_global(ngx_http_lua_ffi_task_poll as *const () as usize).map(|_| ())
 }

@@ -72,6 +72,15 @@ impl Error {
     }
 }
 
+impl resty_ffi_loader::InitError for Error {
+    fn rc(&self) -> i32 {
+        Error::rc(self)
+    }
+    fn from_panic(text: String) -> Self {
+        Error::Internal(text)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Error;

@@ -10,8 +10,7 @@
 //! Raw task and queue pointers never leave this file: the rest of the crate
 //! sees addresses (`usize`) and the owning [`TaskRef`].
 
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ffi::{c_char, c_int, c_void};
 
 use crate::load;
 
@@ -24,16 +23,9 @@ extern "C" {
     fn resty_ffi_queue_finished(tq: *mut c_void) -> c_int;
     fn resty_ffi_queue_fd(tq: *mut c_void) -> c_int;
     fn resty_ffi_queue_arm(tq: *mut c_void) -> c_int;
-    fn resty_ffi_log(level: c_int, msg: *const c_char, len: c_int);
 }
 
-/// Logs one line through nginx at nginx level `level` (1 emerg ... 8
-/// debug): the core queues it and nginx writes it, obeying `error_log`.
-pub fn log(level: i32, msg: &str) {
-    let len = msg.len().min(c_int::MAX as usize) as c_int;
-    // SAFETY: msg is valid for len bytes during the call; the core copies it.
-    unsafe { resty_ffi_log(level, msg.as_ptr().cast(), len) }
-}
+pub use resty_ffi_loader::{log, name_thread};
 
 /// Called by the core when Lua loads this library: parses `cfg`, creates
 /// the interpreter on first use, imports the module and starts it.
@@ -43,51 +35,8 @@ pub fn log(level: i32, msg: &str) {
 /// during the call, `tq` a task queue of the core.
 #[no_mangle]
 pub unsafe extern "C" fn libffi_init(cfg: *mut c_char, tq: *mut c_void) -> c_int {
-    let cfg = if cfg.is_null() {
-        String::new()
-    } else {
-        // SAFETY: per the ABI, cfg is NUL-terminated and valid during init.
-        unsafe { CStr::from_ptr(cfg) }
-            .to_string_lossy()
-            .into_owned()
-    };
-    let result = catch_unwind(AssertUnwindSafe(|| load::start(&cfg, tq as usize)));
-    let err = match result {
-        Ok(Ok(())) => return 0,
-        Ok(Err(e)) => e,
-        Err(panic) => crate::Error::Internal(format!(
-            "panic: {}",
-            panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default()
-        )),
-    };
-    let msg = format!("ffi_python3: {err}");
-    log(crate::log::ERR, &msg);
-    report_init_error(&msg);
-    match err.rc() {
-        0 => 10,
-        rc => rc,
-    }
-}
-
-/// Hands the message to the core when it offers `resty_ffi_init_error`
-/// (then `load_ffi` returns it to Lua); without it the message is only in
-/// error.log and Lua sees the return code.
-fn report_init_error(msg: &str) {
-    type ReportFn = unsafe extern "C" fn(*const c_char);
-    let Ok(msg) = CString::new(msg.replace('\0', " ")) else {
-        return;
-    };
-    // SAFETY: dlsym on the global scope with a NUL-terminated name.
-    let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"resty_ffi_init_error".as_ptr()) };
-    if !sym.is_null() {
-        // SAFETY: the core declares the symbol with this signature; it
-        // copies the string before returning.
-        unsafe { std::mem::transmute::<*mut c_void, ReportFn>(sym)(msg.as_ptr()) };
-    }
+    // SAFETY: per this function's contract.
+    unsafe { resty_ffi_loader::init("ffi_python3", cfg, tq, load::start) }
 }
 
 /// One task taken from a queue, answered at most once.
@@ -188,54 +137,10 @@ pub fn finished(tq: usize) -> bool {
     unsafe { resty_ffi_queue_finished(tq as *mut c_void) != 0 }
 }
 
-/// Re-opens the already loaded library that holds `addr` with RTLD_GLOBAL,
-/// so extension modules (and cffi's `dlopen(None)`) see its symbols even
-/// though the core opened us RTLD_LOCAL. Returns the library's path.
-fn make_global(addr: *const c_void) -> Result<String, String> {
-    // SAFETY: dladdr only reads the link map; info is plain data.
-    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
-    // SAFETY: addr is the address of a function in a loaded library.
-    if unsafe { libc::dladdr(addr, &mut info) } == 0 || info.dli_fname.is_null() {
-        return Err("dladdr found no library".into());
-    }
-    // SAFETY: dladdr set dli_fname to a NUL-terminated path.
-    let path = unsafe { CStr::from_ptr(info.dli_fname) };
-    // SAFETY: RTLD_NOLOAD only bumps the flags of a loaded library; the
-    // handle is deliberately never closed (the library stays loaded).
-    let h = unsafe {
-        libc::dlopen(
-            path.as_ptr(),
-            libc::RTLD_NOW | libc::RTLD_NOLOAD | libc::RTLD_GLOBAL,
-        )
-    };
-    let path = path.to_string_lossy().into_owned();
-    if h.is_null() {
-        // SAFETY: dlerror returns NULL or a NUL-terminated message.
-        let e = unsafe { libc::dlerror() };
-        let why = if e.is_null() {
-            "unknown error".into()
-        } else {
-            // SAFETY: non-NULL dlerror result is a C string.
-            unsafe { CStr::from_ptr(e) }.to_string_lossy().into_owned()
-        };
-        return Err(format!("cannot make {path} global: {why}"));
-    }
-    Ok(path)
-}
-
-/// Makes libpython's and the core's symbols global (see [`make_global`]).
+/// Makes libpython's and the core's symbols global (see
+/// [`resty_ffi_loader::make_global`]).
 pub fn make_symbols_global() -> Result<(), String> {
-    make_global(pyo3::ffi::Py_InitializeFromConfig as *const c_void)?;
-    make_global(ngx_http_lua_ffi_task_poll as *const c_void)?;
+    resty_ffi_loader::make_global(pyo3::ffi::Py_InitializeFromConfig as *const () as usize)?;
+    resty_ffi_loader::make_global(ngx_http_lua_ffi_task_poll as *const () as usize)?;
     Ok(())
-}
-
-/// Names the calling OS thread (shown by top -H, ps -L, /proc/*/comm);
-/// Linux keeps the first 15 bytes.
-pub fn name_thread(name: &str) {
-    let mut bytes: Vec<u8> = name.bytes().filter(|&b| b != 0).take(15).collect();
-    bytes.push(0);
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of any length and
-    // applies to the calling thread only.
-    unsafe { libc::prctl(libc::PR_SET_NAME, bytes.as_ptr() as libc::c_ulong, 0, 0, 0) };
 }

@@ -75,3 +75,12 @@ impl Error {
         }
     }
 }
+
+impl resty_ffi_loader::InitError for Error {
+    fn rc(&self) -> i32 {
+        Error::rc(self)
+    }
+    fn from_panic(text: String) -> Self {
+        Error::Internal(text)
+    }
+}
