@@ -130,9 +130,10 @@ impl Core {
             Some(c) => (c.as_ptr().cast(), c.len() as c_int),
             None => (std::ptr::null(), -1),
         };
-        // SAFETY: every pointer is valid for the stated lengths during the
-        // call; the core copies cfg before returning.
         let key = format!("{path}&{}", cfg.unwrap_or(""));
+        // SAFETY: every pointer (key, path, cfg, err) is valid for the
+        // stated lengths during the call; the core copies key and cfg
+        // before returning.
         let rt = unsafe {
             (self.load)(
                 key.as_ptr().cast(),
