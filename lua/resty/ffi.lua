@@ -195,9 +195,15 @@ local lenp = ffi.new("int[1]")
 local drain_buf = ffi.new("void *[?]", DRAIN_BATCH)
 local msg_buf = ffi.new("char[?]", 1024)
 
--- More than one Lua VM in this worker: lua_code_cache is off.
+-- More than one Lua VM in this worker: lua_code_cache is off. Once true
+-- it stays true (the count only grows), so it is asked of the core only
+-- until then.
+local vms_seen_many = false
 local function many_vms()
-    return C.resty_ffi_channel_vms(channel) > 1
+    if not vms_seen_many then
+        vms_seen_many = C.resty_ffi_channel_vms(channel) > 1
+    end
+    return vms_seen_many
 end
 
 -- Reads a finished task's answer in lua-resty-ffi's shape and frees it
@@ -228,9 +234,7 @@ end
 local function deliver(task)
     local id = C.resty_ffi_task_id(task)
     local w = waiters[id]
-    if w ~= nil then
-        waiters[id] = nil
-    end
+    waiters[id] = nil
     if type(w) ~= "table" then
         C.resty_ffi_task_free(task, 2)
         return
@@ -487,16 +491,17 @@ local function post_error(st, code)
     return "resty_ffi: cannot post the call (code " .. tostring(code) .. ")"
 end
 
--- A timeout in seconds: nil when it means "until answered", or nil, err.
+-- Checks a timeout: true and the seconds to wait (nil: until answered),
+-- or false and why not.
 local function check_timeout(v, what)
     if type(v) ~= "number" or v ~= v or v <= 0 then
-        return nil, "resty_ffi: " .. what .. " must be a positive number of "
-               .. "seconds (math.huge: until answered), got " .. tostring(v)
+        return false, what .. " must be a positive number of seconds "
+               .. "(math.huge: until answered), got " .. tostring(v)
     end
     if v >= MAX_WAIT then
-        return false
+        return true, nil
     end
-    return v
+    return true, v
 end
 
 local function method_error(self)
@@ -531,11 +536,11 @@ local function call(self, req, timeout)
     if timeout == nil then
         timeout = st.timeout
     else
-        local t, err = check_timeout(timeout, "the call's timeout")
-        if t == nil then
-            return false, nil, err
+        local ok, t = check_timeout(timeout, "the call's timeout")
+        if not ok then
+            return false, nil, "resty_ffi: " .. t
         end
-        timeout = t or nil
+        timeout = t
     end
     next_id = next_id + 1
     local id = next_id
@@ -615,7 +620,7 @@ local function runtime_stats(self)
     if not st then
         return nil, method_error(self)
     end
-    return stats_of(st.handle)
+    return stats_of(st.core)
 end
 
 -- Any method name calls the runtime, as in lua-resty-ffi; cache it on the
@@ -635,9 +640,11 @@ local mt = method_index(call)
 
 local SPIN_OPTS = { spin_us = true, poll_spin_us = true }
 
-local function check_opts(opts)
+-- Checks opts; returns them and the call timeout they give (nil: until
+-- answered, `default` when they give none), or nil, err.
+local function check_opts(opts, default)
     if opts == nil then
-        return {}
+        return {}, default
     end
     if type(opts) ~= "table" then
         return nil, "opts must be a table, got " .. type(opts)
@@ -659,20 +666,21 @@ local function check_opts(opts)
     if opts.max_queue == 0 then
         return nil, "opts.max_queue must be positive"
     end
-    if opts.timeout ~= nil then
-        local _, err = check_timeout(opts.timeout, "opts.timeout")
-        if err then
-            return nil, err:gsub("^resty_ffi: ", "")
-        end
+    if opts.timeout == nil then
+        return opts, default
     end
-    return opts
+    local ok, t = check_timeout(opts.timeout, "opts.timeout")
+    if not ok then
+        return nil, t
+    end
+    return opts, t
 end
 
 -- Builds a runtime object; `meta` is the metatable its methods come from
 -- (resty_ffi's adapter passes one with lua-resty-ffi's return shapes) and
 -- `cache` the table it is cached in.
 local function load(lib, cfg, opts, meta, cache, default_timeout)
-    local err
+    local err, timeout
     if type(lib) ~= "string" or lib == "" then
         err = "resty_ffi: lib must be a library name or path, got " .. tostring(lib)
     elseif lib:find("\0", 1, true) then
@@ -680,8 +688,8 @@ local function load(lib, cfg, opts, meta, cache, default_timeout)
     elseif cfg ~= nil and type(cfg) ~= "string" then
         err = "resty_ffi: cfg must be a string or nil, got " .. type(cfg)
     else
-        opts, err = check_opts(opts)
-        err = err and "resty_ffi: " .. err
+        opts, timeout = check_opts(opts, default_timeout)
+        err = not opts and "resty_ffi: " .. timeout
     end
     if not err and get_phase() == "init" then
         err = "resty_ffi: cannot load a runtime in init_by_lua: it runs "
@@ -728,20 +736,14 @@ local function load(lib, cfg, opts, meta, cache, default_timeout)
         start_dispatcher()
     end
     start_publishing()
-    local timeout = opts.timeout
-    if timeout == nil then
-        timeout = default_timeout
-    else
-        timeout = check_timeout(timeout, "opts.timeout") or nil
-    end
     local obj = setmetatable({
         __unload = unload,
         __queue_len = queue_len,
         __stats = runtime_stats,
     }, meta)
     state_of[obj] = {
-        rt = rt,
-        handle = rt,
+        rt = rt,            -- false once unloaded
+        core = rt,          -- kept after unload, for __stats
         key = key,
         cache = cache,
         timeout = timeout,

@@ -620,9 +620,6 @@ pub unsafe extern "C" fn resty_ffi_log(level: c_int, msg: *const c_char, len: c_
 #[no_mangle]
 pub unsafe extern "C" fn resty_ffi_log_attach(ch: *mut c_void, filter: c_int) {
     guard("resty_ffi_log_attach", (), || {
-        if ch.is_null() {
-            return;
-        }
         if let Some(ch) = channel(ch) {
             crate::log::attach(ch, filter);
         }
@@ -694,9 +691,6 @@ pub extern "C" fn resty_ffi_channel_open() -> *mut c_void {
 #[no_mangle]
 pub unsafe extern "C" fn resty_ffi_channel_close(ch: *mut c_void) {
     guard("resty_ffi_channel_close", (), || {
-        if ch.is_null() {
-            return;
-        }
         if let Some(ch) = channel(ch) {
             ch.close();
         }

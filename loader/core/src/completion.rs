@@ -201,10 +201,12 @@ impl Channel {
     }
 
     /// Answers waiting now.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lock().tasks.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -337,11 +337,6 @@ impl TaskPtr {
         self.call().id
     }
 
-    pub fn request(self) -> (*const u8, c_int) {
-        let c = self.call();
-        (c.req, c.req_len)
-    }
-
     /// Stores the runtime's answer and finishes the task's trip. Called once
     /// per task (the slot word was claimed by `respond_to`, or a test owns
     /// the task).
@@ -537,7 +532,11 @@ mod tests {
     #[test]
     fn nul_terminated_answer_length_is_measured() {
         let t = TaskPtr::new(&QUEUE, None, 1.0, std::ptr::null(), 5).unwrap();
-        assert_eq!(t.request().1, 0, "null request has length 0");
+        assert_eq!(
+            TaskPtr::request_of(t.handle()).unwrap().1,
+            0,
+            "null request has length 0"
+        );
         t.respond(3, malloced(b"abc\0"), 0);
         assert!(t.wait(false));
         assert_eq!(ok(t.response()), (3, 3));

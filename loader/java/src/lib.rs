@@ -10,7 +10,6 @@
 //! - [`jvm`]: finding libjvm and creating the JVM inside the worker;
 //! - [`load`]: loading the class and starting it in its style;
 //! - [`natives`]: the native methods of `resty.ffi.Native`;
-//! - [`log`]: error.log lines.
 //!
 //! Java parts live in `java/resty/ffi/`: the API runtimes use (`Queue`,
 //! `Task`, `Log`), `Boot` (class loading, style, errors), `Serve` (the
@@ -22,7 +21,6 @@ pub mod cfg;
 pub mod error;
 pub mod jvm;
 pub mod load;
-pub mod log;
 pub mod natives;
 
 pub use error::Error;

@@ -16,7 +16,6 @@ use jni::sys::{jboolean, jbyteArray, jint, jlong, JNI_FALSE, JNI_TRUE};
 use jni::{JNIEnv, NativeMethod};
 
 use crate::abi::{self, TaskRef};
-use crate::log;
 
 /// Runs `body`; a panic throws RuntimeException and returns `dflt`.
 fn guarded<'l, R>(env: &mut JNIEnv<'l>, dflt: R, body: impl FnOnce(&mut JNIEnv<'l>) -> R) -> R {
@@ -27,7 +26,7 @@ fn guarded<'l, R>(env: &mut JNIEnv<'l>, dflt: R, body: impl FnOnce(&mut JNIEnv<'
                 "ffi_java: panic in a native method: {}",
                 abi::panic_text(&*p)
             );
-            abi::log(log::ERR, &msg);
+            abi::log(resty_ffi_loader::ERR, &msg);
             let _ = env.throw_new("java/lang/RuntimeException", msg);
             dflt
         }

@@ -12,7 +12,6 @@
 //! - [`paths`]: sys.path, dirs and venvs;
 //! - [`load`]: import, call `func(cfg, tq)`, pick the style;
 //! - [`module`]: `resty_ffi`, the native module Python runtimes use;
-//! - [`log`]: error.log lines.
 //!
 //! Python parts live in `python/resty_ffi/`: `_serve.py` (the handler
 //! style's poll loop and thread pool / asyncio loop) and `_log.py`
@@ -23,7 +22,6 @@ pub mod cfg;
 pub mod error;
 pub mod interpreter;
 pub mod load;
-pub mod log;
 pub mod module;
 pub mod paths;
 
