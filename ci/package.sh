@@ -33,11 +33,12 @@ mkdir -p "$lib" "$share" "$doc" "$stage/DEBIAN"
 # Lua: the whole lua/ tree (resty_ffi.lua, resty/ffi.lua, resty/ffi/*.lua)
 cp -r lua/. "$share/"
 
-# Libraries: the core is required; every loader and runtime the workspace
-# built is shipped.
-required=(libresty_ffi.so libffi_python3.so libffi_echo.so)
-for so in "${required[@]}"; do
-    [ -f "target/release/$so" ] || { echo "package: target/release/$so is missing" >&2; exit 1; }
+# Libraries: the core, every loader and runtime the workspace builds, and
+# the Java API jar loader/java's build leaves next to libffi_java.so.
+required=(libresty_ffi.so libffi_python3.so libffi_java.so libffi_grpc.so
+          libffi_echo.so resty-ffi.jar)
+for f in "${required[@]}"; do
+    [ -f "target/release/$f" ] || { echo "package: target/release/$f is missing" >&2; exit 1; }
 done
 for so in target/release/lib*.so; do
     install -m 0644 "$so" "$lib/"
@@ -49,15 +50,9 @@ done
 # lua-resty-ffi's names for our loaders, for code that bypasses our Lua
 # layer's aliases (resty_ffi.lua resolves them by itself)
 ln -sf libffi_python3.so "$lib/libresty_ffi_python.so"
-if [ -f "$lib/libffi_java.so" ]; then
-    ln -sf libffi_java.so "$lib/libresty_ffi_java.so"
-fi
-# the Java API jar (loader/java's build leaves it next to libffi_java.so)
-jar=target/release/resty-ffi.jar
-if [ -f "$jar" ]; then
-    mkdir -p "$stage/usr/share/java"
-    install -m 0644 "$jar" "$stage/usr/share/java/resty-ffi.jar"
-fi
+ln -sf libffi_java.so "$lib/libresty_ffi_java.so"
+mkdir -p "$stage/usr/share/java"
+install -m 0644 target/release/resty-ffi.jar "$stage/usr/share/java/resty-ffi.jar"
 
 cp README.md "$doc/"
 [ -d docs ] && cp -r docs "$doc/"

@@ -120,20 +120,22 @@ def test_the_deb_installs_into_clean_debian_12_and_stock_nginx_calls_every_langu
     assert "/usr/lib/x86_64-linux-gnu/lua/5.1/libresty_ffi.so" in files
     assert "/usr/share/lua/5.1/resty_ffi.lua" in files
     assert not os.path.exists(os.path.join(root, "root", ".cargo")), "no Rust in the root"
-    # a Python handler and (when the package has the Java loader) a Java one
+    for lib in ("libffi_python3.so", "libresty_ffi_python.so", "libffi_java.so",
+                "libffi_grpc.so", "libffi_echo.so"):
+        assert "/usr/lib/x86_64-linux-gnu/lua/5.1/" + lib in files, lib
+    assert "/usr/share/java/resty-ffi.jar" in files
+    # a Python handler and a Java handler (compiled here: the root has a
+    # JRE, no JDK)
     app = os.path.join(root, "srv", "app")
     os.makedirs(app, exist_ok=True)
     with open(os.path.join(app, "shout.py"), "w") as f:
         f.write(SHOUT_PY)
-    has_java = "/usr/lib/x86_64-linux-gnu/lua/5.1/libffi_java.so" in files
-    env_lines = ""
-    if has_java:
-        jdir = os.path.join(root, "srv", "java")
-        os.makedirs(jdir, exist_ok=True)
-        src = tmp_path / "Shout.java"
-        src.write_text(SHOUT_JAVA)
-        subprocess.run(["javac", "--release", "17", "-d", jdir, str(src)], check=True)
-        env_lines = "env CLASSPATH=/srv/java;"
+    jdir = os.path.join(root, "srv", "java")
+    os.makedirs(jdir, exist_ok=True)
+    src = tmp_path / "Shout.java"
+    src.write_text(SHOUT_JAVA)
+    subprocess.run(["javac", "--release", "17", "-d", jdir, str(src)], check=True)
+    env_lines = "env CLASSPATH=/srv/java;"
     sh("chmod", "-R", "a+rX", os.path.join(root, "srv"))
     work = os.path.join(root, "tmp", "resty-ffi-pkg")
     shutil.rmtree(work, ignore_errors=True)
@@ -149,8 +151,7 @@ def test_the_deb_installs_into_clean_debian_12_and_stock_nginx_calls_every_langu
         assert harness.wait_until(lambda: _listening(port), 10)
         assert get(port, "/rust") == "rust: from the package"
         assert get(port, "/python") == "python: QUIET WORDS"
-        if has_java:
-            assert get(port, "/java") == "java: JAVA WORDS"
+        assert get(port, "/java") == "java: JAVA WORDS"
     finally:
         subprocess.run(["chroot", root, "/usr/sbin/nginx", "-c", "/tmp/resty-ffi-pkg/nginx.conf",
                         "-s", "quit"], check=False)
