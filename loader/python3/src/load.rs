@@ -17,7 +17,7 @@ use pyo3::exceptions::{PyAttributeError, PyKeyboardInterrupt, PySystemExit};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyInt};
 
-use crate::{cfg, interpreter, module, paths, Error};
+use crate::{abi, cfg, interpreter, module, paths, Error};
 
 /// Starts the runtime `cfg` names on queue `tq`.
 pub fn start(cfg_text: &str, tq: usize) -> Result<(), Error> {
@@ -134,7 +134,7 @@ fn start_in(py: Python<'_>, spec: &cfg::Spec, tq: usize) -> Result<(), Error> {
             .unwrap_or_default();
         return Err(no_function(format!(" (it is a {ty}, not callable)")));
     }
-    module::register_queue(tq);
+    abi::register_queue(tq);
     // The rest of the cfg as a C string whose address the function gets.
     let rest = spec
         .rest

@@ -14,8 +14,7 @@
 //! handed to `init`: anything else raises instead of crashing the worker.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
-use std::sync::{Mutex, MutexGuard, RwLock};
+use std::sync::{Mutex, MutexGuard};
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -23,22 +22,13 @@ use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyString};
 
 use crate::abi::{self, TaskRef};
 
-/// Queue addresses the loader handed to a runtime's init.
-static QUEUES: RwLock<Option<HashSet<usize>>> = RwLock::new(None);
-
 thread_local! {
     /// The cfg address and text passed to the init being called right now.
     static INIT_CFG: RefCell<Option<(usize, String)>> = const { RefCell::new(None) };
 }
 
-pub fn register_queue(tq: usize) {
-    let mut q = QUEUES.write().unwrap_or_else(|e| e.into_inner());
-    q.get_or_insert_with(HashSet::new).insert(tq);
-}
-
 fn check_queue(tq: usize) -> PyResult<()> {
-    let q = QUEUES.read().unwrap_or_else(|e| e.into_inner());
-    if q.as_ref().is_some_and(|q| q.contains(&tq)) {
+    if abi::is_queue(tq) {
         Ok(())
     } else {
         Err(PyValueError::new_err(format!(

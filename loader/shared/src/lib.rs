@@ -1,8 +1,8 @@
 //! What every language loader (loader/python3, loader/java) shares, and
 //! nothing language-specific: the body of `libffi_init` (cfg as text,
-//! panics caught, the error logged and handed to the core), logging
-//! through nginx, thread names, and re-opening a loaded library with
-//! RTLD_GLOBAL.
+//! panics caught, the error logged and handed to the core), the task ABI
+//! in safe Rust ([`task`]), logging through nginx, thread names, and
+//! re-opening a loaded library with RTLD_GLOBAL.
 //!
 //! The core's functions are declared, not linked: the dynamic linker
 //! resolves them from the already loaded `libresty_ffi.so`, exactly as for
@@ -12,6 +12,8 @@
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::fmt::Display;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+
+pub mod task;
 
 extern "C" {
     fn resty_ffi_log(level: c_int, msg: *const c_char, len: c_int);

@@ -1,0 +1,197 @@
+//! The runtime side of the task ABI in safe Rust: a polled task that is
+//! answered exactly once ([`TaskRef`]), the poll functions, and the set of
+//! queues the core handed to this loader's `libffi_init` (so a queue address
+//! coming back from Python or Java is checked before the core sees it).
+
+use std::collections::HashSet;
+use std::ffi::{c_char, c_int, c_void};
+use std::sync::RwLock;
+
+extern "C" {
+    fn ngx_http_lua_ffi_task_poll(tq: *mut c_void) -> *mut c_void;
+    fn ngx_http_lua_ffi_get_req(task: *mut c_void, len: *mut c_int) -> *mut c_char;
+    fn ngx_http_lua_ffi_respond(task: *mut c_void, rc: c_int, rsp: *mut c_char, rsp_len: c_int);
+    fn resty_ffi_task_try_poll(tq: *mut c_void) -> *mut c_void;
+    fn resty_ffi_task_poll_batch(tq: *mut c_void, out: *mut *mut c_void, max: c_int) -> c_int;
+    fn resty_ffi_queue_finished(tq: *mut c_void) -> c_int;
+    fn resty_ffi_queue_fd(tq: *mut c_void) -> c_int;
+    fn resty_ffi_queue_arm(tq: *mut c_void) -> c_int;
+}
+
+/// The address of `ngx_http_lua_ffi_task_poll`, for [`crate::make_global`]
+/// (the core's symbols made global).
+pub fn core_symbol() -> usize {
+    ngx_http_lua_ffi_task_poll as *const () as usize
+}
+
+/// Queue addresses the core handed to `libffi_init`. Queues are never
+/// freed by the core, so an address once seen stays valid.
+static QUEUES: RwLock<Option<HashSet<usize>>> = RwLock::new(None);
+
+/// Records a queue the core handed to `libffi_init`.
+pub fn register_queue(tq: usize) {
+    let mut q = QUEUES.write().unwrap_or_else(|e| e.into_inner());
+    q.get_or_insert_with(HashSet::new).insert(tq);
+}
+
+/// True if `tq` is a queue the core handed to this loader.
+pub fn is_queue(tq: usize) -> bool {
+    let q = QUEUES.read().unwrap_or_else(|e| e.into_inner());
+    q.as_ref().is_some_and(|q| q.contains(&tq))
+}
+
+/// One task taken from a queue, answered at most once (answering consumes
+/// it).
+#[derive(Debug)]
+pub struct TaskRef(*mut c_void);
+
+// SAFETY: the core's tasks may be read and answered from any thread (ABI).
+unsafe impl Send for TaskRef {}
+// SAFETY: `request` only reads; answering takes `self` by value.
+unsafe impl Sync for TaskRef {}
+
+impl TaskRef {
+    fn new(p: *mut c_void) -> Option<TaskRef> {
+        (!p.is_null()).then_some(TaskRef(p))
+    }
+
+    /// The handle a language keeps for the task (never 0).
+    pub fn into_handle(self) -> i64 {
+        self.0 as i64
+    }
+
+    /// Takes back a handle.
+    ///
+    /// # Safety
+    /// `handle` came from [`TaskRef::into_handle`] and was not answered
+    /// yet.
+    pub unsafe fn from_handle(handle: i64) -> Option<TaskRef> {
+        TaskRef::new(handle as usize as *mut c_void)
+    }
+
+    /// The request bytes (None for a nil request). They live until the
+    /// task is answered, which needs `self` by value, so the borrow holds.
+    pub fn request(&self) -> Option<&[u8]> {
+        let mut len: c_int = 0;
+        // SAFETY: the task is live (unanswered) while self exists.
+        let p = unsafe { ngx_http_lua_ffi_get_req(self.0, &mut len) };
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: the core guarantees `len` readable bytes at p until answered.
+        Some(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len.max(0) as usize) })
+    }
+
+    /// Answers with `rc` and a copy of `body` (None: a nil answer).
+    pub fn respond(self, rc: i32, body: Option<&[u8]>) {
+        self.respond_with(rc, body.map(<[u8]>::len), |buf| {
+            buf.copy_from_slice(body.unwrap_or_default());
+            Ok(())
+        })
+    }
+
+    /// Answers with `rc` and a body of `len` bytes that `fill` writes into
+    /// the malloc()ed, NUL-terminated buffer the core will own (`len` None:
+    /// a nil answer). If `fill` fails, or the buffer cannot be allocated,
+    /// the task is answered with rc 1 and the reason instead.
+    pub fn respond_with(
+        self,
+        rc: i32,
+        len: Option<usize>,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), String>,
+    ) {
+        let Some(len) = len else {
+            // SAFETY: the task came from poll and `self` is consumed: once only.
+            unsafe { ngx_http_lua_ffi_respond(self.0, rc, std::ptr::null_mut(), 0) };
+            return;
+        };
+        let Some(p) = alloc_answer(len) else {
+            return self.respond_error(&format!("cannot allocate {len} bytes for the answer"));
+        };
+        // SAFETY: p points to len + 1 writable bytes, owned here.
+        let buf = unsafe { std::slice::from_raw_parts_mut(p, len + 1) };
+        match fill(&mut buf[..len]) {
+            // SAFETY: once only (self consumed); the core frees p.
+            Ok(()) => unsafe { ngx_http_lua_ffi_respond(self.0, rc, p.cast(), len as c_int) },
+            Err(why) => {
+                // SAFETY: p came from malloc and was not handed out.
+                unsafe { libc::free(p.cast()) };
+                self.respond_error(&why)
+            }
+        }
+    }
+
+    /// Answers rc 1 with `msg` (nil if even that cannot be allocated).
+    fn respond_error(self, msg: &str) {
+        let (p, len) = match alloc_answer(msg.len()) {
+            Some(p) => {
+                // SAFETY: p has msg.len() + 1 writable bytes.
+                unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), p, msg.len()) };
+                (p, msg.len())
+            }
+            None => (std::ptr::null_mut(), 0),
+        };
+        // SAFETY: once only (self consumed); the core frees p.
+        unsafe { ngx_http_lua_ffi_respond(self.0, 1, p.cast(), len as c_int) }
+    }
+}
+
+/// A malloc()ed buffer of len + 1 bytes whose last byte is NUL, so
+/// rsp_len 0 (an empty answer) still reads as "".
+fn alloc_answer(len: usize) -> Option<*mut u8> {
+    // SAFETY: a fresh allocation; the NUL is written within its bounds.
+    unsafe {
+        let p = libc::malloc(len + 1) as *mut u8;
+        if p.is_null() {
+            return None;
+        }
+        *p.add(len) = 0;
+        Some(p)
+    }
+}
+
+/// Blocks for the next task; None once the queue is finished.
+///
+/// `tq` must be a queue the core handed to `libffi_init` (see
+/// [`is_queue`]); queues are never freed.
+pub fn poll(tq: usize) -> Option<TaskRef> {
+    // SAFETY: tq is a live queue (checked by the caller), valid forever.
+    TaskRef::new(unsafe { ngx_http_lua_ffi_task_poll(tq as *mut c_void) })
+}
+
+/// Never blocks: the next task if one is queued right now.
+pub fn try_poll(tq: usize) -> Option<TaskRef> {
+    // SAFETY: as for poll.
+    TaskRef::new(unsafe { resty_ffi_task_try_poll(tq as *mut c_void) })
+}
+
+/// Blocks for one task, then takes up to `max - 1` more already queued;
+/// empty once the queue is finished.
+pub fn poll_batch(tq: usize, max: usize) -> Vec<TaskRef> {
+    let max = max.clamp(1, 4096);
+    let mut out = vec![std::ptr::null_mut(); max];
+    // SAFETY: as for poll; `out` has `max` writable slots.
+    let n = unsafe { resty_ffi_task_poll_batch(tq as *mut c_void, out.as_mut_ptr(), max as c_int) };
+    out.into_iter()
+        .take(n.max(0) as usize)
+        .filter_map(TaskRef::new)
+        .collect()
+}
+
+/// The queue's readiness eventfd (-1 on error).
+pub fn queue_fd(tq: usize) -> i32 {
+    // SAFETY: as for poll.
+    unsafe { resty_ffi_queue_fd(tq as *mut c_void) }
+}
+
+/// Arms the readiness fd: tasks waiting (0: wait on the fd), -1 finished.
+pub fn queue_arm(tq: usize) -> i32 {
+    // SAFETY: as for poll.
+    unsafe { resty_ffi_queue_arm(tq as *mut c_void) }
+}
+
+/// True once the queue is finished and drained.
+pub fn finished(tq: usize) -> bool {
+    // SAFETY: as for poll.
+    unsafe { resty_ffi_queue_finished(tq as *mut c_void) != 0 }
+}
