@@ -37,69 +37,7 @@ def jdk25():
     return JDK25
 API_SRC = os.path.join(harness.ROOT, "loader", "java", "java")
 
-SERVER = r"""
-location /call {
-    content_by_lua_block {
-        require "resty_ffi"
-        local reply = require "t.reply"
-        local args = ngx.req.get_uri_args()
-        local rt, err = ngx.load_ffi("ffi_java", args.cfg,
-                                     { timeout = tonumber(args.timeout) or 10 })
-        if not rt then
-            ngx.status = 500
-            return ngx.print("load failed: ", err)
-        end
-        local req = reply.body()
-        if args.nil_req then req = nil end
-        reply.send(rt:call(req))
-    }
-}
-location /unload {
-    content_by_lua_block {
-        require "resty_ffi"
-        local rt, err = ngx.load_ffi("ffi_java", ngx.req.get_uri_args().cfg)
-        if not rt then
-            ngx.status = 500
-            return ngx.print("load failed: ", err)
-        end
-        rt:__unload()
-        ngx.print("unloaded")
-    }
-}
-location /par {
-    content_by_lua_block {
-        require "resty_ffi"
-        local args = ngx.req.get_uri_args()
-        local rt, err = ngx.load_ffi("ffi_java", args.cfg, { timeout = 30 })
-        if not rt then
-            ngx.status = 500
-            return ngx.print("load failed: ", err)
-        end
-        local n = tonumber(args.n)
-        local t0 = ngx.now()
-        local threads = {}
-        for i = 1, n do
-            threads[i] = ngx.thread.spawn(function()
-                return rt:call(args.req .. i)
-            end)
-        end
-        local good = 0
-        for i = 1, n do
-            local _, ok, res, e = ngx.thread.wait(threads[i])
-            if ok and res == args.want .. i then
-                good = good + 1
-            else
-                ngx.log(ngx.ERR, "call ", i, ": ", tostring(res), " ", tostring(e))
-            end
-        end
-        ngx.update_time()
-        ngx.print("good=", good, " elapsed=", ngx.now() - t0)
-    }
-}
-location /plain {
-    content_by_lua_block { ngx.print("plain") }
-}
-"""
+SERVER = harness.loader_locations("ffi_java")
 
 
 def build_examples():

@@ -22,64 +22,7 @@ import harness
 
 VENV = os.environ.get("RESTY_FFI_VENV", "/var/cache/resty-ffi/venv")
 
-SERVER = r"""
-location /call {
-    content_by_lua_block {
-        require "resty_ffi"
-        local reply = require "t.reply"
-        local args = ngx.req.get_uri_args()
-        local rt, err = ngx.load_ffi("ffi_python3", args.cfg,
-                                     { timeout = tonumber(args.timeout) or 10 })
-        if not rt then
-            ngx.status = 500
-            return ngx.print("load failed: ", err)
-        end
-        reply.send(rt:call(reply.body()))
-    }
-}
-location /unload {
-    content_by_lua_block {
-        require "resty_ffi"
-        local rt, err = ngx.load_ffi("ffi_python3", ngx.req.get_uri_args().cfg)
-        if not rt then
-            ngx.status = 500
-            return ngx.print("load failed: ", err)
-        end
-        rt:__unload()
-        ngx.print("unloaded")
-    }
-}
-location /par {
-    content_by_lua_block {
-        require "resty_ffi"
-        local args = ngx.req.get_uri_args()
-        local rt, err = ngx.load_ffi("ffi_python3", args.cfg, { timeout = 30 })
-        if not rt then
-            ngx.status = 500
-            return ngx.print("load failed: ", err)
-        end
-        local n = tonumber(args.n)
-        local t0 = ngx.now()
-        local threads = {}
-        for i = 1, n do
-            threads[i] = ngx.thread.spawn(function()
-                return rt:call(args.req .. i)
-            end)
-        end
-        local good = 0
-        for i = 1, n do
-            local _, ok, res, e = ngx.thread.wait(threads[i])
-            if ok and res == args.want .. i then
-                good = good + 1
-            else
-                ngx.log(ngx.ERR, "call ", i, ": ", tostring(res), " ", tostring(e))
-            end
-        end
-        ngx.update_time()
-        ngx.print("good=", good, " elapsed=", ngx.now() - t0)
-    }
-}
-"""
+SERVER = harness.loader_locations("ffi_python3")
 
 
 @pytest.fixture(scope="session")
