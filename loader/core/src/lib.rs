@@ -22,6 +22,7 @@ pub mod abi;
 pub mod completion;
 pub mod error;
 pub mod log;
+pub mod needed;
 pub mod queue;
 pub mod ready;
 pub mod runtime;
