@@ -3,6 +3,7 @@
 //!
 //! The core knows no language. It owns the pieces every call crosses:
 //!
+//! - [`handle`]: the address-like values runtimes hold for tasks;
 //! - [`task`]: one call in flight, with the single atomic that decides who
 //!   finishes it (the caller still spinning, or the dispatcher after a park);
 //! - [`queue`]: the bounded task queue of one loaded runtime, polled by the
@@ -21,6 +22,7 @@
 pub mod abi;
 pub mod completion;
 pub mod error;
+pub mod handle;
 pub mod log;
 pub mod queue;
 pub mod ready;

@@ -244,21 +244,23 @@ impl TaskPtr {
         self.0.as_ptr().cast()
     }
 
-    /// The opaque handle a runtime gets: generation << 32 | (index + 1),
-    /// never null.
+    /// The opaque handle a runtime gets: an address in the reserved range
+    /// of [`crate::handle`], naming the slot and its generation.
     pub fn handle(self) -> *mut std::ffi::c_void {
         let s = self.slot();
         let gen = s.word.load(Ordering::Relaxed) >> 32;
-        (gen << 32 | (s.index as u64 + 1)) as usize as *mut std::ffi::c_void
+        crate::handle::encode(s.index, gen) as *mut std::ffi::c_void
     }
 
-    /// Resolves a runtime's handle to its live, unanswered task.
+    /// Resolves a runtime's handle to its slot and the slot's word as it is
+    /// while that handle's call is live and unanswered; None when the
+    /// handle is not one, or its call is not live any more.
     fn resolve(handle: *mut std::ffi::c_void) -> Option<(&'static Slot, u64)> {
-        let h = handle as usize as u64;
-        let index = (h & 0xffff_ffff).checked_sub(1)?;
-        let s = slot(u32::try_from(index).ok()?)?;
-        let live = (h >> 32) << 32 | LIVE;
-        Some((s, live))
+        let (index, gen_low) = crate::handle::decode(handle as usize)?;
+        let s = slot(index)?;
+        let word = s.word.load(Ordering::Acquire);
+        (word & 0xffff_ffff == LIVE && crate::handle::same_generation(word >> 32, gen_low))
+            .then_some((s, word))
     }
 
     /// The request of the live task behind a runtime's handle.
@@ -434,10 +436,16 @@ impl TaskPtr {
         } else {
             // SAFETY: we read at most `size` bytes of the runtime's buffer.
             let n = unsafe { libc::strnlen(a.rsp, size) };
-            if n == size {
-                return Response::Bad(
-                    c"the runtime answered length 0 (NUL-terminated) but its answer has no NUL",
+            if n == size && crate::log::every_second(&NO_NUL_LOGGED) {
+                // lua-resty-ffi reads such answers anyway (runtimes do send
+                // them, error texts especially): keep the runtime's rc and
+                // bytes, bounded by its allocation, and say so.
+                let line = format!(
+                    "resty_ffi: a runtime answered length 0 (NUL-terminated) with no NUL in its \
+                     {size}-byte buffer; the whole buffer was taken as the answer (rc {})",
+                    a.rc
                 );
+                crate::log::log(crate::log::WARN, line.as_bytes());
             }
             n
         };
@@ -495,6 +503,7 @@ impl TaskPtr {
 }
 
 static STRAY_LOGGED: AtomicU64 = AtomicU64::new(0);
+static NO_NUL_LOGGED: AtomicU64 = AtomicU64::new(0);
 
 #[cfg(test)]
 mod tests {
@@ -545,7 +554,7 @@ mod tests {
 
     #[test]
     fn lengths_beyond_the_buffer_or_negative_are_bad_answers() {
-        for (len, body) in [(i32::MAX, &b"abc"[..]), (-5, b"abc"), (0, b"abc")] {
+        for (len, body) in [(i32::MAX, &b"abc"[..]), (-5, b"abc")] {
             let t = TaskPtr::new(&QUEUE, None, 1.0, std::ptr::null(), 0).unwrap();
             // a buffer with no NUL in its whole usable size
             let size = 64;
@@ -562,6 +571,22 @@ mod tests {
             assert!(matches!(t.response(), Response::Bad(_)), "len {len}");
             t.free();
         }
+    }
+
+    #[test]
+    fn nul_terminated_answer_without_nul_keeps_rc_and_buffer() {
+        let t = TaskPtr::new(&QUEUE, None, 1.0, std::ptr::null(), 0).unwrap();
+        // SAFETY: fresh allocation filled to its usable size, no NUL.
+        let (p, usable) = unsafe {
+            let p = libc::malloc(40) as *mut u8;
+            let usable = libc::malloc_usable_size(p.cast());
+            std::ptr::write_bytes(p, b'e', usable);
+            (p, usable)
+        };
+        t.respond(1, p.cast(), 0);
+        assert!(t.wait(false));
+        assert_eq!(ok(t.response()), (1, usable));
+        t.free();
     }
 
     #[test]

@@ -16,6 +16,9 @@
 //! - `!hang:`          never answer (until unload, then rc=1 "unloaded")
 //! - `!nil:`           answer rc=0 with a NULL response
 //! - `!cstr:text`      answer a NUL-terminated `text` with rsp_len 0
+//! - `!nonul:RC:text`  answer rc=RC with rsp_len 0 (NUL-terminated) but no
+//!   NUL anywhere: the buffer is `text` repeated to its usable size, as
+//!   runtimes in the wild (lua-resty-ffi-soap) send error texts
 //! - `!panic:msg`      panic while serving; the panic is caught and becomes
 //!   an answer with rc=1 (what every Rust runtime should do)
 //! - `!stray:text`     first "answer" a pointer that is not a task (the core
@@ -190,6 +193,25 @@ fn serve(task: Ptr, hung: &Mutex<Vec<Ptr>>) {
                 // check against the buffer's malloc()ed size.
                 unsafe { ngx_http_lua_ffi_respond(task.0, 0, rsp.0.cast(), n) }
             });
+        }
+        b"nonul" => {
+            let (rc, text) = split_once(rest, b':');
+            let text = if text.is_empty() { &b"x"[..] } else { text };
+            // SAFETY: a fresh allocation filled to its usable size, so it
+            // holds no NUL; the core must bound its read by that size.
+            let rsp = unsafe {
+                let p = libc::malloc(text.len()) as *mut u8;
+                if !p.is_null() {
+                    let usable = libc::malloc_usable_size(p.cast());
+                    for i in 0..usable {
+                        *p.add(i) = text[i % text.len()];
+                    }
+                }
+                p
+            };
+            let rc = number(rc).unwrap_or(1) as c_int;
+            // SAFETY: answered once; the missing NUL is the point.
+            unsafe { ngx_http_lua_ffi_respond(task.0, rc, rsp.cast(), 0) }
         }
         b"cstr" => {
             let rsp = malloc_copy(rest, true);
