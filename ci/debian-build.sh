@@ -56,6 +56,8 @@ toolchain=$(rustup show active-toolchain 2>/dev/null | cut -d' ' -f1 || true)
 [ -n "$toolchain" ] && rust_env+=(RUSTUP_TOOLCHAIN="$toolchain")
 
 t0=$(date +%s)
+json=$(mktemp)
+trap 'leave_root; rm -f "$json"' EXIT
 with_host_certs "$broot" chroot "$broot" env -i \
     HOME=/root PATH="$in/cargo/bin:/usr/bin:/bin" \
     CARGO_HOME="$in/cargo" RUSTUP_HOME="$in/rustup" "${rust_env[@]}" \
@@ -63,5 +65,23 @@ with_host_certs "$broot" chroot "$broot" env -i \
     CARGO_HTTP_CAINFO=/etc/ssl/certs/ca-certificates.crt \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
     PYO3_PYTHON="/usr/bin/python$py" JAVA_HOME=/usr/lib/jvm/default-java \
-    sh -c 'cd "$1" && shift && cargo build --release --lib "$@"' sh "$in/src" "${pkgs[@]}"
-echo "debian-build: Debian $release built in $(( $(date +%s) - t0 )) s ($target/release)"
+    sh -c 'cd "$1" && shift && cargo build --release --lib --message-format=json-render-diagnostics "$@"' \
+    sh "$in/src" "${pkgs[@]}" > "$json"
+# The target folder is shared by every checkout: copy out exactly the
+# libraries this build made (and the Java API jar loader/java's build puts
+# beside them) into this checkout's target/debian<N>-release.
+out=$src/target/debian$release-release
+rm -rf "$out"
+mkdir -p "$out"
+python3 - "$json" "$in/target" "$target" "$out" <<'PY'
+import json, shutil, sys
+log, inside, outside, out = sys.argv[1:]
+for line in open(log):
+    msg = json.loads(line) if line.startswith("{") else {}
+    if msg.get("reason") == "compiler-artifact" and "cdylib" in msg["target"]["crate_types"]:
+        for f in msg["filenames"]:
+            if f.endswith(".so"):
+                shutil.copy2(outside + f[len(inside):], out)
+PY
+cp "$target/release/resty-ffi.jar" "$out/"
+echo "debian-build: Debian $release built in $(( $(date +%s) - t0 )) s ($out)"

@@ -22,7 +22,7 @@
 # Dependencies are named for the release: the libpython the Python loader
 # is linked against (read from the library itself), the glibc its symbols
 # need. RESTY_FFI_SKIP_BUILD=1 packages what is already built (the host's
-# target/release, or the release's cached target folder).
+# target/release, or ci/debian-build.sh's target/debian<N>-release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -49,7 +49,7 @@ if [ "$release" = "$host_release" ]; then
         cargo build --release --workspace
     fi
 else
-    release_dir=${RESTY_FFI_ROOTS:-/var/cache/resty-ffi}/debian$release-target/release
+    release_dir=target/debian$release-release
     if [ "${RESTY_FFI_SKIP_BUILD:-0}" != 1 ]; then
         bash ci/debian-build.sh --debian "$release" >&2
     fi
