@@ -16,8 +16,10 @@
 #   private prefix, RESTY_FFI_LIBNODE_PREFIX (default
 #   /var/cache/resty-ffi/libnode), readable by everyone (nginx workers run
 #   as `nobody`). build.rs and the loader look there after Debian's paths.
-# - npm (the machine's own nodejs, or Debian's npm when there is none) is
-#   what the tests use to install a package from the npm registry.
+# - npm (the machine's own nodejs, or Debian's npm when there is none)
+#   installs the npm packages the tests and the example use
+#   (examples/nodejs/package.json) into RESTY_FFI_NODE_MODULES (default
+#   /var/cache/resty-ffi/node), world-readable, once per package.json.
 #
 # Idempotent: installed packages are skipped, the prefix is unpacked once
 # per package version (a stamp records it).
@@ -45,6 +47,21 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
     apt_update
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+# npm packages for the example and the tests, from the npm registry
+here=$(cd "$(dirname "$0")" && pwd)
+pkg="$here/../examples/nodejs/package.json"
+modules=${RESTY_FFI_NODE_MODULES:-/var/cache/resty-ffi/node}
+want=$(sha256sum "$pkg" | cut -d' ' -f1)
+if [ ! -f "$modules/.resty-ffi-package" ] || [ "$(cat "$modules/.resty-ffi-package")" != "$want" ]; then
+    $SUDO mkdir -p "$modules"
+    $SUDO cp "$pkg" "$modules/package.json"
+    (cd "$modules" && $SUDO npm install --no-audit --no-fund --omit=dev --loglevel=error)
+    echo "$want" | $SUDO tee "$modules/.resty-ffi-package" >/dev/null
+    $SUDO chmod -R a+rX "$modules"
+    d=$modules
+    while [ "$d" != / ]; do $SUDO chmod a+x "$d"; d=$(dirname "$d"); done
 fi
 
 # Debian's own libnode, when it can be installed, needs no private prefix.

@@ -5,7 +5,7 @@
 //! 20, Debian 13's libnode115) and opens `libnode.so.<version>` from, in
 //! order:
 //! 1. `RESTY_FFI_LIBNODE`, a path to the library (nginx passes it with
-//!    `env RESTY_FFI_LIBNODE=/path/libnode.so.108;`);
+//!    `env RESTY_FFI_LIBNODE=/path/libnode.so.108;`): when set, only it;
 //! 2. Debian's place, /usr/lib/<multiarch>/ (`apt install libnode108`);
 //! 3. the private prefix ci/setup-nodejs.sh unpacks where Debian's package
 //!    cannot be installed (`RESTY_FFI_LIBNODE_PREFIX`, default
@@ -63,7 +63,9 @@ fn candidates_from(
     let name = format!("libnode.so.{MODULE_VERSION}");
     let mut out = Vec::new();
     if let Some(p) = over.filter(|p| !p.is_empty()) {
+        // an explicit choice: no other library stands in for it
         out.push(("RESTY_FFI_LIBNODE".to_string(), PathBuf::from(p)));
+        return out;
     }
     out.push((
         format!("Debian's {}", package()),
@@ -141,14 +143,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn candidates_come_in_order_env_debian_prefix() {
+    fn candidates_are_the_env_alone_or_debian_then_prefix() {
         let c = candidates_from(Some("/opt/n/libnode.so".into()), Some("/p".into()));
+        assert_eq!(c, vec![("RESTY_FFI_LIBNODE".to_string(), PathBuf::from("/opt/n/libnode.so"))]);
+        let c = candidates_from(None, Some("/p".into()));
         let paths: Vec<String> = c.iter().map(|(_, p)| p.display().to_string()).collect();
         let name = format!("libnode.so.{MODULE_VERSION}");
         assert_eq!(
             paths,
             vec![
-                "/opt/n/libnode.so".to_string(),
                 format!("/usr/lib/{}/{name}", multiarch()),
                 format!("/p/usr/lib/{}/{name}", multiarch()),
             ]
