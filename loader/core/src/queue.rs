@@ -46,6 +46,9 @@ pub struct TaskQueue {
     pub caller_gate: SpinGate,
     /// Readiness fd for event-loop runtimes (see ready.rs).
     pub ready: ReadyFd,
+    /// Readable after a stream of this queue made room in its window or
+    /// was cancelled, for producers told "full" (see stream.rs).
+    pub space: ReadyFd,
     /// Per-runtime call counters and latency histogram, written on every
     /// call by the caller: on lines of their own, away from what spinning
     /// pollers read.
@@ -68,6 +71,7 @@ impl TaskQueue {
             poll_gate: SpinGate::new(poll_spin),
             caller_gate: SpinGate::new(caller_spin),
             ready: ReadyFd::default(),
+            space: ReadyFd::default(),
             stats: Default::default(),
         }
     }
@@ -260,7 +264,7 @@ mod tests {
     use std::sync::Arc;
 
     fn task(id: usize) -> TaskPtr {
-        TaskPtr::new(&NO_QUEUE, None, id as f64, std::ptr::null(), 0).unwrap()
+        TaskPtr::new(&NO_QUEUE, None, id as f64, std::ptr::null(), 0, None).unwrap()
     }
 
     static NO_QUEUE: std::sync::LazyLock<TaskQueue> =
