@@ -145,7 +145,13 @@ mod tests {
     #[test]
     fn candidates_are_the_env_alone_or_debian_then_prefix() {
         let c = candidates_from(Some("/opt/n/libnode.so".into()), Some("/p".into()));
-        assert_eq!(c, vec![("RESTY_FFI_LIBNODE".to_string(), PathBuf::from("/opt/n/libnode.so"))]);
+        assert_eq!(
+            c,
+            vec![(
+                "RESTY_FFI_LIBNODE".to_string(),
+                PathBuf::from("/opt/n/libnode.so")
+            )]
+        );
         let c = candidates_from(None, Some("/p".into()));
         let paths: Vec<String> = c.iter().map(|(_, p)| p.display().to_string()).collect();
         let name = format!("libnode.so.{MODULE_VERSION}");
