@@ -31,6 +31,7 @@ local ffi = require "ffi"
 local semaphore = require "ngx.semaphore"
 local C = require("resty.ffi.lib").C
 local channel = require "resty.ffi.channel"
+local call = require "resty.ffi.call"
 local dispatcher = require "resty.ffi.dispatcher"
 
 local ffi_string = ffi.string
@@ -38,6 +39,8 @@ local ffi_gc = ffi.gc
 local ffi_new = ffi.new
 local ngx = ngx
 local now = ngx.now
+local get_phase = ngx.get_phase
+local exiting = ngx.worker.exiting
 local update_time = ngx.update_time
 local ngx_sleep = ngx.sleep
 local sema_new = semaphore.new
@@ -118,6 +121,9 @@ function stream.recv(self, timeout)
                     .. "seconds, got " .. tostring(timeout)
     end
     local task = w.task
+    if timeout == nil then
+        timeout = w.recv_timeout
+    end
     local until_t
     if timeout ~= nil and timeout < MAX_WAIT then
         update_time()
@@ -126,6 +132,11 @@ function stream.recv(self, timeout)
     while true do
         if C.resty_ffi_stream_next(task, rspp, lenp) == 1 then
             return ffi_string(rspp[0], lenp[0])
+        end
+        if not w.ended and exiting() then
+            finish(w)
+            w.final_err = "resty_ffi: stream closed: the nginx worker is exiting"
+            return nil, w.final_err
         end
         if w.ended then
             w.finished = true
@@ -178,20 +189,50 @@ function stream.close(self)
     return true
 end
 
--- Opens a stream on core runtime `rt` (checked by the caller): returns the
--- stream object, or nil and why not. `timeout` (nil: none) bounds the
--- whole stream; `window_bytes` / `window_chunks` (0: defaults) the data a
--- runtime may send ahead of the reader.
-function _M.open(rt, req, len, timeout, window_bytes, window_chunks)
+local state_of = call.state_of
+local YIELDABLE = call.YIELDABLE
+
+-- rt:__stream(req [, timeout]) -> stream object, or nil, err. `timeout`
+-- bounds the whole stream (none by default); recv waits for a chunk up to
+-- its own timeout, by default the runtime's call timeout.
+function _M.method(self, req, timeout)
+    local st = state_of[self]
+    local rt = st and st.rt
+    if not rt then
+        return nil, call.method_error(self)
+    end
+    local phase = get_phase()
+    if not YIELDABLE[phase] then
+        return nil, "resty_ffi: cannot read a stream in the " .. phase
+                    .. " phase (it cannot yield); stream from rewrite, "
+                    .. "access, content or a timer (ngx.timer.at)"
+    end
+    local len = 0
+    if req ~= nil then
+        if type(req) ~= "string" then
+            return nil, "resty_ffi: request must be a string or nil, got "
+                        .. type(req)
+        end
+        len = #req
+    end
+    if timeout ~= nil then
+        local ok, t = call.check_timeout(timeout, "the stream's timeout")
+        if not ok then
+            return nil, "resty_ffi: " .. t
+        end
+        timeout = t
+    end
     next_id = next_id - 1
     local id = next_id
-    local task = C.resty_ffi_post_stream(rt, ch, req, len, id, window_bytes,
-                                         window_chunks, errp)
+    local task = C.resty_ffi_post_stream(rt, ch, req, len, id,
+                                         st.window_bytes or 0,
+                                         st.window_chunks or 0, errp)
     if task == nil then
-        return nil, errp[0]
+        return nil, call.post_error(st, errp[0])
     end
     local w = { sema = sema_new(), req = req, stream = true, task = task,
-                id = id, rt = rt, timeout = timeout }
+                id = id, rt = rt, timeout = timeout,
+                recv_timeout = st.timeout }
     if timeout ~= nil then
         update_time()
         w.deadline = now() + timeout
