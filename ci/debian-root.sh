@@ -10,10 +10,11 @@
 #   run    what a user of Debian's nginx-lua already has (nginx-light,
 #          libnginx-mod-http-lua, lua-resty-core, lua-cjson) plus what the
 #          package depends on or recommends (that release's libpython, a
-#          JRE): the package test installs only the .deb into a copy of it.
+#          JRE, libnode): the package test installs only the .deb into a
+#          copy of it.
 #          No Rust, no checkout, no build tools.
-#   build  run plus a C compiler, that release's libpython-dev and python,
-#          and a JDK: ci/package.sh --debian N compiles in it with the
+#   build  run plus C and C++ compilers, that release's libpython-dev and
+#          python, a JDK and libnode-dev: ci/package.sh --debian N compiles in it with the
 #          host's Rust toolchain bind-mounted (ci/debian-build.sh).
 #   suite  run plus python3.X-venv and a venv with
 #          examples/python/requirements.txt (made by that release's Python),
@@ -35,16 +36,16 @@ while [ $# -gt 0 ]; do
     esac
 done
 case $release in
-    12) codename=bookworm; py=3.11 ;;
-    13) codename=trixie; py=3.13 ;;
+    12) codename=bookworm; py=3.11; libnode=libnode108 ;;
+    13) codename=trixie; py=3.13; libnode=libnode115 ;;
     *) echo "debian-root.sh: Debian $release is not supported (12 or 13)" >&2; exit 2 ;;
 esac
 cache=${RESTY_FFI_ROOTS:-/var/cache/resty-ffi}
-run_pkgs="nginx-light libnginx-mod-http-lua lua-resty-core lua-cjson libpython$py python3-cffi default-jre-headless"
+run_pkgs="nginx-light libnginx-mod-http-lua lua-resty-core lua-cjson libpython$py python3-cffi default-jre-headless $libnode"
 case $kind in
     run) root=$cache/debian$release-root; want=$run_pkgs ;;
     build) root=$cache/debian$release-build
-           want="$run_pkgs gcc libc6-dev pkg-config python$py libpython$py-dev default-jdk-headless" ;;
+           want="$run_pkgs gcc g++ libc6-dev pkg-config python$py libpython$py-dev default-jdk-headless libnode-dev" ;;
     suite) root=$cache/debian$release-suite; want="$run_pkgs python$py python$py-venv" ;;
     *) echo "debian-root.sh: unknown kind $kind (run, build, suite)" >&2; exit 2 ;;
 esac

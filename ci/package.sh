@@ -35,8 +35,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 case $release in
-    12) py=3.11 ;;
-    13) py=3.13 ;;
+    12) py=3.11; libnode=libnode108 ;;
+    13) py=3.13; libnode=libnode115 ;;
     *) echo "package: Debian $release is not supported (12 or 13)" >&2; exit 2 ;;
 esac
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)~deb$release
@@ -68,8 +68,8 @@ cp -r lua/. "$share/"
 
 # Libraries: the core, every loader and runtime the workspace builds, and
 # the Java API jar loader/java's build leaves next to libffi_java.so.
-required=(libresty_ffi.so libffi_python3.so libffi_java.so libffi_grpc.so
-          libffi_echo.so resty-ffi.jar)
+required=(libresty_ffi.so libffi_python3.so libffi_java.so libffi_nodejs.so
+          libffi_grpc.so libffi_echo.so resty-ffi.jar)
 for f in "${required[@]}"; do
     [ -f "$release_dir/$f" ] || { echo "package: $release_dir/$f is missing" >&2; exit 1; }
 done
@@ -106,7 +106,9 @@ case $libpython in
     *) echo "package: libffi_python3.so links '$libpython', not Debian $release's libpython$py (built with another PYO3_PYTHON?)" >&2; exit 1 ;;
 esac
 glibc=$(objdump -T "$lib"/*.so | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n1)
-recommends="default-jre-headless"
+# ffi_java's JVM and ffi_nodejs's libnode (that release's Node) are found
+# at run time: recommended, not required
+recommends="default-jre-headless, $libnode"
 cat > "$stage/DEBIAN/control" <<EOF
 Package: resty-ffi
 Version: $version

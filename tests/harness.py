@@ -37,9 +37,11 @@ HOST_RELEASE = int(open("/etc/debian_version").read().split(".")[0])
 # RESTY_FFI_DEBIAN=N: run nginx inside a Debian N root (None: the host's)
 DEBIAN = int(os.environ["RESTY_FFI_DEBIAN"]) if os.environ.get("RESTY_FFI_DEBIAN") else None
 # what each release's packages give: the Python the loader embeds, the
-# default JDK's major version
-RELEASES = {12: {"codename": "bookworm", "python": "3.11", "java": 17},
-            13: {"codename": "trixie", "python": "3.13", "java": 21}}
+# default JDK's major version, libnode's Node major
+RELEASES = {12: {"codename": "bookworm", "python": "3.11", "java": 17, "node": 18,
+                 "libnode": "libnode108"},
+            13: {"codename": "trixie", "python": "3.13", "java": 21, "node": 20,
+                 "libnode": "libnode115"}}
 TARGET = RELEASES[DEBIAN or HOST_RELEASE]
 PYTHON_VERSION = TARGET["python"]
 PYTHON = "/usr/bin/python" + PYTHON_VERSION

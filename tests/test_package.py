@@ -3,13 +3,14 @@ trixie; ci/package.sh [--debian N]), installed with apt into a clean root of
 that release (an overlay over ci/debian-root.sh's cached debootstrap root),
 where that root's own nginx with no lua_package_path, lua_package_cpath or
 LD_LIBRARY_PATH calls the Rust echo runtime, a Python handler (that
-release's libpython), a Java handler (its default JRE) and a gRPC server;
-then `apt remove` leaves nothing of the package behind.
+release's libpython), a Java handler (its default JRE), a Node handler (its
+libnode) and a gRPC server; then `apt remove` leaves nothing of the package
+behind.
 
 The root has no Rust, no checkout and no build tools: only Debian's
-nginx-lua packages, libpython3.X and a JRE. nginx runs chrooted there and is
-driven from outside over loopback, where the gRPC server (Python's grpcio)
-listens.
+nginx-lua packages, libpython3.X, a JRE and libnode. nginx runs chrooted
+there and is driven from outside over loopback, where the gRPC server
+(Python's grpcio) listens.
 """
 
 import contextlib
@@ -93,6 +94,14 @@ http {{
                 ngx.print(rt and "loaded" or err)
             }}
         }}
+        location /node {{
+            content_by_lua_block {{
+                local rt, err = ngx.load_ffi("ffi_nodejs", "/srv/app/shout,init")
+                if not rt then return ngx.print("node load: ", err) end
+                local ok, res, err = rt:call("node words")
+                ngx.print("node: ", ok and res or err)
+            }}
+        }}
         location /grpc {{
             content_by_lua_block {{
                 local grpc = require "resty.ffi.grpc"
@@ -114,6 +123,11 @@ def init(cfg, tq):
     def handle(req):
         return req.upper() + (" %d.%d" % sys.version_info[:2]).encode()
     return handle
+"""
+
+SHOUT_JS = """\
+exports.init = () => async (req) =>
+  req.toString().toUpperCase() + ' ' + process.versions.node.split('.')[0];
 """
 
 SHOUT_JAVA = """\
@@ -141,6 +155,7 @@ def test_the_deb_installs_into_a_clean_root_of_its_release_and_stock_nginx_calls
     python = harness.RELEASES[release]["python"]
     assert "libpython%s" % python in fields, fields
     assert "default-jre-headless" in fields, fields
+    assert harness.RELEASES[release]["libnode"] in fields, fields
     with harness.DebianRoot(release) as root:
         assert not os.path.exists(root.path("/usr/bin/rustc")), "no Rust in the root"
         assert not os.path.exists(root.path("/usr/bin/gcc")), "no build tools in the root"
@@ -150,7 +165,7 @@ def test_the_deb_installs_into_a_clean_root_of_its_release_and_stock_nginx_calls
         assert "/usr/lib/x86_64-linux-gnu/lua/5.1/libresty_ffi.so" in files
         assert "/usr/share/lua/5.1/resty_ffi.lua" in files
         for lib in ("libffi_python3.so", "libresty_ffi_python.so", "libffi_java.so",
-                    "libffi_grpc.so", "libffi_echo.so"):
+                    "libffi_nodejs.so", "libffi_grpc.so", "libffi_echo.so"):
             assert "/usr/lib/x86_64-linux-gnu/lua/5.1/" + lib in files, lib
         assert "/usr/share/java/resty-ffi.jar" in files
         # every library resolves against the root's own libraries
@@ -161,6 +176,8 @@ def test_the_deb_installs_into_a_clean_root_of_its_release_and_stock_nginx_calls
         os.makedirs(root.path("/srv/app"), exist_ok=True)
         with open(root.path("/srv/app/shout.py"), "w") as f:
             f.write(SHOUT_PY)
+        with open(root.path("/srv/app/shout.js"), "w") as f:
+            f.write(SHOUT_JS)
         shutil.copy(os.path.join(harness.ROOT, "examples", "grpc", "proto", "helloworld.proto"),
                     root.path("/srv/app/helloworld.proto"))
         src = tmp_path / "Shout.java"
@@ -173,6 +190,7 @@ def test_the_deb_installs_into_a_clean_root_of_its_release_and_stock_nginx_calls
             # that release's Python and default JRE
             assert get(port, "/python") == "python: QUIET WORDS " + python
             assert get(port, "/java") == "java: JAVA WORDS %d" % harness.RELEASES[release]["java"]
+            assert get(port, "/node") == "node: NODE WORDS %d" % harness.RELEASES[release]["node"]
             assert get(port, "/grpc") == "grpc: Hello debian from grpcio!"
         root.run("apt-get", "remove", "-y", "-qq", "resty-ffi")
         left = [f for f in files if os.path.lexists(root.path(f))]
