@@ -148,6 +148,23 @@ pub unsafe extern "C" fn resty_ffi_task_try_poll(tq: *mut c_void) -> *mut c_void
     })
 }
 
+/// Like `resty_ffi_task_try_poll`, but first spins within the queue's
+/// poll budget (as `ngx_http_lua_ffi_task_poll` does before it blocks),
+/// counted as a spinning poller so the caller spins for the answer. Never
+/// blocks longer than the budget: for runtimes that run an event loop and
+/// wait on `resty_ffi_queue_fd` once this returns NULL.
+///
+/// # Safety
+/// Pointer arguments must be valid as described, per the C ABI.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_task_poll_spin(tq: *mut c_void) -> *mut c_void {
+    guard("resty_ffi_task_poll_spin", std::ptr::null_mut(), || {
+        queue(tq)
+            .and_then(|q| q.poll_spin())
+            .map_or(std::ptr::null_mut(), TaskPtr::handle)
+    })
+}
+
 /// Blocks for one task, then takes up to `max - 1` more that are already
 /// queued. Returns how many were written to `out`; 0 means finished.
 ///
