@@ -98,13 +98,17 @@ License: BSD-2-Clause
 EOF
 
 installed_kib=$(du -sk "$stage/usr" | cut -f1)
-# the libpython the Python loader is linked against, and the newest glibc
-# symbol version any library uses
+# the libpython the Python loader is linked against, the libnode the
+# Node.js loader opens (it names libnode.so.N), and the newest glibc symbol
+# version any library uses
 libpython=$(objdump -p "$lib/libffi_python3.so" | sed -n 's/^ *NEEDED *\(libpython[0-9.]*\)\.so.*/\1/p')
-case $libpython in
-    libpython$py) ;;
-    *) echo "package: libffi_python3.so links '$libpython', not Debian $release's libpython$py (built with another PYO3_PYTHON?)" >&2; exit 1 ;;
-esac
+libnode_built=$(grep -ao 'libnode\.so\.1[0-9][0-9]' "$lib/libffi_nodejs.so" | head -n1 | sed 's/\.so\.//')
+for got in "$libpython:libpython$py" "$libnode_built:$libnode"; do
+    [ "${got%%:*}" = "${got#*:}" ] || {
+        echo "package: the loaders were built for ${got%%:*}, not Debian $release's ${got#*:} (another PYO3_PYTHON or libnode-dev?)" >&2
+        exit 1
+    }
+done
 glibc=$(objdump -T "$lib"/*.so | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n1)
 # ffi_java's JVM and ffi_nodejs's libnode (that release's Node) are found
 # at run time: recommended, not required
@@ -120,14 +124,14 @@ Installed-Size: $installed_kib
 Depends: libc6 (>= $glibc), libgcc-s1, libnginx-mod-http-lua, lua-resty-core, lua-cjson, $libpython
 Recommends: $recommends, python3-cffi
 Suggests: nginx-light | nginx
-Description: call Python, Java, Rust and Go from nginx-lua without blocking
+Description: call Python, Java, Node.js, Rust and Go from nginx-lua without blocking
  resty-ffi lets OpenResty / nginx-lua code call runtimes written in
- Python, Java, Rust or Go in-process: a Lua coroutine hands a request to the
+ Python, Java, JavaScript, Rust or Go in-process: a Lua coroutine hands a request to the
  runtime's own threads and yields; the answer resumes it. Works with
  Debian's stock nginx and libnginx-mod-http-lua: nothing is recompiled.
  Runtimes written for lua-resty-ffi load unchanged (ngx.load_ffi).
  .
- This package holds the core, the Python and Java loaders, the gRPC
+ This package holds the core, the Python, Java and Node.js loaders, the gRPC
  runtime, the Rust echo runtime and the Lua modules, where Debian's
  nginx-lua finds them with no paths configured.
 EOF
