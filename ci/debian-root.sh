@@ -43,7 +43,7 @@ esac
 cache=${RESTY_FFI_ROOTS:-/var/cache/resty-ffi}
 run_pkgs="nginx-light libnginx-mod-http-lua lua-resty-core lua-cjson libpython$py python3-cffi default-jre-headless $libnode"
 case $kind in
-    run) root=$cache/debian$release-root; want=$run_pkgs ;;
+    run) root=$cache/debian$release-run; want=$run_pkgs ;;
     build) root=$cache/debian$release-build
            want="$run_pkgs gcc g++ libc6-dev pkg-config python$py libpython$py-dev default-jdk-headless libnode-dev" ;;
     suite) root=$cache/debian$release-suite; want="$run_pkgs python$py python$py-venv" ;;
