@@ -15,7 +15,7 @@ use crate::load;
 
 pub use resty_ffi_loader::task::{
     finished, is_queue, poll, poll_batch, queue_arm, queue_fd, queue_space_fd, register_queue,
-    try_poll, Chunks, Offer, TaskRef,
+    try_poll, Chunk, Chunks, TaskRef,
 };
 pub use resty_ffi_loader::{log, name_thread};
 

@@ -28,7 +28,7 @@ use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyString};
 
-use crate::abi::{self, Chunks, Offer, TaskRef};
+use crate::abi::{self, Chunk, Chunks, TaskRef};
 
 thread_local! {
     /// The cfg address and text passed to the init being called right now.
@@ -90,14 +90,14 @@ impl Task {
             return Err(PyValueError::new_err("resty_ffi: chunk larger than 2 GiB"));
         }
         let mut got = chunks.offer(bytes, false);
-        if got == Offer::Full && block {
+        if got == Chunk::Full && block {
             got = py.allow_threads(|| chunks.offer(bytes, true));
         }
         match got {
-            Offer::Taken => Ok(0),
-            Offer::Cancelled => Ok(1),
-            Offer::Full => Ok(2),
-            Offer::Refused => Err(PyRuntimeError::new_err(
+            Chunk::Taken => Ok(0),
+            Chunk::Cancelled => Ok(1),
+            Chunk::Full => Ok(2),
+            Chunk::Stale => Err(PyRuntimeError::new_err(
                 "resty_ffi: the task is already answered",
             )),
         }
