@@ -75,8 +75,8 @@ def test_go_runtime_growing_stacks_and_collecting_serves_5000_calls_in_2_workers
     main = 'env GODEBUG=%s;' % godebug if godebug else ""
     n = harness.Nginx(go_stage, GO, main=main, workers=2)
     with n:
+        assert harness.wait_until(lambda: len(n.worker_pids()) == 2, 10)
         pids = n.worker_pids()
-        assert len(pids) == 2
         total = 5000 if not godebug else 1500
         check_answers(call_many(n, total), 64)
         # deep stacks: several growths (and copies) of each goroutine's stack

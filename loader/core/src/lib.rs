@@ -16,6 +16,7 @@
 //! - [`ready`]: an eventfd that tells event-loop runtimes tasks wait;
 //! - [`runtime`]: loading a runtime library and starting it;
 //! - [`spin`]: the bounded, self-disabling spin both sides use before parking;
+//! - [`stream`]: answers in chunks, their window and cancellation;
 //! - [`stats`]: counters of the call path (spun, parked, wakes);
 //! - [`abi`]: every `extern "C"` function, the only place the C world enters.
 
@@ -29,6 +30,7 @@ pub mod ready;
 pub mod runtime;
 pub mod spin;
 pub mod stats;
+pub mod stream;
 pub mod task;
 pub mod wake;
 
