@@ -37,11 +37,12 @@ HOST_RELEASE = int(open("/etc/debian_version").read().split(".")[0])
 # RESTY_FFI_DEBIAN=N: run nginx inside a Debian N root (None: the host's)
 DEBIAN = int(os.environ["RESTY_FFI_DEBIAN"]) if os.environ.get("RESTY_FFI_DEBIAN") else None
 # what each release's packages give: the Python the loader embeds, the
-# default JDK's major version, libnode's Node major
+# default JDK's major version, libnode's Node major, nginx's major.minor
+# and lua-nginx-module's version (as ngx.config reports them)
 RELEASES = {12: {"codename": "bookworm", "python": "3.11", "java": 17, "node": 18,
-                 "libnode": "libnode108"},
+                 "libnode": "libnode108", "nginx": 1022, "ngx_lua": 10023},
             13: {"codename": "trixie", "python": "3.13", "java": 21, "node": 20,
-                 "libnode": "libnode115"}}
+                 "libnode": "libnode115", "nginx": 1026, "ngx_lua": 10028}}
 TARGET = RELEASES[DEBIAN or HOST_RELEASE]
 PYTHON_VERSION = TARGET["python"]
 PYTHON = "/usr/bin/python" + PYTHON_VERSION
@@ -58,9 +59,9 @@ def lua_compiled_in(binary=NGINX):
 
 
 def load_module_lines(root=None):
-    if root:    # the root's own module configuration, as its users have it
-        return "include /etc/nginx/modules-enabled/*.conf;"
-    if lua_compiled_in():
+    # a root's nginx is Debian's with dynamic modules (its modules-enabled
+    # files name them relative to the prefix, which -p moves)
+    if root is None and lua_compiled_in():
         return ""
     return ("load_module %s/ndk_http_module.so;\n"
             "load_module %s/ngx_http_lua_module.so;" % (MODULES, MODULES))

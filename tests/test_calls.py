@@ -3,6 +3,8 @@
 import os
 import urllib.request
 
+import harness
+
 ECHO = """
 location /echo {
     content_by_lua_block {
@@ -17,6 +19,34 @@ location /echo {
     }
 }
 """
+
+
+def test_the_nginx_and_lua_files_under_test_are_the_releases_or_the_stages(nginx, stage):
+    """Host runs use the host's nginx and the staged Lua files; with
+    RESTY_FFI_DEBIAN=N, that release's nginx, lua module and the files its
+    package installed."""
+    n = nginx("""
+location /where {
+    content_by_lua_block {
+        ngx.print(math.floor(ngx.config.nginx_version / 1000), " ",
+                  ngx.config.ngx_lua_version, " ",
+                  package.searchpath("resty_ffi", package.path), " ",
+                  package.searchpath("resty.ffi.call", package.path))
+    }
+}
+""")
+    status, body = n.get("/where")
+    assert status == 200, body
+    major_minor, lua_version, resty_ffi, call = body.decode().split()
+    if harness.DEBIAN is None:
+        assert resty_ffi == stage.lua + "/resty_ffi.lua"
+        assert call == stage.lua + "/resty/ffi/call.lua"
+    else:
+        want = harness.RELEASES[harness.DEBIAN]
+        assert (int(major_minor), int(lua_version)) == (want["nginx"], want["ngx_lua"])
+        assert resty_ffi == "/usr/share/lua/5.1/resty_ffi.lua"
+        assert call == "/usr/share/lua/5.1/resty/ffi/call.lua"
+        assert os.path.realpath(stage.lib + "/libresty_ffi.so") == harness.PACKAGE_LIB + "/libresty_ffi.so"
 
 
 def test_binary_payloads_round_trip_byte_for_byte(nginx):
