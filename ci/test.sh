@@ -16,8 +16,6 @@ t0=$(date +%s)
 bash ci/package.sh --debian 13
 echo "ci: Debian 13 roots and package ready in $(( $(date +%s) - t0 )) s"
 RESTY_FFI_SKIP_BUILD=0 python3 -m pytest -v tests "$@"
-t0=$(date +%s)
 RESTY_FFI_DEBIAN=13 RESTY_FFI_SKIP_BUILD=1 python3 -m pytest -v \
     tests/test_calls.py tests/test_concurrency.py tests/test_hardening.py \
     tests/test_python.py tests/test_java.py "$@"
-echo "ci: suites inside Debian 13 took $(( $(date +%s) - t0 )) s"
