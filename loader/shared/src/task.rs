@@ -208,6 +208,7 @@ pub fn finished(tq: usize) -> bool {
 // ---- streaming answers ----------------------------------------------------
 
 extern "C" {
+    fn resty_ffi_respond_chunk(task: *mut c_void, data: *const c_char, len: c_int) -> c_int;
     fn resty_ffi_try_respond_chunk(task: *mut c_void, data: *const c_char, len: c_int) -> c_int;
     fn resty_ffi_task_cancelled(task: *mut c_void) -> c_int;
     fn resty_ffi_queue_space_fd(tq: *mut c_void) -> c_int;
@@ -235,6 +236,20 @@ impl TaskRef {
         // SAFETY: the task is live while self exists; bytes are readable
         // for len and copied before the call returns.
         match unsafe { resty_ffi_try_respond_chunk(self.0, bytes.as_ptr().cast(), len) } {
+            0 => Chunk::Taken,
+            1 => Chunk::Cancelled,
+            2 => Chunk::Full,
+            _ => Chunk::Stale,
+        }
+    }
+
+    /// Offers one chunk, blocking while the stream's window is full (until
+    /// the reader reads or goes away); never [`Chunk::Full`]. For thread
+    /// runtimes; the bytes are copied.
+    pub fn chunk(&self, bytes: &[u8]) -> Chunk {
+        let len = bytes.len().min(c_int::MAX as usize) as c_int;
+        // SAFETY: as for try_chunk.
+        match unsafe { resty_ffi_respond_chunk(self.0, bytes.as_ptr().cast(), len) } {
             0 => Chunk::Taken,
             1 => Chunk::Cancelled,
             2 => Chunk::Full,
