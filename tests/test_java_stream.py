@@ -76,8 +76,8 @@ IDS = ["iterator", "stream", "publisher", "stage-iterator", "stage-stream", "sta
 
 @pytest.fixture
 def js_nginx(nginx, jstage):  # noqa: F811 (the fixture imported above)
-    def start(java_opts=None, java_home=None, **kw):
-        main = "env CLASSPATH=%s;\n" % jstage.java_classpath
+    def start(java_opts=None, java_home=None, classpath=None, **kw):
+        main = "env CLASSPATH=%s;\n" % (classpath or jstage.java_classpath)
         if java_opts:
             main += "env \"JAVA_OPTS=%s\";\n" % java_opts
         if java_home:
@@ -266,3 +266,14 @@ def test_streams_held_back_by_slow_readers_leave_plain_calls_served(
             status, body = f.result()
             assert status == 200 and body.decode().count(",") == 400, body[-200:]
     assert "exited on signal" not in n.error_log()
+
+
+def test_a_runtime_calling_resty_ffi_respond_chunk_itself_streams(js_nginx, jstage):  # noqa: F811
+    # as lua-resty-ffi's jnr-ffi runtimes would: the core's symbols are
+    # global, found here with dlsym through the JDK's FFM API (JDK 22+)
+    n = js_nginx(java_home=jdk25(), java_opts="--enable-native-access=ALL-UNNAMED",
+                 classpath=jstage.java_classpath + ":" + jstage.java_ffm)
+    lines = lines_of(n, "ffm.Echo,init", "chunks:one,two,three")
+    assert lines == ["one", "two", "three", "ffm: end", "", "END ok"], \
+        (lines, n.error_log()[-2000:])
+    assert n.post("/call?cfg=" + q("ffm.Echo,init"), b"chunks:a,b") == (200, b"abffm: end")
