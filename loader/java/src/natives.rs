@@ -238,11 +238,7 @@ fn offer(env: &mut JNIEnv<'_>, t: &TaskRef, data: &JByteArray<'_>, block: bool) 
     if env.get_byte_array_region(data, 0, ibuf).is_err() {
         return Chunk::Stale;
     }
-    if block {
-        t.chunk(&buf)
-    } else {
-        t.try_chunk(&buf)
-    }
+    t.chunks().offer(&buf, block)
 }
 
 fn chunk_native<'l>(env: &mut JNIEnv<'l>, task: jlong, data: JByteArray<'l>, block: bool) -> jint {
