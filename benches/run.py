@@ -182,7 +182,8 @@ RUNTIMES = [
          stage=stage_go_echo, required=True),
     dict(name="python-handler", lib="ffi_python3",
          cfg="{stage}/python/resty_ffi_bench.echo_handler,init",
-         stage=stage_python("handler"), required=False),
+         stage=stage_python("handler"), required=False,
+         stream="!stream:{n}:{size}"),  # an async generator (echo_handler.py)
     dict(name="python-cffi", lib="ffi_python3",
          cfg="venv={venv}:{stage}/python/ffi.echo,init,threads=1",
          stage=stage_python("cffi"), required=False),
