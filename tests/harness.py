@@ -200,6 +200,13 @@ location /par {
         ngx.print("good=", good, " elapsed=", ngx.now() - t0)
     }
 }
+location /name {
+    content_by_lua_block {
+        require "resty_ffi"
+        local rt = assert(ngx.load_ffi("@LOADER@", ngx.req.get_uri_args().cfg))
+        ngx.print(rt:__stats().name)
+    }
+}
 location /plain {
     content_by_lua_block { ngx.print("plain") }
 }

@@ -512,3 +512,9 @@ def test_java_log_lines_are_written_by_nginx_at_their_level(j_nginx):
     assert re.search(r"\[warn\] \d+#\d+: (\*\d+ )?java-warn-line", log), log[-2000:]
     assert re.search(r"\[error\] \d+#\d+: (\*\d+ )?java-error-line", log), log[-2000:]
     assert "java-info-line" not in log, "below the error_log level"
+
+
+def test_metrics_name_a_java_runtime_by_loader_and_class_never_by_cfg(j_nginx):
+    n = j_nginx()
+    status, body = n.get("/name?cfg=" + q("t.NativeEcho,init,token=s3cret"))
+    assert (status, body) == (200, b"ffi_java:t.NativeEcho"), body

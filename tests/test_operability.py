@@ -194,6 +194,76 @@ def test_prometheus_without_the_shared_dict_says_what_to_declare(nginx):
     assert b"needs `lua_shared_dict resty_ffi_stats 1m;` in the http block" in body
 
 
+RELOADS = r"""
+location /call {
+    content_by_lua_block {
+        local ffi = require "resty.ffi"
+        -- no opts.name: the metrics name is the library's short name, never
+        -- the cfg (which here holds a "token")
+        local rt = assert(ffi.load("ffi_echo", "threads=1,tag=token-s3cret"))
+        require("t.reply").send(rt:echo(ngx.unescape_uri(ngx.var.arg_req), 0.2))
+    }
+}
+location /bad {
+    content_by_lua_block {
+        local rt, err = require("resty.ffi").load("/nowhere/libffi_gone.so", "pw=s3cret")
+        ngx.print(tostring(rt), " ", err ~= nil)
+    }
+}
+location /pid {
+    content_by_lua_block { ngx.print(require("resty.ffi").stats().pid) }
+}
+location /metrics {
+    content_by_lua_block { ngx.print(assert(require("resty.ffi").prometheus())) }
+}
+"""
+
+
+def test_counters_only_grow_across_reloads_and_gauges_drop_exited_workers(nginx):
+    n = nginx(RELOADS, workers=2, http="lua_shared_dict resty_ffi_stats 1m;")
+    pids = set(n.worker_pids())
+    assert int(n.get("/pid")[1]) in pids
+    for i in range(40):
+        assert n.get("/call?req=a%d" % i) == (200, b"a%d" % i)
+    # a runtime answering twice, a library that does not load, a hung call
+    assert n.get("/call?req=" + q("!twice:10:x")) == (200, b"x")
+    assert n.get("/bad") == (200, b"nil true")
+    assert b"timed out" in n.get("/call?req=" + q("!hang:"))[1]
+    time.sleep(1.5)
+    status, body = n.get("/metrics")
+    assert status == 200
+    assert b"s3cret" not in body and b"token" not in body and b"nowhere" not in body, body
+    m = metrics(n)
+    ok = ("resty_ffi_calls_total", (("outcome", "ok"), ("runtime", "ffi_echo")))
+    assert m[ok] == 41
+    assert m[("resty_ffi_calls_total", (("outcome", "timeout"), ("runtime", "ffi_echo")))] == 1
+    assert m[("resty_ffi_load_failures_total", (("runtime", "ffi_gone"),))] == 1
+    assert m[("resty_ffi_stray_answers_total", ())] >= 1
+    in_flight = ("resty_ffi_in_flight", (("runtime", "ffi_echo"),))
+    assert m[in_flight] == 1, "the hung call"
+    # reload: new workers start from zero, old ones leave; scrape throughout
+    n.reload()
+    seen = [m[ok]]
+    deadline = time.time() + 10
+    while (pids & set(n.worker_pids())) and time.time() < deadline:
+        n.get("/call?req=b")
+        seen.append(metrics(n)[ok])
+    assert not (pids & set(n.worker_pids())), "old workers left"
+    for i in range(20):
+        assert n.get("/call?req=c%d" % i) == (200, b"c%d" % i)
+    time.sleep(1.5)
+    m = metrics(n)
+    seen.append(m[ok])
+    assert seen == sorted(seen), seen
+    assert m[ok] == 41 + (len(seen) - 2) + 20, (m[ok], len(seen))
+    # the hung call's worker is gone, and so is its gauge
+    assert m[in_flight] == 0
+    # and past any expiry of what the old workers published, nothing goes
+    # back (a snapshot per worker with a TTL would drop their 41 calls here)
+    time.sleep(11)
+    assert metrics(n)[ok] == m[ok]
+
+
 MODULES = r"""
 location /modules {
     content_by_lua_block {

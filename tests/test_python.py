@@ -621,3 +621,12 @@ def test_lua_resty_ffi_python_loader_names_and_a_cfg_without_third_field(
     status, body = n.get("/legacy?lib=resty_ffi_python&cfg=%s&req=x" % q(
         moddir + "/legacy_cfg,init,{}"))
     assert (status, body) == (200, b"true cfg={} nil"), body
+
+
+def test_metrics_name_a_python_runtime_by_loader_and_module_never_by_cfg(py_nginx, pystage):
+    n = py_nginx()
+    ex = pystage.examples
+    for cfg in (ex + "/ffi.echo,init,password=s3cret",
+                "venv=" + VENV + ":" + ex + "/ffi.echo?,init"):
+        status, body = n.get("/name?cfg=" + urllib.parse.quote(cfg, safe=""))
+        assert (status, body) == (200, b"ffi_python3:ffi.echo"), (cfg, body)
