@@ -277,6 +277,7 @@ location /modules {
                              "resty.ffi.call", "resty.ffi.dispatcher",
                              "resty.ffi.log", "resty.ffi.runtime",
                              "resty.ffi.stats", "resty.ffi.prometheus",
+                             "resty.ffi.stream",
                              "resty.ffi.grpc", "resty_ffi" }) do
             out[#out + 1] = m .. "=" .. tostring(require(m)._VERSION)
         end

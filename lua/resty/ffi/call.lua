@@ -50,6 +50,7 @@ local YIELDABLE = {
     rewrite = true, access = true, content = true, timer = true,
     ssl_cert = true, ssl_session_fetch = true,
 }
+_M.YIELDABLE = YIELDABLE
 
 -- Runtime object -> its state (rt: the core's runtime, false once
 -- unloaded; core: kept after unload, for __stats; key, cache, timeout,
@@ -95,6 +96,7 @@ local function post_error(st, code)
     end
     return "resty_ffi: cannot post the call (code " .. tostring(code) .. ")"
 end
+_M.post_error = post_error
 
 -- Waits without the dispatcher: only while the worker exits and no timer
 -- can start it. Polls the channel with ngx.sleep.
@@ -133,7 +135,7 @@ local function wait_sema(w, id, timeout)
 end
 
 -- Waits for the answer to a call that did not come while spinning.
-local function park(rt, id, req, timeout)
+local function park(rt, task, id, req, timeout)
     local w = { sema = sema_new(), req = req }
     add_waiter(id, w)
     local done
@@ -152,7 +154,9 @@ local function park(rt, id, req, timeout)
         return w.ok, w.res, w.err
     end
     -- Timed out: the runtime may still answer; the request stays alive for
-    -- it, and the dispatcher frees the late answer.
+    -- it, and the dispatcher frees the late answer. The runtime can tell
+    -- nobody waits (resty_ffi_task_cancelled) and stop early.
+    C.resty_ffi_task_cancel(task)
     C.resty_ffi_runtime_timed_out(rt)
     if exiting() then
         wake_dispatcher()
@@ -200,7 +204,7 @@ local function call(self, req, timeout)
     if C.resty_ffi_wait(task, parked() == 0 and 1 or 0) == 1 then
         return take_result(task)
     end
-    return park(rt, id, req, timeout)
+    return park(rt, task, id, req, timeout)
 end
 _M.call = call
 

@@ -21,6 +21,7 @@ local NOTICE = ngx.NOTICE
 local type = type
 local next = next
 local pcall = pcall
+local pairs = pairs
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -99,18 +100,33 @@ function _M.give_up(id, w, req)
 end
 
 -- Hands one drained answer to its waiter, or frees it if nobody waits
--- (a late answer to a call that was given up).
+-- (a late answer to a call that was given up). A stream's waiter is woken
+-- for each notice (a chunk is there: resty.ffi.stream reads it) and for
+-- its final answer, which it reads itself.
 local function deliver(task)
     local id = C.resty_ffi_task_id(task)
     local w = waiters[id]
+    if type(w) == "table" and not w.stream then
+        waiters[id] = nil
+        nwaiting = nwaiting - 1
+        w.ok, w.res, w.err = take_result(task)
+        w.done = true
+        w.sema:post(1)
+        return
+    end
+    if C.resty_ffi_task_is_notice(task) == 1 then
+        if type(w) == "table" then
+            w.sema:post(1)
+        end
+        return
+    end
     waiters[id] = nil
     if type(w) ~= "table" then
         C.resty_ffi_task_free(task, 2)
         return
     end
     nwaiting = nwaiting - 1
-    w.ok, w.res, w.err = take_result(task)
-    w.done = true
+    w.ended = true
     w.sema:post(1)
 end
 
@@ -127,6 +143,17 @@ function _M.drain()
         end
         if n < DRAIN_BATCH then
             return
+        end
+    end
+end
+
+-- The worker exits: wakes every open stream's reader (it then ends its
+-- stream), once per stream.
+function _M.wake_streams()
+    for _, w in pairs(waiters) do
+        if type(w) == "table" and w.stream and not w.told_exit then
+            w.told_exit = true
+            w.sema:post(1)
         end
     end
 end

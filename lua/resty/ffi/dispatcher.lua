@@ -33,6 +33,7 @@ local drain = channel.drain
 local parked = channel.parked
 local pending = channel.pending
 local many_vms = channel.many_vms
+local wake_streams = channel.wake_streams
 local drain_logs = runtime_log.drain
 
 local _M = { _VERSION = "0.1.0" }
@@ -77,8 +78,12 @@ end
 -- Whether the dispatcher may stop: the worker exits and nothing is parked,
 -- or (many VMs) nothing of this VM waits at all, so the VM can go.
 local function may_stop()
-    if exiting() and parked() == 0 then
-        return true
+    if exiting() then
+        if parked() == 0 then
+            return true
+        end
+        -- streams end when the worker exits (their readers see why)
+        wake_streams()
     end
     return not pending() and many_vms()
 end
@@ -90,6 +95,9 @@ local function poll_loop()
         drain_logs()
         if not pending() or (exiting() and parked() == 0) then
             return true
+        end
+        if exiting() then
+            wake_streams()
         end
         ngx_sleep(parked() > 0 and POLL_INTERVAL or POLL_IDLE_INTERVAL)
     end

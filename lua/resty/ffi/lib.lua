@@ -25,6 +25,12 @@ void resty_ffi_runtime_unload(void *rt);
 int resty_ffi_runtime_queue_len(void *rt);
 void *resty_ffi_post(void *rt, void *ch, const char *req, int len, double id,
                      int *err);
+void *resty_ffi_post_stream(void *rt, void *ch, const char *req, int len,
+                            double id, int window_bytes, int window_chunks,
+                            int *err);
+int resty_ffi_stream_next(void *task, const char **rsp, int *len);
+void resty_ffi_task_cancel(void *task);
+int resty_ffi_task_is_notice(void *task);
 int resty_ffi_wait(void *task, int may_spin);
 int resty_ffi_task_result(void *task, const char **rsp, int *len);
 double resty_ffi_task_id(void *task);

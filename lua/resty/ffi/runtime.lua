@@ -4,13 +4,14 @@
 -- A runtime is loaded once per worker and cache key (`lib .. "&" .. cfg`);
 -- the object's every method name is a call (resty.ffi.call), as in
 -- lua-resty-ffi, except the double-underscore ones: __unload, __queue_len,
--- __stats. Two loaders share this code: resty.ffi.load (our shapes, a
+-- __stats, __stream (resty.ffi.stream). Two loaders share this code: resty.ffi.load (our shapes, a
 -- default timeout) and resty_ffi's ngx.load_ffi (lua-resty-ffi's shapes),
 -- which differ only in the metatable, the cache and the default timeout.
 
 local ffi = require "ffi"
 local lib = require "resty.ffi.lib"
 local call = require "resty.ffi.call"
+local stream = require "resty.ffi.stream"
 local channel = require "resty.ffi.channel"
 local dispatcher = require "resty.ffi.dispatcher"
 local stats = require "resty.ffi.stats"
@@ -126,7 +127,8 @@ local function method_index(fn)
 end
 
 local SPIN_OPTS = { spin_us = true, poll_spin_us = true }
-local INT_OPTS = { "max_queue", "spin_us", "poll_spin_us" }
+local INT_OPTS = { "max_queue", "spin_us", "poll_spin_us",
+                   "stream_window_bytes", "stream_window_chunks" }
 
 -- Checks opts; returns them and the call timeout they give (nil: until
 -- answered, `default` when they give none), or nil, err.
@@ -237,6 +239,7 @@ local function load(lib_name, cfg, opts, meta, cache, default_timeout)
         __unload = unload,
         __queue_len = queue_len,
         __stats = runtime_stats,
+        __stream = stream.method,
     }, meta)
     state_of[obj] = {
         rt = rt,            -- false once unloaded
@@ -245,6 +248,8 @@ local function load(lib_name, cfg, opts, meta, cache, default_timeout)
         cache = cache,
         timeout = timeout,
         max_queue = max_queue,
+        window_bytes = opts.stream_window_bytes,
+        window_chunks = opts.stream_window_chunks,
     }
     cache[key] = obj
     return obj
