@@ -42,8 +42,12 @@ def test_runtime_log_lines_are_written_by_nginx_at_their_level_and_follow_reopen
         assert n.get("/call?req=" + q("!log:%d:%s" % (level, word))) == (200, b"logged")
     assert harness.wait_until(lambda: "c-warn-line" in n.error_log(), 5)
     log = n.error_log()
-    assert re.search(r"\[error\] \d+#\d+: (\*\d+ )?c-error-line", log), log[-2000:]
-    assert re.search(r"\[warn\] \d+#\d+: (\*\d+ )?c-warn-line", log), log[-2000:]
+    # nginx's own line format, with no request's context (no "*N", no
+    # "client:", no "context: ngx.timer" of whichever request started the
+    # dispatcher)
+    head = r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d "
+    assert re.search(head + r"\[error\] \d+#\d+: c-error-line$", log, re.M), log[-2000:]
+    assert re.search(head + r"\[warn\] \d+#\d+: c-warn-line$", log, re.M), log[-2000:]
     assert "c-info-line" not in log, "below the error_log level"
     # reopen: nginx writes later lines to the new file
     path = os.path.join(n.prefix, "logs", "error.log")
@@ -56,19 +60,49 @@ def test_runtime_log_lines_are_written_by_nginx_at_their_level_and_follow_reopen
         assert "after-reopen" not in f.read()
 
 
-def test_a_flood_of_a_million_lines_keeps_memory_flat_and_counts_the_drops(nginx):
+def test_a_flood_of_a_million_identical_lines_writes_a_few_and_says_how_many(nginx):
     n = nginx(LOG, log_level="notice")
     assert n.get("/call?req=warm") == (200, b"warm")
     [pid] = n.worker_pids()
     before = harness.rss_kib(pid)
+    size0 = len(n.error_log())
     assert n.get("/call?req=" + q("!flood:1000000:" + "f" * 100), timeout=60) == \
         (200, b"flooded")
     assert n.get("/call?req=still-serving") == (200, b"still-serving")
     grown = harness.rss_kib(pid) - before
     assert grown < 20 * 1024, "worker grew by %d KiB" % grown
+    # a second later the next line ends the window: the repeats are summed up
+    time.sleep(1.1)
+    assert n.get("/call?req=" + q("!log:5:next-line")) == (200, b"logged")
+    assert harness.wait_until(lambda: "next-line" in n.error_log(), 5)
+    log = n.error_log()
+    written = len(re.findall(r"f{100}$", log, re.M))
+    assert 1 <= written <= 10, written
+    said = [int(c.replace(",", "")) for c in
+            re.findall(r"f{100} \(repeated ([\d,]+) times in the last (?:second|\d+ seconds)\)", log)]
+    assert said and sum(said) + written == 1000000, (said, written)
+    assert len(log) - size0 < 16 * 1024, len(log) - size0
+
+
+def test_a_flood_of_distinct_lines_is_bounded_and_the_drops_counted(nginx):
+    n = nginx(LOG, log_level="notice")
+    assert n.get("/call?req=warm") == (200, b"warm")
+    size0 = len(n.error_log())
+    t0 = time.time()
+    assert n.get("/call?req=" + q("!floodn:200000:" + "d" * 100), timeout=60) == \
+        (200, b"flooded")
+    secs = time.time() - t0
+    time.sleep(1.1)
+    assert n.get("/call?req=" + q("!log:5:next-line")) == (200, b"logged")
+    assert harness.wait_until(lambda: "next-line" in n.error_log(), 5)
+    log = n.error_log()
+    written = len(re.findall(r"d{100} \d+\n", log))
+    # at most 1000 lines a second, first occurrences included
+    assert 100 <= written <= 1000 * (int(secs) + 2), (written, secs)
     status, body = n.get("/stats")
-    assert status == 200 and int(body) > 100000, body
-    assert "f" * 100 in n.error_log()
+    assert status == 200 and int(body) >= 200000 - written, (body, written)
+    assert re.search(r"\[warn\] \d+#\d+: resty_ffi: [\d,]+ runtime log lines dropped in the last", log)
+    assert len(log) - size0 < 1024 * 1024 * (int(secs) + 2)
 
 
 PY_LOG = r"""

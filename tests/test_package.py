@@ -140,7 +140,9 @@ def test_the_deb_installs_into_clean_debian_12_and_stock_nginx_calls_every_langu
     work = os.path.join(root, "tmp", "resty-ffi-pkg")
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
-    os.chmod(work, 0o777)
+    # root's nginx reads its config from here: writable by root only
+    os.chown(work, 0, 0)
+    os.chmod(work, 0o755)
     port = harness.free_port()
     with open(os.path.join(work, "nginx.conf"), "w") as f:
         f.write(CONF.format(port=port, env=env_lines))

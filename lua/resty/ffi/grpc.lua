@@ -80,7 +80,8 @@ local function library()
     end
     local ok, l = pcall(ffi.load, find_library(_M.LIB))
     if not ok then
-        return nil, "resty.ffi.grpc: cannot load " .. _M.LIB .. ": " .. tostring(l)
+        return nil, "resty.ffi.grpc: cannot load " .. _M.LIB .. ": "
+                    .. tostring(l)
     end
     lib = l
     return lib
@@ -187,8 +188,8 @@ local function millis(t)
         return 0, nil
     end
     if type(t) ~= "number" or t <= 0 then
-        return nil, "resty.ffi.grpc: timeout must be a positive number of seconds, got "
-                    .. tostring(t)
+        return nil, "resty.ffi.grpc: timeout must be a positive number of "
+                    .. "seconds, got " .. tostring(t)
     end
     local ms = floor(t * 1000)
     return ms > 0 and ms or 1
@@ -283,7 +284,8 @@ local function call_head(self, prefix, path, opts)
         return nil, "resty.ffi.grpc: connection is closed"
     end
     if type(path) ~= "string" then
-        return nil, "resty.ffi.grpc: path must be a string like /pkg.Service/Method"
+        return nil, "resty.ffi.grpc: path must be a string like "
+                    .. "/pkg.Service/Method"
     end
     local ms, md, flags, deadline = 0, "", "", self._timeout
     if opts ~= nil then
@@ -382,7 +384,8 @@ local CONNECT_OPTS = {
 -- deadline of each call, s), metadata (sent with each call).
 function _M.connect(target, opts)
     if type(target) ~= "string" or target == "" then
-        return false, nil, "resty.ffi.grpc: target must be a string like host:port"
+        return false, nil, "resty.ffi.grpc: target must be a string like "
+                           .. "host:port"
     end
     local req = { target = target }
     if opts ~= nil then

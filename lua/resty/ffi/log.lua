@@ -1,10 +1,16 @@
 -- resty.ffi.log: runtimes' log lines into nginx's error.log.
 --
 -- Runtime threads cannot call nginx: they log through the core
--- (resty_ffi_log), which queues the lines; the dispatcher writes them with
--- ngx.errlog.raw_log at their own level, so reopen and the error_log level
--- work as for any other line. Lines nginx would not write are dropped in
--- the core already (the filter level is handed over).
+-- (resty_ffi_log), which queues the lines; the dispatcher writes them at
+-- their own level through the cycle's log, as nginx writes its own lines,
+-- so reopen, the error_log level and every error_log target work as for
+-- any other line. The cycle's log carries no request's context: a runtime
+-- line is not about whichever request started the dispatcher's timer, and
+-- it reads the same as the lines the core writes itself while no
+-- dispatcher runs ("date [level] pid#tid: text"). Where the nginx binary
+-- does not export ngx_cycle and ngx_log_error_core, ngx.errlog.raw_log
+-- writes them instead. Lines nginx would not write are dropped in the core
+-- already (the filter level is handed over).
 
 local ffi = require "ffi"
 local C = require("resty.ffi.lib").C
@@ -23,6 +29,36 @@ local log_buf = ffi.new("char[?]", LINE_MAX)
 local levelp = ffi.new("int[1]")
 local raw_log_ok, errlog = pcall(require, "ngx.errlog")
 local raw_log = raw_log_ok and errlog.raw_log or nil
+
+-- nginx's own logger and the cycle (only the head of ngx_cycle_t, whose
+-- first three members have not moved since nginx 1.0).
+pcall(ffi.cdef, [[
+typedef struct {
+    void ****conf_ctx;
+    void *pool;
+    void *log;
+} resty_ffi_ngx_cycle_head_t;
+extern resty_ffi_ngx_cycle_head_t *ngx_cycle;
+void ngx_log_error_core(uintptr_t level, void *log, int err,
+                        const char *fmt, ...);
+]])
+local cycle_log_ok = pcall(function()
+    return ffi.C.ngx_log_error_core ~= nil and ffi.C.ngx_cycle.log ~= nil
+end)
+local FMT = "%*s"
+local size_t = ffi.typeof("size_t")
+
+-- Writes `n` bytes of `buf` at `level` with no request's context.
+local function write_line(level, buf, n)
+    if cycle_log_ok then
+        ffi.C.ngx_log_error_core(level, ffi.C.ngx_cycle.log, 0, FMT,
+                                 size_t(n), buf)
+    elseif raw_log then
+        raw_log(level, ffi_string(buf, n))
+    else
+        log(level, ffi_string(buf, n))
+    end
+end
 
 -- The level below which nginx writes nothing (error_log's level).
 function _M.filter()
@@ -43,12 +79,7 @@ function _M.drain()
         if n < 0 then
             return
         end
-        local msg = ffi_string(log_buf, n)
-        if raw_log then
-            raw_log(levelp[0], msg)
-        else
-            log(levelp[0], msg)
-        end
+        write_line(levelp[0], log_buf, n)
     end
 end
 

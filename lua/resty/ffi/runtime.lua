@@ -4,9 +4,10 @@
 -- A runtime is loaded once per worker and cache key (`lib .. "&" .. cfg`);
 -- the object's every method name is a call (resty.ffi.call), as in
 -- lua-resty-ffi, except the double-underscore ones: __unload, __queue_len,
--- __stats, __stream (resty.ffi.stream). Two loaders share this code: resty.ffi.load (our shapes, a
--- default timeout) and resty_ffi's ngx.load_ffi (lua-resty-ffi's shapes),
--- which differ only in the metatable, the cache and the default timeout.
+-- __stats, __stream (resty.ffi.stream). Two loaders share this code:
+-- resty.ffi.load (our shapes, a default timeout) and resty_ffi's
+-- ngx.load_ffi (lua-resty-ffi's shapes), which differ only in the
+-- metatable, the cache and the default timeout.
 
 local ffi = require "ffi"
 local lib = require "resty.ffi.lib"
