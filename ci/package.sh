@@ -19,6 +19,8 @@ arch=$(dpkg --print-architecture)
 multiarch=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)
 
 if [ "${RESTY_FFI_SKIP_BUILD:-0}" != 1 ]; then
+    # what building needs (README, "Building"), as the other commands do
+    bash ci/setup.sh
     cargo build --release --workspace
 fi
 
