@@ -370,6 +370,18 @@ def rss_kib(pid):
     return 0
 
 
+def logged(log, text):
+    """How many times lines containing `text` were logged: those written,
+    plus the repeats the core collapsed into "(repeated N times ...)"."""
+    n = 0
+    for line in log.splitlines():
+        if text not in line:
+            continue
+        m = re.search(r" \(repeated ([\d,]+) times? in the last (?:second|\d+ seconds)\)$", line)
+        n += int(m.group(1).replace(",", "")) if m else 1
+    return n
+
+
 def wait_until(cond, timeout, step=0.05):
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -414,6 +414,7 @@ def test_print_and_logging_from_runtimes_reach_error_log(py_nginx, moddir):
     """)
     n = py_nginx()
     assert call(n, moddir + "/chatty,init", b"hello") == (200, b"ok")
+    assert harness.wait_until(lambda: "partial line" in n.error_log(), 5)
     log = n.error_log()
     # one format, before the dispatcher runs (load) and after (calls)
     assert re.search(r"\[notice\] \d+#\d+: ffi_python3: chatty starting\n", log), log[-2000:]

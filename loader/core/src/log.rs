@@ -81,17 +81,35 @@ pub fn log(level: i32, msg: &[u8]) {
     }
     let msg = &msg[..msg.len().min(MAX_LINE)];
     let mut said = Vec::new();
-    let verdict = with_limiter(|l| l.admit(now_ns(), level, msg, &mut said));
+    let (verdict, owed_before) = with_limiter(|l| {
+        let now = now_ns();
+        let owed = l.owed_in(now).is_some();
+        (l.admit(now, level, msg, &mut said), owed)
+    });
     for (level, line) in said {
         emit(level, &line);
     }
     match verdict {
-        Verdict::Write => emit(level, msg),
+        Verdict::Write => return emit(level, msg),
         Verdict::Collapse => {}
         Verdict::Drop => {
             DROPPED.fetch_add(1, Ordering::Relaxed);
         }
     }
+    if !owed_before {
+        // the window now has something to say when it ends: the dispatcher
+        // asks when (roll_in_ms) and comes back then
+        if let Some(ch) = *sink() {
+            ch.wake_if_asleep();
+        }
+    }
+}
+
+/// Milliseconds until the window of collapsed or dropped lines ends and
+/// has to be summed up (0: now), or None when it owes nothing.
+pub fn roll_in_ms() -> Option<u64> {
+    roll();
+    with_limiter(|l| l.owed_in(now_ns())).map(|ns| ns.div_ceil(1_000_000))
 }
 
 /// Ends the limiter's window if it is over, writing what it has to say

@@ -65,6 +65,9 @@ pub struct Limiter {
     dropped: u64,
     /// The most severe level (lowest number) among the dropped lines.
     dropped_level: i32,
+    /// Whether this window collapsed or dropped a line: it has something
+    /// to say when it ends.
+    owes: bool,
 }
 
 fn fingerprint(level: i32, msg: &[u8]) -> u64 {
@@ -101,6 +104,7 @@ impl Limiter {
         let key = fingerprint(level, msg);
         if let Some(r) = self.repeats.get_mut(&key) {
             r.count += 1;
+            self.owes = true;
             return Verdict::Collapse;
         }
         if self.seen.len() >= MAX_SEEN {
@@ -110,6 +114,7 @@ impl Limiter {
         let fits = |lines: u32, bytes: usize| self.lines < lines && self.bytes + msg.len() <= bytes;
         if !(fits(RATE_LINES, RATE_BYTES) || first && fits(FIRST_LINES, FIRST_BYTES)) {
             self.dropped += 1;
+            self.owes = true;
             self.dropped_level = if self.dropped == 1 {
                 level
             } else {
@@ -178,6 +183,17 @@ impl Limiter {
         self.lines = 0;
         self.bytes = 0;
         self.dropped = 0;
+        self.owes = false;
+    }
+
+    /// When the window has something to say: ns from `now` until it ends
+    /// (0 if it is over), else None.
+    pub fn owed_in(&self, now: u64) -> Option<u64> {
+        if !self.owes {
+            return None;
+        }
+        let end = self.start.saturating_sub(1) + WINDOW_NS;
+        Some(end.saturating_sub(now))
     }
 }
 
@@ -198,12 +214,18 @@ mod tests {
         let mut l = Limiter::default();
         let mut out = Vec::new();
         assert_eq!(l.admit(0, 4, b"boom", &mut out), Verdict::Write);
+        assert_eq!(l.owed_in(0), None, "nothing to say yet");
         for i in 0..9312 {
             assert_eq!(l.admit(i, 4, b"boom", &mut out), Verdict::Collapse);
         }
         // the same text at another level is another line
         assert_eq!(l.admit(10, 5, b"boom", &mut out), Verdict::Write);
         assert!(out.is_empty());
+        assert_eq!(
+            l.owed_in(S / 2),
+            Some(S / 2),
+            "the window ends in half a second"
+        );
         assert_eq!(l.admit(S + 1, 4, b"later", &mut out), Verdict::Write);
         assert_eq!(
             text(&out),
@@ -215,10 +237,7 @@ mod tests {
         assert_eq!(l.admit(S + 2, 4, b"boom", &mut out), Verdict::Write);
         assert_eq!(l.admit(S + 3, 4, b"boom", &mut out), Verdict::Collapse);
         l.roll(5 * S, &mut out);
-        assert_eq!(
-            text(&out),
-            ["boom (repeated 1 times in the last 4 seconds)"]
-        );
+        assert_eq!(text(&out), ["boom (repeated 1 time in the last 4 seconds)"]);
     }
 
     #[test]

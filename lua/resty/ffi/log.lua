@@ -14,6 +14,7 @@
 
 local ffi = require "ffi"
 local C = require("resty.ffi.lib").C
+local channel = require "resty.ffi.channel"
 
 local ffi_string = ffi.string
 local ngx = ngx
@@ -21,6 +22,8 @@ local log = ngx.log
 local pcall = pcall
 
 local _M = { _VERSION = "0.1.0" }
+
+local timer_at = ngx.timer.at
 
 local LOG_BATCH = 256
 local LINE_MAX = 4096
@@ -71,15 +74,31 @@ function _M.filter()
     return ngx.DEBUG
 end
 
+-- The core collapses repeated lines and drops those over the rate; when
+-- their second is over it sums them up ("... (repeated N times in the last
+-- second)"). A timer wakes the dispatcher then, so the summary is written
+-- even when no other line or answer comes.
+local roll_timer = false
+local function on_roll()
+    roll_timer = false
+    C.resty_ffi_wake(channel.channel)
+end
+
 -- Writes up to a batch of queued runtime log lines through nginx, at their
 -- level.
 function _M.drain()
     for _ = 1, LOG_BATCH do
         local n = C.resty_ffi_log_take(log_buf, LINE_MAX, levelp)
         if n < 0 then
-            return
+            break
         end
         write_line(levelp[0], log_buf, n)
+    end
+    if not roll_timer then
+        local ms = C.resty_ffi_log_roll_ms()
+        if ms >= 0 then
+            roll_timer = timer_at(ms / 1000 + 0.002, on_roll) and true
+        end
     end
 end
 
