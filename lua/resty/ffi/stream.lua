@@ -151,8 +151,8 @@ function stream.recv(self, timeout)
         end
         if not w.ended and exiting() then
             finish(w)
-            w.final_err = "resty_ffi: stream closed: the nginx worker is "
-                          .. "exiting"
+            w.final_err = "resty_ffi: stream closed: the nginx worker "
+                          .. "is exiting"
             return nil, w.final_err
         end
         if w.ended then
