@@ -10,6 +10,7 @@ tell when the generator saw its cancellation.
 
 import concurrent.futures
 import http.client
+import json
 import re
 import socket
 import threading
@@ -19,7 +20,7 @@ import urllib.parse
 import pytest
 
 import harness
-from test_python import moddir, pystage, write_module  # noqa: F401 (fixtures)
+from test_python import VENV, moddir, pystage, write_module  # noqa: F401 (fixtures)
 
 STREAM = harness.loader_locations("ffi_python3") + r"""
 location /stream {
@@ -469,4 +470,46 @@ def test_compat_runtimes_stream_through_the_native_module_and_cffi(
     pat = r"compat %s cancelled after (\d+), \w+=(True|1)" % kind
     assert harness.wait_until(lambda: re.search(pat, n.error_log()), 5), n.error_log()[-1500:]
     assert int(re.search(pat, n.error_log()).group(1)) < 1000
+    assert waiting_is_zero(n)
+
+
+def sse_server(pystage):  # noqa: F811
+    with open(pystage.examples + "/nginx.conf") as f:
+        server = f.read().replace("/opt/resty-ffi/examples/python", pystage.examples)
+    return server.replace("/var/cache/resty-ffi/venv", VENV) + STREAM
+
+
+def test_the_sse_example_relays_tokens_as_made_and_stops_when_the_client_leaves(
+        nginx, pystage):  # noqa: F811
+    n = nginx(sse_server(pystage))
+    conn = http.client.HTTPConnection("127.0.0.1", n.port, timeout=30)
+    t0 = time.time()
+    conn.request("GET", "/python/sse?prompt=hi%20there")
+    r = conn.getresponse()
+    assert r.status == 200
+    assert r.getheader("Content-Type") == "text/event-stream"
+    stamps, buf = [], b""
+    while True:
+        data = r.read1(65536)
+        if not data:
+            break
+        buf += data
+        stamps.append((time.time() - t0, buf.count(b"\n\n")))
+    conn.close()
+    events = buf.decode().split("\n\n")
+    assert events[0] == 'event: start\ndata: {"prompt": "hi there"}', events[:2]
+    tokens = [json.loads(e[len("data: "):])["token"] for e in events if e.startswith("data: ")]
+    assert "".join(tokens).startswith("resty-ffi relays every token"), tokens
+    assert events[-2:] == ["event: done\ndata: {}", ""], events[-3:]
+    # one token each 50 ms: spread over time, not in one piece
+    t_first = next(t for t, e in stamps if e >= 2)
+    t_last = next(t for t, e in stamps if e >= len(tokens) + 1)
+    assert t_last - t_first > 0.04 * (len(tokens) - 1), (t_first, t_last)
+    assert len({e for _, e in stamps}) > len(tokens) / 2, "tokens were not flushed one by one"
+    # a client that leaves: the generator stops (CancelledError) at once
+    gone = hang_up_after(n.port, "/python/sse?prompt=bye", lines=6)
+    pat = r"sse: the client left after (\d+) tokens; generation stopped"
+    assert harness.wait_until(lambda: re.search(pat, n.error_log()), 3), n.error_log()[-2000:]
+    assert time.time() - gone < 0.5  # (logged through the dispatcher, polled)
+    assert int(re.search(pat, n.error_log()).group(1)) < len(tokens)
     assert waiting_is_zero(n)

@@ -27,6 +27,7 @@ pub mod error;
 pub mod handle;
 pub mod log;
 pub mod log_limit;
+pub mod needed;
 pub mod queue;
 pub mod ready;
 pub mod runtime;
