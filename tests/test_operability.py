@@ -96,12 +96,12 @@ def test_a_flood_of_distinct_lines_is_bounded_and_the_drops_counted(nginx):
     assert harness.wait_until(lambda: "next-line" in n.error_log(), 5)
     log = n.error_log()
     written = len(re.findall(r"d{100} \d+\n", log))
-    # at most 1000 lines a second, first occurrences included
-    assert 100 <= written <= 1000 * (int(secs) + 2), (written, secs)
+    # at most 5000 lines a second, first occurrences included
+    assert 100 <= written <= 5000 * (int(secs) + 2), (written, secs)
     status, body = n.get("/stats")
     assert status == 200 and int(body) >= 200000 - written, (body, written)
     assert re.search(r"\[warn\] \d+#\d+: resty_ffi: [\d,]+ runtime log lines dropped in the last", log)
-    assert len(log) - size0 < 1024 * 1024 * (int(secs) + 2)
+    assert len(log) - size0 < 2 * 1024 * 1024 * (int(secs) + 2)
 
 
 PY_LOG = r"""

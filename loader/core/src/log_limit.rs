@@ -28,9 +28,9 @@ pub const RATE_LINES: u32 = 100;
 /// Bytes a second written whatever they are.
 pub const RATE_BYTES: usize = 64 * 1024;
 /// Lines a second at most, first occurrences included.
-pub const FIRST_LINES: u32 = 1000;
+pub const FIRST_LINES: u32 = 5000;
 /// Bytes a second at most, first occurrences included.
-pub const FIRST_BYTES: usize = 512 * 1024;
+pub const FIRST_BYTES: usize = 2 * 1024 * 1024;
 /// Distinct written lines whose repeats a window tracks.
 const MAX_TRACKED: usize = 1024;
 /// Distinct lines remembered as seen (then forgotten all at once).
@@ -247,7 +247,7 @@ mod tests {
         // seen before the flood
         assert_eq!(l.admit(0, 4, b"old kind", &mut out), Verdict::Write);
         l.roll(S, &mut out);
-        let verdicts: Vec<Verdict> = (0..5000)
+        let verdicts: Vec<Verdict> = (0..8000)
             .map(|i| l.admit(S + 1, 4, format!("line {i}").as_bytes(), &mut out))
             .collect();
         let written = verdicts.iter().filter(|v| **v == Verdict::Write).count();
@@ -260,7 +260,7 @@ mod tests {
             let v = l.admit(2 * S + 2, 4, format!("line {i}").as_bytes(), &mut out);
             assert_eq!(v, Verdict::Write);
         }
-        assert_eq!(l.admit(2 * S + 3, 4, b"line 4000", &mut out), Verdict::Drop);
+        assert_eq!(l.admit(2 * S + 3, 4, b"line 7000", &mut out), Verdict::Drop);
         assert_eq!(
             l.admit(2 * S + 3, 3, b"a new line", &mut out),
             Verdict::Write
@@ -271,7 +271,7 @@ mod tests {
             text(&out).last().map(String::as_str),
             Some(
                 "resty_ffi: 1 runtime log lines dropped in the last second: past 100 \
-                 lines a second only lines not seen lately are written, at most 1000 \
+                 lines a second only lines not seen lately are written, at most 5000 \
                  a second"
             )
         );
@@ -283,7 +283,7 @@ mod tests {
         let mut out = Vec::new();
         let big = vec![b'x'; 4000];
         let mut written = 0;
-        for i in 0..1000u32 {
+        for i in 0..2000u32 {
             let mut line = big.clone();
             line.extend_from_slice(&i.to_le_bytes());
             if l.admit(0, 4, &line, &mut out) == Verdict::Write {
