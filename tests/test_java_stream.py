@@ -114,7 +114,12 @@ def expected(n, size):
 
 @pytest.mark.parametrize("cfg", SHAPES, ids=IDS)
 def test_each_shape_streams_its_chunks_in_order_and_a_plain_call_gets_them_joined(js_nginx, cfg):
-    n = js_nginx()
+    # -Xcheck:jni: the JVM checks every JNI call of the chunk natives
+    n = js_nginx(java_opts="-Xcheck:jni")
+    # first (the runtime's window is set when it is loaded): a small window,
+    # so the producer waits for room over and over
+    lines = lines_of(n, cfg, "200:100:0", wb=300, wc=2)
+    assert numbered(lines) == expected(200, 100) and lines[-1] == "END ok", lines[-3:]
     lines = lines_of(n, cfg, "300:40:0")
     assert numbered(lines) == expected(300, 40), (lines[:5], n.error_log()[-2000:])
     assert lines[-1] == "END ok", lines[-3:]
@@ -123,6 +128,7 @@ def test_each_shape_streams_its_chunks_in_order_and_a_plain_call_gets_them_joine
     status, body = n.post("/call?cfg=" + q(cfg), b"10:12:0")
     tail = b"end" if cfg.endswith("compat") else b""
     assert (status, body) == (200, "".join(expected(10, 12)).encode() + tail), body
+    assert "WARNING in native method" not in n.error_log(), n.error_log()[-3000:]
 
 
 @pytest.mark.parametrize("cfg", SHAPES[:3] + SHAPES[-1:], ids=IDS[:3] + IDS[-1:])
