@@ -190,7 +190,7 @@ RUNTIMES = [
     dict(name="java-jni", lib="ffi_java", cfg="bench.Echo,init,threads=1",
          stage=stage_java, required=False),
     dict(name="java-handler", lib="ffi_java", cfg="bench.Echo,handler",
-         stage=stage_java, required=False),
+         stage=stage_java, required=False, stream="!stream:{n}:{size}"),
     dict(name="java-jnr", lib="ffi_java", cfg="demo.echo.App,init",
          stage=stage_java_jnr, required=False, variant=True),
     dict(name="node-compat", lib="ffi_nodejs", cfg="{stage}/nodejs/echo.js,compat",
