@@ -230,6 +230,9 @@ pub unsafe extern "C" fn libffi_init(cfg: *mut c_char, tq: *mut c_void) -> c_int
 /// `src` is a path; 0: `src` is the source itself. `includes` is a
 /// ':'-separated list of import folders (may be NULL). Returns 0, or -1 with
 /// the reason in `err`. Never blocks on the network; callable in any phase.
+/// The compiler runs on a thread of its own (see protos.rs); this waits for
+/// it, so a large file holds the caller for as long as it compiles (phases
+/// that can yield send a `P` task instead).
 ///
 /// # Safety
 /// `src` has `src_len` bytes; `includes` is NULL or NUL-terminated; `err`
@@ -246,18 +249,12 @@ pub unsafe extern "C" fn resty_ffi_grpc_load(
     // SAFETY: per this function's contract.
     let (src, includes) = unsafe { (bytes(src, src_len), bytes(includes, -1)) };
     guarded("resty_ffi_grpc_load", || {
-        let src = String::from_utf8_lossy(src);
-        let includes: Vec<String> = String::from_utf8_lossy(includes)
-            .split(':')
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect();
-        let done = if is_file != 0 {
-            crate::protos::load_file(&src, &includes)
-        } else {
-            crate::protos::load_source(&src, &includes)
+        let load = crate::protos::Load {
+            src: String::from_utf8_lossy(src).into_owned(),
+            is_file: is_file != 0,
+            includes: crate::protos::includes(&String::from_utf8_lossy(includes)),
         };
-        match done {
+        match crate::protos::compile(load) {
             Ok(()) => 0,
             Err(e) => {
                 write_err(&e.to_string(), err, err_len);
@@ -282,6 +279,24 @@ pub extern "C" fn resty_ffi_grpc_conn_close(id: f64) -> c_int {
 pub extern "C" fn resty_ffi_grpc_stream_close(id: f64) -> c_int {
     guarded("resty_ffi_grpc_stream_close", || {
         crate::stream::close(id as u64) as c_int
+    })
+}
+
+/// A fresh call id for a unary call or a new stream (see cancel.rs);
+/// 0 if this panicked (a call that cannot be cancelled).
+#[no_mangle]
+pub extern "C" fn resty_ffi_grpc_call_id() -> f64 {
+    catch_unwind(crate::cancel::new_id).unwrap_or(0) as f64
+}
+
+/// The Lua side gave up on call `id`: end it (RST_STREAM to the server),
+/// close its stream, or make it end as it starts. Never blocks; callable
+/// from a GC finalizer in any phase.
+#[no_mangle]
+pub extern "C" fn resty_ffi_grpc_cancel(id: f64) -> c_int {
+    guarded("resty_ffi_grpc_cancel", || {
+        crate::cancel::cancel(id as u64);
+        0
     })
 }
 

@@ -16,7 +16,8 @@
 //! CPUs); never on when the process may use one CPU only.
 //!
 //! Operations (first byte of a request): `C` connect, `U` unary call, `S`
-//! new stream, `W` send, `R` recv, `E` close_send.
+//! new stream, `W` send, `R` recv, `E` close_send, `P` compile a .proto
+//! (grpc.load from a phase that can yield).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -179,6 +180,12 @@ async fn handle(task: Task, _in_flight: InFlight) {
         b'W' => crate::stream::send(rest).await.map(|_| Some(Vec::new())),
         b'S' => crate::stream::open(rest).map(|id| Some(id.to_string().into_bytes())),
         b'E' => crate::stream::close_send(rest).map(|_| Some(Vec::new())),
+        b'P' => match crate::protos::parse_load(rest) {
+            Ok(load) => crate::protos::compile_async(load)
+                .await
+                .map(|_| Some(Vec::new())),
+            Err(e) => Err(e),
+        },
         b'C' => match serde_json::from_slice(rest) {
             Ok(opts) => crate::conn::connect(opts)
                 .await
