@@ -153,6 +153,13 @@ def stage_java_jnr(stage, ctx):
         raise NotBuilt("examples/java not built (cd examples/java && mvn package)")
 
 
+def stage_nodejs(stage, ctx):
+    """libffi_nodejs.so and benches/nodejs; libnode is found at run time
+    (Debian's libnode108, or ci/setup-nodejs.sh's prefix)."""
+    stage.add_lib(release_lib("libffi_nodejs.so"))
+    stage.add_tree(os.path.join(HERE, "nodejs"), "nodejs")
+
+
 # name, library as Lua loads it, cfg ({stage}, {venv} filled in), staging
 # step, and whether a missing library fails the run (Rust and Go always run);
 # optional `opts` (spin_us, poll_spin_us) are passed to ffi.load, so a
@@ -181,6 +188,10 @@ RUNTIMES = [
          stage=stage_java, required=False),
     dict(name="java-jnr", lib="ffi_java", cfg="demo.echo.App,init",
          stage=stage_java_jnr, required=False, variant=True),
+    dict(name="node-compat", lib="ffi_nodejs", cfg="{stage}/nodejs/echo.js,compat",
+         stage=stage_nodejs, required=False),
+    dict(name="node-handler", lib="ffi_nodejs", cfg="{stage}/nodejs/echo.js,handler",
+         stage=stage_nodejs, required=False),
 ]
 
 # The proxy-model baselines, measured in the same run with the same payloads.
@@ -624,6 +635,9 @@ def build(args):
     if os.path.exists(os.path.join(ROOT, "loader", "java", "Cargo.toml")):
         subprocess.run(["cargo", "build", "--release", "-p", "ffi-java"], cwd=ROOT,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if os.path.exists(os.path.join(ROOT, "loader", "nodejs", "Cargo.toml")):
+        subprocess.run(["cargo", "build", "--release", "-p", "ffi-nodejs"], cwd=ROOT,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def stage_all(args):
@@ -851,7 +865,8 @@ def targets(run):
     s, _ = speedup("2", "rust-echo", 512)
     check("pinned: Rust echo >= 3x socket at 512 B", s, 3, "%.1fx" % s if s else "")
     for name, goal in (("go-echo", 10), ("java-jni", 10), ("java-handler", 10),
-                       ("python-handler", 5), ("python-cffi", 3)):
+                       ("python-handler", 5), ("python-cffi", 3),
+                       ("node-compat", 10), ("node-handler", 5)):
         s, _ = speedup("1", name, 512)
         check("%s >= %dx socket at 512 B" % (name, goal), s, goal, "%.1fx" % s if s else "")
     plain = find(recs, bench="throughput", runtime="plain", workers=1, connections=64)

@@ -217,6 +217,7 @@ class Nginx:
     def __init__(self, stage, server, http="", main="", workers=1,
                  log_level="info", shutdown_timeout="10s"):
         self.stage = stage
+        self.workers = workers
         self.port = free_port()
         self.prefix = tempfile.mkdtemp(prefix="resty-ffi-nginx-")
         os.chmod(self.prefix, 0o755)
@@ -262,6 +263,10 @@ class Nginx:
                     self.proc.stderr.read().decode(errors="replace"), self.error_log()))
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    # the master listens before it forks: wait for the
+                    # workers too, so tests may read worker_pids() at once
+                    wait_until(lambda: len(self.worker_pids()) >= self.workers,
+                               max(0.5, deadline - time.time()))
                     return
             except OSError:
                 time.sleep(0.05)

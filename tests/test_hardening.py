@@ -179,6 +179,24 @@ def test_huge_timeouts_wait_until_answered_and_nan_or_negative_are_refused(nginx
     assert lines[10].startswith("opts -3 nil resty_ffi: opts.timeout must be a positive"), lines[10]
 
 
+def test_nul_terminated_answer_without_a_nul_keeps_the_runtimes_rc_and_text(nginx):
+    # lua-resty-ffi-soap answers errors this way; the original reads them,
+    # so the runtime's rc and text must reach Lua, read no further than the
+    # answer's allocation, with the defect logged (at most once a second)
+    n = nginx(CALL)
+    text = b"soap fault "
+    for _ in range(3):
+        status, body = n.get("/call?req=!nonul:7:soap%20fault%20")
+        assert status == 502, body
+        assert body.startswith(b"rc=7 err="), body
+        err = body[len(b"rc=7 err="):]
+        # the whole buffer (its usable size), and nothing past it
+        assert len(text) <= len(err) < 4096, err
+        assert err == (text * 400)[:len(err)], err
+    log = n.error_log()
+    assert log.count("with no NUL in its") == 1, log[-2000:]
+
+
 # ---- 5. one bad answer in a drained batch ------------------------------------------
 
 def test_a_bad_answer_in_a_drained_batch_fails_alone(nginx):

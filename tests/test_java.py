@@ -372,6 +372,44 @@ def test_ffm_runtime_finds_the_core_symbols_process_wide(j_nginx, jstage):
     assert harness.wait_until(lambda: "ffm echo: queue finished" in n.error_log(), 5)
 
 
+def jcmd_as_worker_user(pid):
+    """`jcmd PID VM.version` run as the worker's user (nobody when nginx
+    starts as root), as any other process of that user could."""
+    cmd = [shutil.which("jcmd") or "/usr/bin/jcmd", str(pid), "VM.version"]
+    if os.geteuid() == 0:
+        cmd = ["runuser", "-u", "nobody", "--"] + cmd
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def jvm_traces(pid):
+    user = "nobody" if os.geteuid() == 0 else __import__("pwd").getpwuid(os.geteuid()).pw_name
+    return {"attach socket": os.path.exists("/tmp/.java_pid%d" % pid),
+            "perf data": os.path.exists("/tmp/hsperfdata_%s/%d" % (user, pid))}
+
+
+def test_no_attach_listener_and_no_perf_data_unless_java_opts_turns_them_on(j_nginx):
+    n = j_nginx()
+    assert call(n, "demo.echo.Handler,echo", b"x") == (200, b"x")
+    pid = n.worker_pids()[0]
+    assert jvm_traces(pid) == {"attach socket": False, "perf data": False}
+    r = jcmd_as_worker_user(pid)
+    assert r.returncode != 0 and "OpenJDK" not in r.stdout, (r.stdout, r.stderr)
+    assert jvm_traces(pid)["attach socket"] is False
+    # (finding no attach support, jcmd sends the worker a QUIT, which nginx
+    # takes as "quit": the master starts a new worker)
+    assert harness.wait_until(lambda: n.worker_pids(), 5)
+    assert call(n, "demo.echo.Handler,echo", b"y") == (200, b"y")
+
+    # JAVA_OPTS come last: they may turn both back on
+    n2 = j_nginx(java_opts="-XX:-DisableAttachMechanism -XX:+UsePerfData")
+    assert call(n2, "demo.echo.Handler,echo", b"x") == (200, b"x")
+    pid = n2.worker_pids()[0]
+    assert jvm_traces(pid) == {"attach socket": True, "perf data": True}
+    r = jcmd_as_worker_user(pid)
+    assert r.returncode == 0 and "JDK 17" in r.stdout, (r.stdout, r.stderr)
+    assert n2.worker_pids() == [pid]
+
+
 # ---- nginx lifecycle ----------------------------------------------------
 
 @pytest.mark.parametrize("java_home", [None, JDK25], ids=["default-jdk", "temurin-25"])

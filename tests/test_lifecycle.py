@@ -60,6 +60,86 @@ def test_a_late_answer_after_timeout_is_freed_and_the_worker_goes_on(nginx):
     assert n.worker_pids() == [pid]
 
 
+# Calls whose answer comes just as their timeout passes: each must end once,
+# answered or timed out (issue 21, item 2).
+AT_TIMEOUT = """
+location /race {
+    content_by_lua_block {
+        local ffi = require "resty.ffi"
+        local rt = assert(ffi.load("ffi_echo", "threads=2,tag=race"))
+        local threads = tonumber(ngx.var.arg_threads)
+        local calls = tonumber(ngx.var.arg_calls)
+        local answered, timed_out, other, min_waiting = 0, 0, 0, 0
+        local function run()
+            for _ = 1, calls do
+                local ok, res, err = rt:echo("!sleep:10:x", 0.010)
+                if ok and res == "x" then
+                    answered = answered + 1
+                elseif ok == false and res == nil
+                       and tostring(err):find("timed out", 1, true) then
+                    timed_out = timed_out + 1
+                else
+                    other = other + 1
+                end
+                local w = ffi.stats().waiting
+                if w < min_waiting then
+                    min_waiting = w
+                end
+            end
+            return true
+        end
+        local th = {}
+        for i = 1, threads do
+            th[i] = ngx.thread.spawn(run)
+        end
+        for i = 1, threads do
+            assert(ngx.thread.wait(th[i]))
+        end
+        ngx.print(answered, " ", timed_out, " ", other, " ", min_waiting)
+    }
+}
+location /rest {
+    content_by_lua_block {
+        local ffi = require "resty.ffi"
+        local rt = assert(ffi.load("ffi_echo", "threads=2,tag=race"))
+        local c = rt:__stats().calls
+        ngx.print(ffi.stats().waiting, " ", c.ok, " ", c.timeout, " ", c.error)
+    }
+}
+"""
+
+
+def test_an_answer_arriving_at_its_timeout_is_reported_once_and_quit_stays_prompt(nginx):
+    n = nginx(AT_TIMEOUT)
+    threads, calls, rounds = 50, 40, 4
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
+    futures = [pool.submit(n.get, "/race?threads=%d&calls=%d" % (threads, calls),
+                           timeout=60) for _ in range(rounds)]
+    results = [f.result() for f in futures]
+    pool.shutdown()
+    answered = timed_out = 0
+    for status, body in results:
+        assert status == 200, body
+        a, t, other, min_waiting = map(int, body.split())
+        # every call ended once, with one of the two outcomes
+        assert other == 0 and a + t == threads * calls, body
+        assert min_waiting >= 0, body
+        answered, timed_out = answered + a, timed_out + t
+    # both outcomes happened, so the timing really was at the edge
+    assert answered > 0 and timed_out > 0, (answered, timed_out)
+    # at rest nothing is parked, and the core counted each call once, as
+    # Lua saw it (a call both answered and timed out counts in both)
+    time.sleep(0.1)
+    status, body = n.get("/rest")
+    assert status == 200
+    assert body.split() == [b"0", b"%d" % answered, b"%d" % timed_out, b"0"], \
+        (body, answered, timed_out)
+    # and quit is prompt (with a parked count gone wrong the dispatcher
+    # never stops and quit waits the full worker_shutdown_timeout, 10 s here)
+    secs = n.quit(timeout=15)
+    assert secs < 3, secs
+
+
 UNLOAD = """
 location /unload {
     content_by_lua_block {

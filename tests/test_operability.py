@@ -192,3 +192,47 @@ def test_prometheus_without_the_shared_dict_says_what_to_declare(nginx):
     status, body = n.get("/metrics")
     assert status == 500
     assert b"needs `lua_shared_dict resty_ffi_stats 1m;` in the http block" in body
+
+
+MODULES = r"""
+location /modules {
+    content_by_lua_block {
+        local out = {}
+        local ffi = require "resty.ffi"
+        local names = {}
+        for k in pairs(ffi) do names[#names + 1] = k end
+        table.sort(names)
+        out[1] = table.concat(names, ",")
+        for _, m in ipairs({ "resty.ffi", "resty.ffi.lib", "resty.ffi.channel",
+                             "resty.ffi.call", "resty.ffi.dispatcher",
+                             "resty.ffi.log", "resty.ffi.runtime",
+                             "resty.ffi.stats", "resty.ffi.prometheus",
+                             "resty.ffi.stream",
+                             "resty.ffi.grpc", "resty_ffi" }) do
+            out[#out + 1] = m .. "=" .. tostring(require(m)._VERSION)
+        end
+        ngx.print(table.concat(out, "\n"))
+    }
+}
+"""
+
+
+def package_version():
+    with open(os.path.join(harness.ROOT, "Cargo.toml")) as f:
+        return re.search(r'^version = "(.*)"', f.read(), re.M).group(1)
+
+
+def test_resty_ffi_exports_only_its_api_and_every_module_has_the_package_version(nginx):
+    n = nginx(MODULES)
+    status, body = n.get("/modules")
+    assert status == 200, body
+    lines = body.decode().split("\n")
+    # the public face: no core handle, no dispatcher or metrics internals
+    assert lines[0] == ("DEFAULT_TIMEOUT,LATENCY_BUCKETS,MAX_SPIN_US,_VERSION,"
+                        "load,loader,prometheus,runtimes,stats,waiting")
+    # every module under lua/ says the package's version (resty_ffi returns
+    # resty.ffi itself)
+    modules = sorted(f[:-4] for f in os.listdir(os.path.join(harness.ROOT, "lua", "resty", "ffi")))
+    assert sorted(l.split("=")[0] for l in lines[1:]) == sorted(
+        ["resty.ffi", "resty_ffi"] + ["resty.ffi." + m for m in modules])
+    assert lines[1:] == [l.split("=")[0] + "=" + package_version() for l in lines[1:]]

@@ -18,6 +18,7 @@ use crate::completion::Channel;
 use crate::queue::TaskQueue;
 use crate::runtime::{self, Options, Runtime};
 use crate::stats::Outcome;
+use crate::stream::Offer;
 use crate::task::{Response, TaskPtr};
 
 fn guard<R>(name: &str, on_panic: R, body: impl FnOnce() -> R) -> R {
@@ -147,6 +148,23 @@ pub unsafe extern "C" fn resty_ffi_task_try_poll(tq: *mut c_void) -> *mut c_void
     })
 }
 
+/// Like `resty_ffi_task_try_poll`, but first spins within the queue's
+/// poll budget (as `ngx_http_lua_ffi_task_poll` does before it blocks),
+/// counted as a spinning poller so the caller spins for the answer. Never
+/// blocks longer than the budget: for runtimes that run an event loop and
+/// wait on `resty_ffi_queue_fd` once this returns NULL.
+///
+/// # Safety
+/// Pointer arguments must be valid as described, per the C ABI.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_task_poll_spin(tq: *mut c_void) -> *mut c_void {
+    guard("resty_ffi_task_poll_spin", std::ptr::null_mut(), || {
+        queue(tq)
+            .and_then(|q| q.poll_spin())
+            .map_or(std::ptr::null_mut(), TaskPtr::handle)
+    })
+}
+
 /// Blocks for one task, then takes up to `max - 1` more that are already
 /// queued. Returns how many were written to `out`; 0 means finished.
 ///
@@ -224,6 +242,107 @@ pub unsafe extern "C" fn resty_ffi_queue_arm(tq: *mut c_void) -> c_int {
 pub unsafe extern "C" fn resty_ffi_queue_finished(tq: *mut c_void) -> c_int {
     guard("resty_ffi_queue_finished", 1, || {
         queue(tq).is_none_or(|q| q.is_finished() && q.is_empty()) as c_int
+    })
+}
+
+// ---- streaming answers (see stream.rs) -----------------------------------
+
+fn offer(task: *mut c_void, data: *const c_char, len: c_int, block: bool) -> c_int {
+    if len < 0 || (data.is_null() && len > 0) {
+        return -1;
+    }
+    let bytes = if len == 0 {
+        &[][..]
+    } else {
+        // SAFETY: the runtime passes `len` readable bytes at `data`; they
+        // are copied before this returns.
+        unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len as usize) }
+    };
+    match TaskPtr::offer_chunk(task, bytes, block) {
+        Offer::Taken => 0,
+        Offer::Cancelled => 1,
+        Offer::Full => {
+            // make sure the space fd exists before the reader can signal it
+            if let Some((q, _)) = TaskPtr::queue_of(task) {
+                let _ = q.space.fd();
+            }
+            2
+        }
+        Offer::Stale => -1,
+    }
+}
+
+/// Sends one chunk of a task's answer; `data` is copied. Returns 0 when
+/// taken, 1 when nobody waits any more (the stream was closed, the call
+/// timed out or its request ended: stop producing and end the task with
+/// `ngx_http_lua_ffi_respond` as usual), -1 for a bad handle (answered
+/// already, unknown) or bad arguments (negative `len`, NULL `data` with
+/// `len` > 0). Blocks while the stream holds more unread data than its
+/// window, until the reader catches up or goes away. To a plain call (not
+/// `rt:__stream`) chunks never block: they are joined with the final
+/// answer into one.
+///
+/// # Safety
+/// `data` must point to `len` readable bytes (or be NULL with `len` 0).
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_respond_chunk(
+    task: *mut c_void,
+    data: *const c_char,
+    len: c_int,
+) -> c_int {
+    guard("resty_ffi_respond_chunk", -1, || {
+        offer(task, data, len, true)
+    })
+}
+
+/// Like `resty_ffi_respond_chunk`, never blocking, for event loops: 2 when
+/// the window is full and the chunk was NOT taken. Then wait until the
+/// queue's space fd (`resty_ffi_queue_space_fd`) is readable, read it, and
+/// offer the chunk again (readiness may be spurious, and covers every
+/// stream of the queue).
+///
+/// # Safety
+/// `data` must point to `len` readable bytes (or be NULL with `len` 0).
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_try_respond_chunk(
+    task: *mut c_void,
+    data: *const c_char,
+    len: c_int,
+) -> c_int {
+    guard("resty_ffi_try_respond_chunk", -1, || {
+        offer(task, data, len, false)
+    })
+}
+
+/// 1 once the caller no longer waits for the task's answer (closed, timed
+/// out, request gone, or already answered), 0 while it does, -1 for a
+/// value that is no task handle at all.
+///
+/// # Safety
+/// Any value may be passed; only handles are looked at.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_task_cancelled(task: *mut c_void) -> c_int {
+    guard("resty_ffi_task_cancelled", 1, || {
+        TaskPtr::cancelled_of(task).map_or(-1, |c| c as c_int)
+    })
+}
+
+/// An eventfd of the queue that becomes readable after a stream of it made
+/// room in its window or was cancelled: what an event-loop producer waits
+/// for after `resty_ffi_try_respond_chunk` answered 2. -1 on error.
+///
+/// # Safety
+/// `tq` is a queue handed to `libffi_init`.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_queue_space_fd(tq: *mut c_void) -> c_int {
+    guard("resty_ffi_queue_space_fd", -1, || {
+        queue(tq).map_or(-1, |q| match q.space.fd() {
+            Ok(fd) => fd,
+            Err(e) => {
+                crate::log::error(&format!("resty_ffi: {e}"));
+                -1
+            }
+        })
     })
 }
 
@@ -332,10 +451,11 @@ pub unsafe extern "C" fn resty_ffi_runtime_queue_len(rt: *mut c_void) -> c_int {
     })
 }
 
-/// Posts a request answered through channel `ch`; returns the task, or NULL
-/// with `*err` set to 1 (queue full), 2 (unloaded), 3 (bad argument) or 4
-/// (too many calls in flight in this process). The request bytes are borrowed:
-/// the caller keeps them alive until the task is freed.
+/// Posts a call to runtime `rt` for the Lua VM of channel `ch`; returns
+/// the task (the Lua side's pointer) or NULL with `*err` set to 1 (queue
+/// full), 2 (unloaded), 3 (bad argument) or 4 (too many calls in flight in
+/// this process). The request bytes are borrowed: the caller keeps them
+/// alive until the task is freed.
 ///
 /// # Safety
 /// Pointer arguments must be valid as described, per the C ABI.
@@ -349,41 +469,82 @@ pub unsafe extern "C" fn resty_ffi_post(
     err: *mut c_int,
 ) -> *mut c_void {
     guard("resty_ffi_post", std::ptr::null_mut(), || {
-        let set_err = |code: c_int| {
-            if !err.is_null() {
-                // SAFETY: Lua passes a writable int.
-                unsafe { *err = code };
-            }
-        };
-        let Some(rt) = runtime(rt) else {
-            set_err(2);
-            return std::ptr::null_mut();
-        };
-        let Some(ch) = channel(ch) else {
-            set_err(3);
-            return std::ptr::null_mut();
-        };
-        let Some(task) = TaskPtr::new(&rt.queue, Some(ch), id, req.cast(), len) else {
+        post(rt, ch, req, len, id, None, err)
+    })
+}
+
+/// Like `resty_ffi_post`, for a stream read chunk by chunk with
+/// `resty_ffi_stream_next`: the runtime may get `window_bytes` unread bytes
+/// or `window_chunks` unread chunks ahead of the reader (values below 1
+/// take the defaults, 1 MiB and 64). The task is parked from the start:
+/// chunk notices and the final answer come through `resty_ffi_drain`.
+///
+/// # Safety
+/// Pointer arguments must be valid as described, per the C ABI.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_post_stream(
+    rt: *mut c_void,
+    ch: *mut c_void,
+    req: *const c_char,
+    len: c_int,
+    id: f64,
+    window_bytes: c_int,
+    window_chunks: c_int,
+    err: *mut c_int,
+) -> *mut c_void {
+    guard("resty_ffi_post_stream", std::ptr::null_mut(), || {
+        let or = |v: c_int, d: usize| if v < 1 { d } else { v as usize };
+        let window = (
+            or(window_bytes, crate::stream::WINDOW_BYTES),
+            or(window_chunks, crate::stream::WINDOW_CHUNKS),
+        );
+        post(rt, ch, req, len, id, Some(window), err)
+    })
+}
+
+fn post(
+    rt: *mut c_void,
+    ch: *mut c_void,
+    req: *const c_char,
+    len: c_int,
+    id: f64,
+    window: Option<(usize, usize)>,
+    err: *mut c_int,
+) -> *mut c_void {
+    let set_err = |code: c_int| {
+        if !err.is_null() {
+            // SAFETY: Lua passes a writable int.
+            unsafe { *err = code };
+        }
+    };
+    let Some(rt) = runtime(rt) else {
+        set_err(2);
+        return std::ptr::null_mut();
+    };
+    let Some(ch) = channel(ch) else {
+        set_err(3);
+        return std::ptr::null_mut();
+    };
+    let Some(task) = TaskPtr::new(&rt.queue, Some(ch), id, req.cast(), len, window) else {
+        crate::stats::refused();
+        rt.queue.stats.refused();
+        set_err(4);
+        return std::ptr::null_mut();
+    };
+    match rt.queue.post(task) {
+        Ok(spinning) => {
+            crate::stats::posted();
+            task.set_poller_spinning(spinning);
+            task.as_raw()
+        }
+        Err(e) => {
             crate::stats::refused();
             rt.queue.stats.refused();
-            set_err(4);
-            return std::ptr::null_mut();
-        };
-        match rt.queue.post(task) {
-            Ok(spinning) => {
-                crate::stats::posted();
-                task.set_poller_spinning(spinning);
-                task.as_raw()
-            }
-            Err(e) => {
-                crate::stats::refused();
-                rt.queue.stats.refused();
-                task.free();
-                set_err(e.post_code());
-                std::ptr::null_mut()
-            }
+            task.free();
+            set_err(e.post_code());
+            std::ptr::null_mut()
         }
-    })
+    }
 }
 
 /// Waits for a just-posted task: 1 when answered (read it, then free it),
@@ -465,6 +626,56 @@ pub unsafe extern "C" fn resty_ffi_task_free(task: *mut c_void, outcome: c_int) 
                 _ => Outcome::Late,
             }));
         }
+    })
+}
+
+/// The next chunk of a stream: 1 with `*rsp`/`*len` set (valid until the
+/// next call on this task), 0 when none is queued now (a notice comes
+/// through `resty_ffi_drain` with the next chunk or the final answer).
+///
+/// # Safety
+/// Pointer arguments must be valid as described, per the C ABI.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_stream_next(
+    task: *mut c_void,
+    rsp: *mut *const c_char,
+    len: *mut c_int,
+) -> c_int {
+    guard("resty_ffi_stream_next", 0, || {
+        let Some(chunk) = TaskPtr::from_raw(task).and_then(TaskPtr::next_chunk) else {
+            return 0;
+        };
+        // SAFETY: Lua passes writable out-parameters.
+        unsafe {
+            *rsp = chunk.0.cast();
+            *len = chunk.1.min(c_int::MAX as usize) as c_int;
+        }
+        1
+    })
+}
+
+/// The caller stopped waiting for a task (stream closed, call timed out):
+/// its queued chunks are freed and the runtime learns it from its next
+/// chunk or `resty_ffi_task_cancelled`. The task is still freed by its
+/// final answer, as a timed-out call's is. Idempotent.
+///
+/// # Safety
+/// Pointer arguments must be valid as described, per the C ABI.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_task_cancel(task: *mut c_void) {
+    guard("resty_ffi_task_cancel", (), || {
+        if let Some(t) = TaskPtr::from_raw(task) {
+            t.cancel();
+        }
+    })
+}
+
+/// 1 when a pointer from `resty_ffi_drain` is a stream's chunk notice, 0
+/// when it is a final answer.
+#[no_mangle]
+pub extern "C" fn resty_ffi_task_is_notice(task: *mut c_void) -> c_int {
+    guard("resty_ffi_task_is_notice", 0, || {
+        TaskPtr::is_notice(task) as c_int
     })
 }
 

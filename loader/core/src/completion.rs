@@ -47,7 +47,8 @@ fn pid() -> i32 {
 }
 
 struct Inner {
-    tasks: VecDeque<TaskPtr>,
+    /// Answered tasks, and notices (true) that a stream has a chunk.
+    tasks: VecDeque<(TaskPtr, bool)>,
     closed: bool,
     /// Writable end of the wake socket (the accepted connection); -1: none.
     wake_fd: i32,
@@ -126,7 +127,23 @@ impl Channel {
             task.free();
             return;
         }
-        inner.tasks.push_back(task);
+        inner.tasks.push_back((task, false));
+        if self.asleep.swap(false, Ordering::AcqRel) {
+            crate::stats::wake_written();
+            wake::notify(inner.wake_fd);
+        }
+    }
+
+    /// Queues a notice that stream `task` (posted under generation `gen`)
+    /// has a chunk for its reader; wakes the dispatcher if it sleeps. The
+    /// task is not the notice's to free: its final answer comes after
+    /// every notice, through [`push`](Self::push).
+    pub fn push_notice(&self, task: TaskPtr, gen: u64) {
+        let mut inner = self.lock();
+        if inner.closed || self.gen.load(Ordering::Relaxed) != gen {
+            return;
+        }
+        inner.tasks.push_back((task, true));
         if self.asleep.swap(false, Ordering::AcqRel) {
             crate::stats::wake_written();
             wake::notify(inner.wake_fd);
@@ -134,11 +151,13 @@ impl Channel {
     }
 
     /// Moves up to `out.len()` answered tasks into `out`; returns how many.
+    /// A notice is the task's pointer with its lowest bit set (see
+    /// [`TaskPtr::is_notice`]).
     pub fn drain(&self, out: &mut [*mut std::ffi::c_void]) -> usize {
         let mut inner = self.lock();
         let n = out.len().min(inner.tasks.len());
-        for (slot, task) in out.iter_mut().zip(inner.tasks.drain(..n)) {
-            *slot = task.as_raw();
+        for (slot, (task, notice)) in out.iter_mut().zip(inner.tasks.drain(..n)) {
+            *slot = task.as_raw().map_addr(|a| a | notice as usize);
         }
         crate::stats::drained(n);
         n
@@ -227,8 +246,10 @@ impl Channel {
         wake::close_fd(fd);
         drop(listener);
         crate::log::detach(self);
-        for t in tasks {
-            t.free();
+        for (t, notice) in tasks {
+            if !notice {
+                t.free();
+            }
         }
         SPARE.lock().unwrap_or_else(|e| e.into_inner()).push(self);
     }
@@ -248,8 +269,8 @@ mod tests {
         let a = Channel::open();
         let b = Channel::open();
         assert!(b.vms() >= 2, "two channels: two VMs");
-        let ta = TaskPtr::new(&QUEUE, Some(a), 1.0, std::ptr::null(), 0).unwrap();
-        let tb = TaskPtr::new(&QUEUE, Some(b), 2.0, std::ptr::null(), 0).unwrap();
+        let ta = TaskPtr::new(&QUEUE, Some(a), 1.0, std::ptr::null(), 0, None).unwrap();
+        let tb = TaskPtr::new(&QUEUE, Some(b), 2.0, std::ptr::null(), 0, None).unwrap();
         assert!(!ta.wait(false) && !tb.wait(false), "both parked");
         ta.respond(0, std::ptr::null_mut(), 0);
         tb.respond(0, std::ptr::null_mut(), 0);
@@ -258,14 +279,14 @@ mod tests {
         let got = TaskPtr::from_raw(out[0]).unwrap();
         assert_eq!(got.id(), 1.0);
         got.free();
-        let late = TaskPtr::new(&QUEUE, Some(b), 3.0, std::ptr::null(), 0).unwrap();
+        let late = TaskPtr::new(&QUEUE, Some(b), 3.0, std::ptr::null(), 0, None).unwrap();
         assert!(!late.wait(false));
         b.close();
         // (b may now serve another VM, under a new generation)
         late.respond(0, std::ptr::null_mut(), 0);
         assert!(b.is_empty(), "a late answer to a closed channel is freed");
         let again = Channel::open();
-        let stale = TaskPtr::new(&QUEUE, Some(again), 4.0, std::ptr::null(), 0).unwrap();
+        let stale = TaskPtr::new(&QUEUE, Some(again), 4.0, std::ptr::null(), 0, None).unwrap();
         assert!(!stale.wait(false));
         again.close();
         let reused = Channel::open();

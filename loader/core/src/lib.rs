@@ -3,6 +3,7 @@
 //!
 //! The core knows no language. It owns the pieces every call crosses:
 //!
+//! - [`handle`]: the address-like values runtimes hold for tasks;
 //! - [`task`]: one call in flight, with the single atomic that decides who
 //!   finishes it (the caller still spinning, or the dispatcher after a park);
 //! - [`queue`]: the bounded task queue of one loaded runtime, polled by the
@@ -15,18 +16,21 @@
 //! - [`ready`]: an eventfd that tells event-loop runtimes tasks wait;
 //! - [`runtime`]: loading a runtime library and starting it;
 //! - [`spin`]: the bounded, self-disabling spin both sides use before parking;
+//! - [`stream`]: answers in chunks, their window and cancellation;
 //! - [`stats`]: counters of the call path (spun, parked, wakes);
 //! - [`abi`]: every `extern "C"` function, the only place the C world enters.
 
 pub mod abi;
 pub mod completion;
 pub mod error;
+pub mod handle;
 pub mod log;
 pub mod queue;
 pub mod ready;
 pub mod runtime;
 pub mod spin;
 pub mod stats;
+pub mod stream;
 pub mod task;
 pub mod wake;
 

@@ -46,6 +46,9 @@ pub struct TaskQueue {
     pub caller_gate: SpinGate,
     /// Readiness fd for event-loop runtimes (see ready.rs).
     pub ready: ReadyFd,
+    /// Readable after a stream of this queue made room in its window or
+    /// was cancelled, for producers told "full" (see stream.rs).
+    pub space: ReadyFd,
     /// Per-runtime call counters and latency histogram, written on every
     /// call by the caller: on lines of their own, away from what spinning
     /// pollers read.
@@ -68,6 +71,7 @@ impl TaskQueue {
             poll_gate: SpinGate::new(poll_spin),
             caller_gate: SpinGate::new(caller_spin),
             ready: ReadyFd::default(),
+            space: ReadyFd::default(),
             stats: Default::default(),
         }
     }
@@ -204,6 +208,32 @@ impl TaskQueue {
         self.pop(&mut inner)
     }
 
+    /// Next task, spinning within the poll budget but never blocking: for
+    /// an event loop, which must not park in `poll` yet wants a call posted
+    /// while it spins to be taken within microseconds. It counts as a
+    /// spinning poller (so the caller spins for the answer, as it does for
+    /// a thread spinning in `poll`) and feeds the same gate. `None`: nothing
+    /// came within the budget (or the queue is finished: see `arm`).
+    pub fn poll_spin(&self) -> Option<TaskPtr> {
+        if let Some(task) = self.try_poll() {
+            return Some(task);
+        }
+        let budget = self.poll_gate.budget();
+        if budget.is_zero() || !self.idle() {
+            return self.try_poll();
+        }
+        self.spinners.fetch_add(1, Ordering::SeqCst);
+        let hit = if self.poll_gate.yields() {
+            std::thread::yield_now();
+            !self.idle()
+        } else {
+            spin_until(budget, || !self.idle())
+        };
+        self.spinners.fetch_sub(1, Ordering::SeqCst);
+        self.poll_gate.record(hit);
+        self.try_poll()
+    }
+
     /// Refuses new tasks; pollers drain what is queued, then get `None`.
     pub fn finish(&self) {
         let mut inner = self.lock();
@@ -234,7 +264,7 @@ mod tests {
     use std::sync::Arc;
 
     fn task(id: usize) -> TaskPtr {
-        TaskPtr::new(&NO_QUEUE, None, id as f64, std::ptr::null(), 0).unwrap()
+        TaskPtr::new(&NO_QUEUE, None, id as f64, std::ptr::null(), 0, None).unwrap()
     }
 
     static NO_QUEUE: std::sync::LazyLock<TaskQueue> =
@@ -448,5 +478,37 @@ mod tests {
         let served: usize = consumers.into_iter().map(|c| c.join().unwrap()).sum();
         assert_eq!(served, 5_000);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn poll_spin_takes_a_task_posted_while_it_spins_counts_as_a_spinner_and_never_blocks() {
+        let q = Arc::new(TaskQueue::new(
+            16,
+            Duration::from_millis(300),
+            Duration::ZERO,
+        ));
+        // nothing comes: back within about the budget, with nothing
+        let t0 = Instant::now();
+        assert!(q.poll_spin().is_none());
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        // a post during the spin is taken, and the post saw a spinner (on
+        // one CPU the gate yields instead of spinning: nothing to see)
+        if q.poll_gate.yields() {
+            return;
+        }
+        let spinner = {
+            let q = q.clone();
+            std::thread::spawn(move || q.poll_spin().map(TaskPtr::free).is_some())
+        };
+        while q.spinners.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        assert!(
+            q.post(task(1)).unwrap(),
+            "the post must see a spinning poller"
+        );
+        assert!(spinner.join().unwrap(), "the spinning poller took the task");
+        q.finish();
+        assert!(q.poll_spin().is_none(), "finished: nothing, at once");
     }
 }

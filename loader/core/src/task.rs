@@ -36,6 +36,7 @@ use crate::completion::Channel;
 use crate::queue::TaskQueue;
 use crate::spin::now_ns;
 use crate::stats::Outcome;
+use crate::stream::{Offer, Stream};
 
 const PENDING: u32 = 0;
 const DONE: u32 = 1;
@@ -89,6 +90,8 @@ pub struct Slot {
     poller_spinning: AtomicBool,
     call: UnsafeCell<Call>,
     answer: UnsafeCell<Answer>,
+    /// Chunks of a streamed answer (see stream.rs).
+    stream: Stream,
 }
 
 impl Slot {
@@ -113,6 +116,7 @@ impl Slot {
                 rsp_len: 0,
                 answered_ns: 0,
             }),
+            stream: Stream::default(),
         }
     }
 }
@@ -196,7 +200,10 @@ pub enum Response {
 
 impl TaskPtr {
     /// Takes a slot for a call to `queue` borrowing `req[..req_len]` (which
-    /// may be null). `queue` must live for the rest of the process. None
+    /// may be null). `queue` must live for the rest of the process.
+    /// `window` makes the call a stream read chunk by chunk (unread bytes
+    /// and chunks a producer may get ahead): such a task is parked from the
+    /// start, as its caller reads it through the completion channel. None
     /// when 4 Mi calls are already in flight.
     pub fn new(
         queue: &TaskQueue,
@@ -204,6 +211,7 @@ impl TaskPtr {
         id: f64,
         req: *const u8,
         req_len: c_int,
+        window: Option<(usize, usize)>,
     ) -> Option<TaskPtr> {
         let s = take_slot()?;
         // SAFETY: a FREE slot belongs to the thread that took it from the
@@ -224,41 +232,52 @@ impl TaskPtr {
                 answered_ns: 0,
             };
         }
-        s.state.store(PENDING, Ordering::Relaxed);
+        let state = if window.is_some() { PARKED } else { PENDING };
+        s.state.store(state, Ordering::Relaxed);
         s.picked_ns.store(0, Ordering::Relaxed);
         s.posted_ns.store(now_ns(), Ordering::Relaxed);
         s.poller_spinning.store(false, Ordering::Relaxed);
         queue.stats.task_taken();
         let gen = s.word.load(Ordering::Relaxed) >> 32;
+        s.stream.reset(gen << 32 | LIVE, window);
         s.word.store(gen << 32 | LIVE, Ordering::Release);
         Some(TaskPtr(NonNull::from(s)))
     }
 
     /// The Lua side's pointer back: null -> None. The Lua layer only passes
-    /// pointers it got from `resty_ffi_post` or `resty_ffi_drain`.
+    /// pointers it got from `resty_ffi_post` or `resty_ffi_drain` (whose
+    /// notices have the lowest bit set: slots are aligned, so it is free).
     pub fn from_raw(p: *mut std::ffi::c_void) -> Option<TaskPtr> {
-        NonNull::new(p as *mut Slot).map(TaskPtr)
+        NonNull::new(p.map_addr(|a| a & !1) as *mut Slot).map(TaskPtr)
+    }
+
+    /// Whether a pointer from `resty_ffi_drain` is a stream's notice
+    /// rather than a final answer.
+    pub fn is_notice(p: *mut std::ffi::c_void) -> bool {
+        p.addr() & 1 == 1
     }
 
     pub fn as_raw(self) -> *mut std::ffi::c_void {
         self.0.as_ptr().cast()
     }
 
-    /// The opaque handle a runtime gets: generation << 32 | (index + 1),
-    /// never null.
+    /// The opaque handle a runtime gets: an address in the reserved range
+    /// of [`crate::handle`], naming the slot and its generation.
     pub fn handle(self) -> *mut std::ffi::c_void {
         let s = self.slot();
         let gen = s.word.load(Ordering::Relaxed) >> 32;
-        (gen << 32 | (s.index as u64 + 1)) as usize as *mut std::ffi::c_void
+        crate::handle::encode(s.index, gen) as *mut std::ffi::c_void
     }
 
-    /// Resolves a runtime's handle to its live, unanswered task.
+    /// Resolves a runtime's handle to its slot and the slot's word as it is
+    /// while that handle's call is live and unanswered; None when the
+    /// handle is not one, or its call is not live any more.
     fn resolve(handle: *mut std::ffi::c_void) -> Option<(&'static Slot, u64)> {
-        let h = handle as usize as u64;
-        let index = (h & 0xffff_ffff).checked_sub(1)?;
-        let s = slot(u32::try_from(index).ok()?)?;
-        let live = (h >> 32) << 32 | LIVE;
-        Some((s, live))
+        let (index, gen_low) = crate::handle::decode(handle as usize)?;
+        let s = slot(index)?;
+        let word = s.word.load(Ordering::Acquire);
+        (word & 0xffff_ffff == LIVE && crate::handle::same_generation(word >> 32, gen_low))
+            .then_some((s, word))
     }
 
     /// The request of the live task behind a runtime's handle.
@@ -291,11 +310,17 @@ impl TaskPtr {
                     Ordering::Relaxed,
                 )
                 .ok()
-                .map(|_| s)
+                .map(|_| (s, live))
         });
         match claimed {
-            Some(s) => {
-                TaskPtr(NonNull::from(s)).respond(rc, rsp, rsp_len);
+            Some((s, live)) => {
+                let t = TaskPtr(NonNull::from(s));
+                if s.stream.used() && !t.is_stream() {
+                    let (rsp, rsp_len) = concatenated(&s.stream, live, rc, rsp, rsp_len);
+                    t.respond(rc, rsp, rsp_len);
+                } else {
+                    t.respond(rc, rsp, rsp_len);
+                }
                 true
             }
             None => {
@@ -363,6 +388,66 @@ impl TaskPtr {
                 Some((ch, gen)) => ch.push(self, gen),
                 None => self.free(),
             }
+        }
+    }
+
+    /// Whether the call is a stream (posted with a window).
+    pub fn is_stream(self) -> bool {
+        self.slot().stream.is_streaming()
+    }
+
+    /// A runtime's chunk for the call behind `handle` (see stream.rs):
+    /// copied and queued for the reader, or accumulated for a plain call.
+    pub fn offer_chunk(handle: *mut std::ffi::c_void, data: &[u8], block: bool) -> Offer {
+        let Some((s, live)) = Self::resolve(handle) else {
+            return Offer::Stale;
+        };
+        let t = TaskPtr(NonNull::from(s));
+        let channel = t.call().channel;
+        s.stream.offer(live, data, block, || {
+            if let Some((ch, gen)) = channel {
+                ch.push_notice(t, gen);
+            }
+        })
+    }
+
+    /// The queue of the live call behind `handle`.
+    pub fn queue_of(handle: *mut std::ffi::c_void) -> Option<(&'static TaskQueue, f64)> {
+        let (s, _) = Self::resolve(handle)?;
+        // SAFETY: the call was written before the slot went live.
+        let c = unsafe { &*s.call.get() };
+        // SAFETY: queues are never freed (queue.rs).
+        Some((unsafe { &*c.queue }, c.id))
+    }
+
+    /// Whether nobody waits for the call behind `handle` any more: it was
+    /// cancelled (closed, timed out, its VM gone) or has ended. None when
+    /// `handle` is not a handle at all.
+    pub fn cancelled_of(handle: *mut std::ffi::c_void) -> Option<bool> {
+        let (index, gen_low) = crate::handle::decode(handle as usize)?;
+        let s = slot(index)?;
+        let word = s.word.load(Ordering::Acquire);
+        let live =
+            word & 0xffff_ffff == LIVE && crate::handle::same_generation(word >> 32, gen_low);
+        Some(!live || s.stream.is_cancelled())
+    }
+
+    /// The reader's next chunk of a stream (valid until the next call on
+    /// it); None when none is queued yet (a notice comes with the next).
+    pub fn next_chunk(self) -> Option<(*const u8, usize)> {
+        let (chunk, woke) = self.slot().stream.next();
+        if woke {
+            self.queue().space.notify();
+        }
+        chunk
+    }
+
+    /// The caller stopped waiting (stream closed, call timed out): queued
+    /// chunks are freed and the runtime is told by its next chunk or by
+    /// `resty_ffi_task_cancelled`. The task stays until the final answer.
+    pub fn cancel(self) {
+        if self.slot().stream.cancel() {
+            self.queue().space.notify();
         }
     }
 
@@ -434,10 +519,16 @@ impl TaskPtr {
         } else {
             // SAFETY: we read at most `size` bytes of the runtime's buffer.
             let n = unsafe { libc::strnlen(a.rsp, size) };
-            if n == size {
-                return Response::Bad(
-                    c"the runtime answered length 0 (NUL-terminated) but its answer has no NUL",
+            if n == size && crate::log::every_second(&NO_NUL_LOGGED) {
+                // lua-resty-ffi reads such answers anyway (runtimes do send
+                // them, error texts especially): keep the runtime's rc and
+                // bytes, bounded by its allocation, and say so.
+                let line = format!(
+                    "resty_ffi: a runtime answered length 0 (NUL-terminated) with no NUL in its \
+                     {size}-byte buffer; the whole buffer was taken as the answer (rc {})",
+                    a.rc
                 );
+                crate::log::log(crate::log::WARN, line.as_bytes());
             }
             n
         };
@@ -486,6 +577,7 @@ impl TaskPtr {
         }
         let gen = (s.word.load(Ordering::Relaxed) >> 32).wrapping_add(1) & 0xffff_ffff;
         s.word.store(gen << 32 | FREE, Ordering::Release);
+        s.stream.release();
         FREE_LIST
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -494,7 +586,57 @@ impl TaskPtr {
     }
 }
 
+/// The final answer of a plain call that was sent chunks: the chunks and
+/// the final bytes in one malloc()ed, NUL-terminated buffer, freeing the
+/// runtime's. An error answer (rc != 0) is its final bytes alone: chunks
+/// before an error are not the answer.
+fn concatenated(
+    stream: &Stream,
+    live: u64,
+    rc: c_int,
+    rsp: *mut c_char,
+    rsp_len: c_int,
+) -> (*mut c_char, c_int) {
+    let mut all = stream.take_all(live);
+    if rc != 0 {
+        return (rsp, rsp_len);
+    }
+    if !rsp.is_null() {
+        // SAFETY: per the ABI rsp came from malloc() and is ours; we read
+        // at most its usable size (a NUL-terminated answer up to its NUL).
+        unsafe {
+            let size = libc::malloc_usable_size(rsp.cast());
+            let n = match rsp_len {
+                n if n > 0 => (n as usize).min(size),
+                0 => libc::strnlen(rsp, size),
+                _ => 0,
+            };
+            all.extend_from_slice(std::slice::from_raw_parts(rsp.cast::<u8>(), n));
+            libc::free(rsp.cast());
+        }
+    }
+    let Ok(len) = c_int::try_from(all.len()) else {
+        let msg = b"resty_ffi: the streamed answer of a plain call exceeds 2 GiB\0";
+        return (malloc_bytes(msg), 0);
+    };
+    all.push(0);
+    (malloc_bytes(&all), len)
+}
+
+/// A malloc()ed copy of `bytes` (the core frees answers with free()).
+fn malloc_bytes(bytes: &[u8]) -> *mut c_char {
+    // SAFETY: a fresh allocation of at least one byte, filled in bounds.
+    unsafe {
+        let p = libc::malloc(bytes.len().max(1)) as *mut u8;
+        if !p.is_null() {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
+        }
+        p.cast()
+    }
+}
+
 static STRAY_LOGGED: AtomicU64 = AtomicU64::new(0);
+static NO_NUL_LOGGED: AtomicU64 = AtomicU64::new(0);
 
 #[cfg(test)]
 mod tests {
@@ -522,7 +664,7 @@ mod tests {
 
     #[test]
     fn answer_before_wait_is_seen_without_parking() {
-        let t = TaskPtr::new(&QUEUE, None, 1.0, b"hi".as_ptr(), 2).unwrap();
+        let t = TaskPtr::new(&QUEUE, None, 1.0, b"hi".as_ptr(), 2, None).unwrap();
         assert!(TaskPtr::respond_to(t.handle(), 0, malloced(b"yo"), 2));
         assert!(t.wait(false));
         assert_eq!(ok(t.response()), (0, 2));
@@ -531,7 +673,7 @@ mod tests {
 
     #[test]
     fn nul_terminated_answer_length_is_measured() {
-        let t = TaskPtr::new(&QUEUE, None, 1.0, std::ptr::null(), 5).unwrap();
+        let t = TaskPtr::new(&QUEUE, None, 1.0, std::ptr::null(), 5, None).unwrap();
         assert_eq!(
             TaskPtr::request_of(t.handle()).unwrap().1,
             0,
@@ -545,8 +687,8 @@ mod tests {
 
     #[test]
     fn lengths_beyond_the_buffer_or_negative_are_bad_answers() {
-        for (len, body) in [(i32::MAX, &b"abc"[..]), (-5, b"abc"), (0, b"abc")] {
-            let t = TaskPtr::new(&QUEUE, None, 1.0, std::ptr::null(), 0).unwrap();
+        for (len, body) in [(i32::MAX, &b"abc"[..]), (-5, b"abc")] {
+            let t = TaskPtr::new(&QUEUE, None, 1.0, std::ptr::null(), 0, None).unwrap();
             // a buffer with no NUL in its whole usable size
             let size = 64;
             // SAFETY: fresh allocation filled to its usable size.
@@ -565,8 +707,24 @@ mod tests {
     }
 
     #[test]
+    fn nul_terminated_answer_without_nul_keeps_rc_and_buffer() {
+        let t = TaskPtr::new(&QUEUE, None, 1.0, std::ptr::null(), 0, None).unwrap();
+        // SAFETY: fresh allocation filled to its usable size, no NUL.
+        let (p, usable) = unsafe {
+            let p = libc::malloc(40) as *mut u8;
+            let usable = libc::malloc_usable_size(p.cast());
+            std::ptr::write_bytes(p, b'e', usable);
+            (p, usable)
+        };
+        t.respond(1, p.cast(), 0);
+        assert!(t.wait(false));
+        assert_eq!(ok(t.response()), (1, usable));
+        t.free();
+    }
+
+    #[test]
     fn second_and_late_answers_to_a_handle_are_dropped_even_when_the_slot_is_reused() {
-        let t = TaskPtr::new(&QUEUE, None, 1.0, std::ptr::null(), 0).unwrap();
+        let t = TaskPtr::new(&QUEUE, None, 1.0, std::ptr::null(), 0, None).unwrap();
         let h = t.handle();
         assert!(TaskPtr::respond_to(h, 0, malloced(b"one"), 3));
         assert!(
@@ -576,7 +734,7 @@ mod tests {
         assert!(t.wait(false));
         t.free();
         // the slot goes to the next call; the old handle must not reach it
-        let next = TaskPtr::new(&QUEUE, None, 2.0, std::ptr::null(), 0).unwrap();
+        let next = TaskPtr::new(&QUEUE, None, 2.0, std::ptr::null(), 0, None).unwrap();
         assert_ne!(next.handle(), h);
         assert!(TaskPtr::request_of(h).is_none());
         assert!(

@@ -14,8 +14,14 @@
 //!
 //! Options: `-Djava.class.path=$CLASSPATH`, `-Xrs` (signals stay nginx's),
 //! `-XX:+DisplayVMOutputToStderr` (the JVM's messages reach error.log),
-//! `-Xmx256m` unless `JAVA_OPTS` sets a heap size (the JVM's default is a
-//! quarter of RAM per worker), then `JAVA_OPTS` split on whitespace.
+//! `-XX:+DisableAttachMechanism -XX:-UsePerfData` (with `-Xrs` HotSpot
+//! opens its attach socket at start, so any process of the worker's user
+//! could `jcmd` into nginx and load agents; the perf-data file in
+//! /tmp/hsperfdata_<user> tells which workers run a JVM), `-Xmx256m`
+//! unless `JAVA_OPTS` sets a heap size (the JVM's default is a quarter of
+//! RAM per worker), then `JAVA_OPTS` split on whitespace: they come last,
+//! and HotSpot takes the last value of a flag, so
+//! `-XX:-DisableAttachMechanism -XX:+UsePerfData` turns both back on.
 //! Unknown options fail creation (they are not ignored).
 //!
 //! Then the loader's Java API (`resty.ffi.*`, compiled in by build.rs) is
@@ -143,6 +149,10 @@ pub fn options(classpath: Option<&str>, java_opts: Option<&str>) -> Vec<String> 
     // the JVM's own messages (warnings, -Xcheck:jni, crash notes) go to its
     // "tty", stdout by default, which is /dev/null in an nginx worker
     opts.push("-XX:+DisplayVMOutputToStderr".to_string());
+    // no attach listener (jcmd, agents) and no perf-data file; JAVA_OPTS,
+    // which come last, may turn them back on
+    opts.push("-XX:+DisableAttachMechanism".to_string());
+    opts.push("-XX:-UsePerfData".to_string());
     let sets_heap = user.iter().any(|o| {
         o.starts_with("-Xmx")
             || o.starts_with("-XX:MaxHeapSize")
@@ -291,11 +301,28 @@ mod tests {
     #[test]
     fn default_heap_unless_java_opts_sets_one() {
         let o = options(Some("/a.jar:/b"), None);
-        let vm = "-XX:+DisplayVMOutputToStderr";
-        assert_eq!(o, ["-Djava.class.path=/a.jar:/b", "-Xrs", vm, "-Xmx256m"]);
+        let (vm, att, perf) = (
+            "-XX:+DisplayVMOutputToStderr",
+            "-XX:+DisableAttachMechanism",
+            "-XX:-UsePerfData",
+        );
+        assert_eq!(
+            o,
+            [
+                "-Djava.class.path=/a.jar:/b",
+                "-Xrs",
+                vm,
+                att,
+                perf,
+                "-Xmx256m"
+            ]
+        );
         let o = options(None, Some("  -Xmx1g   -Dx=1 "));
-        assert_eq!(o, ["-Xrs", vm, "-Xmx1g", "-Dx=1"]);
+        assert_eq!(o, ["-Xrs", vm, att, perf, "-Xmx1g", "-Dx=1"]);
         let o = options(Some(""), Some("-XX:MaxRAMPercentage=10"));
-        assert_eq!(o, ["-Xrs", vm, "-XX:MaxRAMPercentage=10"]);
+        assert_eq!(o, ["-Xrs", vm, att, perf, "-XX:MaxRAMPercentage=10"]);
+        // JAVA_OPTS come after our defaults: the last value of a flag wins
+        let o = options(None, Some("-XX:-DisableAttachMechanism -XX:+UsePerfData"));
+        assert_eq!(o.last().map(String::as_str), Some("-XX:+UsePerfData"));
     }
 }

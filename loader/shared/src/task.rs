@@ -12,6 +12,7 @@ extern "C" {
     fn ngx_http_lua_ffi_get_req(task: *mut c_void, len: *mut c_int) -> *mut c_char;
     fn ngx_http_lua_ffi_respond(task: *mut c_void, rc: c_int, rsp: *mut c_char, rsp_len: c_int);
     fn resty_ffi_task_try_poll(tq: *mut c_void) -> *mut c_void;
+    fn resty_ffi_task_poll_spin(tq: *mut c_void) -> *mut c_void;
     fn resty_ffi_task_poll_batch(tq: *mut c_void, out: *mut *mut c_void, max: c_int) -> c_int;
     fn resty_ffi_queue_finished(tq: *mut c_void) -> c_int;
     fn resty_ffi_queue_fd(tq: *mut c_void) -> c_int;
@@ -163,6 +164,14 @@ pub fn poll(tq: usize) -> Option<TaskRef> {
 pub fn try_poll(tq: usize) -> Option<TaskRef> {
     // SAFETY: as for poll.
     TaskRef::new(unsafe { resty_ffi_task_try_poll(tq as *mut c_void) })
+}
+
+/// Never blocks beyond the queue's poll spin: the next task if one is
+/// queued now or comes while spinning (counted as a spinning poller, so the
+/// caller spins for the answer). For event loops.
+pub fn poll_spin(tq: usize) -> Option<TaskRef> {
+    // SAFETY: as for poll.
+    TaskRef::new(unsafe { resty_ffi_task_poll_spin(tq as *mut c_void) })
 }
 
 /// Blocks for one task, then takes up to `max - 1` more already queued;

@@ -17,6 +17,7 @@
 
 local ffi = require "ffi"
 local resty_ffi = require "resty.ffi"
+local find_library = require("resty.ffi.lib").find_library
 local json = require("cjson.safe").new()
 
 local ffi_new = ffi.new
@@ -89,7 +90,7 @@ local function library()
     if lib then
         return lib
     end
-    local ok, l = pcall(ffi.load, resty_ffi.find_library(_M.LIB))
+    local ok, l = pcall(ffi.load, find_library(_M.LIB))
     if not ok then
         return nil, "resty.ffi.grpc: cannot load " .. _M.LIB .. ": " .. tostring(l)
     end

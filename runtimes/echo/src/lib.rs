@@ -16,6 +16,9 @@
 //! - `!hang:`          never answer (until unload, then rc=1 "unloaded")
 //! - `!nil:`           answer rc=0 with a NULL response
 //! - `!cstr:text`      answer a NUL-terminated `text` with rsp_len 0
+//! - `!nonul:RC:text`  answer rc=RC with rsp_len 0 (NUL-terminated) but no
+//!   NUL anywhere: the buffer is `text` repeated to its usable size, as
+//!   runtimes in the wild (lua-resty-ffi-soap) send error texts
 //! - `!panic:msg`      panic while serving; the panic is caught and becomes
 //!   an answer with rc=1 (what every Rust runtime should do)
 //! - `!stray:text`     first "answer" a pointer that is not a task (the core
@@ -28,6 +31,15 @@
 //! - `!flood:N:msg`    log N lines as fast as possible, then answer `flooded`
 //! - `!len:N:MS:text`  after MS ms answer `text` claiming length N (N may be
 //!   negative or larger than the buffer: the core must refuse it)
+//!
+//! - `!stream:N:SIZE:MS` answer in N chunks of SIZE bytes, MS ms apart, on
+//!   a thread of its own (chunk i starts with i as 8 digits, then letters),
+//!   through the core's optional `resty_ffi_respond_chunk`; when the reader
+//!   goes away it stops and logs "echo stream cancelled after K of N chunks"
+//! - `!streamfail:N:RC:msg` N chunks "c1".."cN", then rc=RC with `msg`
+//! - `!streambad:` misuses the chunk ABI (negative length, a made-up
+//!   handle, a chunk after the final answer) and answers / logs what each
+//!   returned
 //!
 //! Anything else is echoed byte for byte.
 
@@ -105,6 +117,58 @@ fn log_line(level: c_int, msg: &[u8]) {
         // SAFETY: msg is valid for its length during the call.
         unsafe { f(level, msg.as_ptr().cast(), msg.len() as c_int) }
     }
+}
+
+type ChunkFn = unsafe extern "C" fn(*mut c_void, *const c_char, c_int) -> c_int;
+
+/// Sends a chunk through the core's `resty_ffi_respond_chunk` (looked up at
+/// run time, so the runtime still loads under lua-resty-ffi, which has no
+/// streaming): 0 taken, 1 cancelled, -1 refused, -2 no streaming here.
+fn chunk(task: Ptr, data: &[u8], len: c_int) -> c_int {
+    static CHUNK: std::sync::OnceLock<Option<ChunkFn>> = std::sync::OnceLock::new();
+    let f = CHUNK.get_or_init(|| {
+        // SAFETY: looking up a symbol by a NUL-terminated name; when found
+        // it is the core's resty_ffi_respond_chunk, with this signature.
+        unsafe {
+            let p = libc::dlsym(libc::RTLD_DEFAULT, c"resty_ffi_respond_chunk".as_ptr());
+            (!p.is_null()).then(|| std::mem::transmute::<*mut c_void, ChunkFn>(p))
+        }
+    });
+    match f {
+        // SAFETY: data is valid for max(len, 0) bytes during the call (the
+        // core refuses negative lengths without reading).
+        Some(f) => unsafe { f(task.0, data.as_ptr().cast(), len) },
+        None => -2,
+    }
+}
+
+/// Chunk `i` of a `!stream`: its index as 8 digits, then letters.
+fn stream_chunk(i: usize, size: usize) -> Vec<u8> {
+    let mut c: Vec<u8> = format!("{i:08}").into_bytes();
+    c.resize(size.max(8), b'a' + (i % 26) as u8);
+    c.truncate(size.max(1));
+    c
+}
+
+fn stream(task: Ptr, n: usize, size: usize, ms: u64) {
+    for i in 1..=n {
+        if ms > 0 {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        let c = stream_chunk(i, size);
+        match chunk(task, &c, c.len() as c_int) {
+            0 => {}
+            1 => {
+                log_line(
+                    5,
+                    format!("echo stream cancelled after {} of {n} chunks", i - 1).as_bytes(),
+                );
+                return respond(task, 1, Some(b"cancelled"));
+            }
+            rc => return respond(task, 1, Some(format!("chunk refused: {rc}").as_bytes())),
+        }
+    }
+    respond(task, 0, None);
 }
 
 fn split_once(s: &[u8], sep: u8) -> (&[u8], &[u8]) {
@@ -190,6 +254,52 @@ fn serve(task: Ptr, hung: &Mutex<Vec<Ptr>>) {
                 // check against the buffer's malloc()ed size.
                 unsafe { ngx_http_lua_ffi_respond(task.0, 0, rsp.0.cast(), n) }
             });
+        }
+        b"nonul" => {
+            let (rc, text) = split_once(rest, b':');
+            let text = if text.is_empty() { &b"x"[..] } else { text };
+            // SAFETY: a fresh allocation filled to its usable size, so it
+            // holds no NUL; the core must bound its read by that size.
+            let rsp = unsafe {
+                let p = libc::malloc(text.len()) as *mut u8;
+                if !p.is_null() {
+                    let usable = libc::malloc_usable_size(p.cast());
+                    for i in 0..usable {
+                        *p.add(i) = text[i % text.len()];
+                    }
+                }
+                p
+            };
+            let rc = number(rc).unwrap_or(1) as c_int;
+            // SAFETY: answered once; the missing NUL is the point.
+            unsafe { ngx_http_lua_ffi_respond(task.0, rc, rsp.cast(), 0) }
+        }
+        b"stream" => {
+            let (n, rest) = split_once(rest, b':');
+            let (size, ms) = split_once(rest, b':');
+            let n = number(n).unwrap_or(1).max(0) as usize;
+            let size = number(size).unwrap_or(16).clamp(1, 1 << 24) as usize;
+            let ms = number(ms).unwrap_or(0).max(0) as u64;
+            std::thread::spawn(move || stream(task, n, size, ms));
+        }
+        b"streamfail" => {
+            let (n, rest) = split_once(rest, b':');
+            let (rc, msg) = split_once(rest, b':');
+            for i in 1..=number(n).unwrap_or(0).max(0) {
+                let c = format!("c{i}");
+                chunk(task, c.as_bytes(), c.len() as c_int);
+            }
+            respond(task, number(rc).unwrap_or(1) as c_int, Some(msg));
+        }
+        b"streambad" => {
+            let neg = chunk(task, b"x", -1);
+            let bogus = chunk(Ptr(0x1000 as *mut c_void), b"x", 1);
+            respond(task, 0, Some(format!("neg={neg} bogus={bogus}").as_bytes()));
+            let after = chunk(task, b"late", 4);
+            log_line(
+                5,
+                format!("echo chunk after the final answer: {after}").as_bytes(),
+            );
         }
         b"cstr" => {
             let rsp = malloc_copy(rest, true);

@@ -1,0 +1,292 @@
+//! The handler style: `func(cfg)` returned `(req: Buffer) => answer`, and
+//! the loader serves the queue with it on Node's main thread.
+//!
+//! JavaScript runs on one thread, so the handler runs on Node's event loop
+//! (no thread of ours hands tasks over: waking a sleeping loop from another
+//! thread costs 20-40 µs here, more than a whole call should). The loop
+//! takes tasks itself:
+//! - when the queue's readiness fd (an eventfd the core writes when a task
+//!   arrives while the loop is armed) becomes readable, or while an idle
+//!   handle keeps the loop turning, [`Server::pump`] takes what is queued
+//!   (a batch), or else spins within the queue's poll budget for the next
+//!   call (`resty_ffi_task_poll_spin`: counted as a spinning poller, so the
+//!   Lua caller spins for the answer too, and the core's gate turns the
+//!   spin off when it does not pay, or on a single CPU);
+//! - tasks found: each runs the handler with a Buffer copy of the request
+//!   (null for nil), inside one callback scope per batch (promise reactions
+//!   and nextTicks run when it closes); the idle handle stays on, so the
+//!   next loop turn (after timers and I/O) looks again;
+//! - nothing within the spin: the idle handle stops, the fd is armed, and
+//!   the loop sleeps in epoll until a post writes the fd.
+//!
+//! Answers: a Buffer / TypedArray / ArrayBuffer or a string (UTF-8) is
+//! copied into the answer, null or undefined answers nil, a Promise (or any
+//! thenable) is answered when it settles. A throw or a rejection answers
+//! rc 1 with `Name: message` and logs the stack at error level. Any other
+//! value answers rc 1 saying what it was.
+//!
+//! Shutdown: when the queue is finished (`rt:__unload()`) and drained, the
+//! watch and the idle handle are closed; Promises still pending answer
+//! when they settle (the core drops answers nobody waits for).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::ffi::{c_int, c_void};
+
+use crate::abi::{self, TaskRef};
+use crate::napi::{self, Env, Fail, Ref, Value};
+use crate::{binding, host};
+
+/// Tasks taken per callback scope.
+const BATCH: usize = 64;
+
+/// One served queue. Lives on Node's main thread, for the life of the
+/// process (a few hundred bytes per load; handles are closed at finish).
+struct Server {
+    env: Env,
+    tq: usize,
+    name: String,
+    handler: Ref,
+    fd: c_int,
+    watch: Cell<*mut c_void>,
+    idle: Cell<*mut c_void>,
+    idling: Cell<bool>,
+}
+
+/// What every server shares: the bootstrap's `track(promise, id)` and
+/// one async context for callback scopes.
+struct Shared {
+    track: Ref,
+    resource: Ref,
+    ctx: napi::AsyncCtx,
+}
+
+thread_local! {
+    static SHARED: RefCell<Option<Shared>> = const { RefCell::new(None) };
+    /// Tasks whose handler returned a Promise, by id.
+    static INFLIGHT: RefCell<HashMap<u64, (TaskRef, &'static Server)>> = RefCell::new(HashMap::new());
+    static NEXT_ID: Cell<u64> = const { Cell::new(1) };
+}
+
+/// Called once by the bootstrap's `_setup`, on the main thread.
+pub fn init(env: Env, track: Ref) -> napi::JsResult<()> {
+    let (resource, ctx) = env.async_context("resty_ffi handler")?;
+    SHARED.with(|s| {
+        *s.borrow_mut() = Some(Shared {
+            track,
+            resource,
+            ctx,
+        })
+    });
+    Ok(())
+}
+
+fn scope_parts() -> Option<(Ref, napi::AsyncCtx, Ref)> {
+    SHARED.with(|s| s.borrow().as_ref().map(|s| (s.resource, s.ctx, s.track)))
+}
+
+/// Serves queue `tq` with `handler` (the bootstrap checked it is a
+/// function); `name` names the runtime in log lines.
+pub fn start(env: Env, tq: usize, handler: Value, name: String) -> Result<(), String> {
+    if scope_parts().is_none() {
+        return Err("the bootstrap did not set up the loader".into());
+    }
+    let fd = abi::queue_fd(tq);
+    if fd < 0 {
+        return Err("the core gave no readiness fd for the queue".into());
+    }
+    let uv_loop = env.uv_loop().map_err(|e| e.text())?;
+    let handler = env.reference(handler).map_err(|e| e.text())?;
+    let server: &'static Server = Box::leak(Box::new(Server {
+        env,
+        tq,
+        name,
+        handler,
+        fd,
+        watch: Cell::new(std::ptr::null_mut()),
+        idle: Cell::new(std::ptr::null_mut()),
+        idling: Cell::new(false),
+    }));
+    let data = server as *const Server as *mut c_void;
+    // SAFETY: the loop is this thread's; data is the leaked server, which
+    // outlives both handles.
+    unsafe {
+        server
+            .idle
+            .set((host::get().idle_new)(uv_loop, on_idle, data));
+        server
+            .watch
+            .set((host::get().watch)(uv_loop, fd, on_readable, data));
+    }
+    if server.idle.get().is_null() || server.watch.get().is_null() {
+        return Err("libuv refused a handle for the queue's fd".into());
+    }
+    // tasks may be queued already: look on the next loop turn
+    server.start_idle();
+    Ok(())
+}
+
+unsafe extern "C" fn on_readable(data: *mut c_void) {
+    // SAFETY: data is the leaked Server (see start), used on its thread.
+    let server = unsafe { &*(data as *const Server) };
+    let mut buf = [0u8; 8];
+    // SAFETY: reads at most 8 bytes into a local from the eventfd; EAGAIN
+    // (already read) is harmless.
+    unsafe { libc::read(server.fd, buf.as_mut_ptr().cast(), 8) };
+    guard(server);
+}
+
+unsafe extern "C" fn on_idle(data: *mut c_void) {
+    // SAFETY: as for on_readable.
+    let server = unsafe { &*(data as *const Server) };
+    guard(server);
+}
+
+fn guard(server: &'static Server) {
+    if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.pump())) {
+        abi::log(
+            resty_ffi_loader::ERR,
+            &format!(
+                "ffi_nodejs: {}: panic while serving: {}",
+                server.name,
+                abi::panic_text(&*p)
+            ),
+        );
+    }
+}
+
+impl Server {
+    fn start_idle(&self) {
+        if !self.idling.replace(true) {
+            // SAFETY: a live idle handle of this thread's loop.
+            unsafe { (host::get().idle_start)(self.idle.get()) };
+        }
+    }
+
+    fn stop_idle(&self) {
+        if self.idling.replace(false) {
+            // SAFETY: as above.
+            unsafe { (host::get().idle_stop)(self.idle.get()) };
+        }
+    }
+
+    fn pump(&'static self) {
+        if self.watch.get().is_null() {
+            return; // closed
+        }
+        let Some(first) = abi::try_poll(self.tq).or_else(|| abi::poll_spin(self.tq)) else {
+            return self.sleep();
+        };
+        let Some((resource, ctx, track)) = scope_parts() else {
+            return;
+        };
+        self.env.scope(resource, ctx, || {
+            self.run(first, track);
+            for _ in 1..BATCH {
+                match abi::try_poll(self.tq) {
+                    Some(t) => self.run(t, track),
+                    None => break,
+                }
+            }
+        });
+        self.start_idle();
+    }
+
+    /// Nothing came: arm the fd and let the loop sleep, or close at finish.
+    fn sleep(&self) {
+        self.stop_idle();
+        match abi::queue_arm(self.tq) {
+            0 => {}
+            n if n > 0 => self.start_idle(),
+            _ => self.close(),
+        }
+    }
+
+    fn close(&self) {
+        let watch = self.watch.replace(std::ptr::null_mut());
+        if !watch.is_null() {
+            // SAFETY: live handles of this thread's loop, closed once.
+            unsafe {
+                (host::get().unwatch)(watch);
+                (host::get().idle_close)(self.idle.get());
+            }
+        }
+    }
+
+    /// Runs the handler for one task and answers it, or hands its Promise
+    /// to `track`.
+    fn run(&'static self, task: TaskRef, track: Ref) {
+        let env = self.env;
+        let called = (|| {
+            let req = match task.request() {
+                Some(b) => env.buffer(b)?,
+                None => env.null(),
+            };
+            let handler = env.deref(self.handler)?;
+            env.call1(env.undefined(), handler, req)
+        })();
+        let v = match called {
+            Ok(v) => v,
+            Err(f) => return self.fail(task, &f),
+        };
+        if !is_thenable(env, v) {
+            return self.answer(task, v);
+        }
+        let id = NEXT_ID.with(|n| n.replace(n.get() + 1));
+        INFLIGHT.with(|m| m.borrow_mut().insert(id, (task, self)));
+        let tracked = (|| {
+            let track = env.deref(track)?;
+            env.call(env.undefined(), track, &[v, env.number(id as f64)?])
+        })();
+        if let Err(f) = tracked {
+            if let Some((task, _)) = INFLIGHT.with(|m| m.borrow_mut().remove(&id)) {
+                self.fail(task, &f);
+            }
+        }
+    }
+
+    fn answer(&self, task: TaskRef, v: Value) {
+        if let Err(why) = binding::answer(self.env, task, 0, v) {
+            abi::log(
+                resty_ffi_loader::ERR,
+                &format!("ffi_nodejs: {}: handler: {why}", self.name),
+            );
+        }
+    }
+
+    fn fail(&self, task: TaskRef, f: &Fail) {
+        abi::log(
+            resty_ffi_loader::ERR,
+            &format!("ffi_nodejs: {}: handler failed: {}", self.name, f.stack()),
+        );
+        task.respond(1, Some(f.text().as_bytes()));
+    }
+}
+
+fn is_thenable(env: Env, v: Value) -> bool {
+    if env.is_promise(v) {
+        return true;
+    }
+    if !matches!(env.type_of(v), napi::Type::Object | napi::Type::Function) {
+        return false;
+    }
+    // a Buffer is an object with no `then`; ask only objects that are not
+    // byte containers
+    if env.bytes(v).is_some() {
+        return false;
+    }
+    env.get(v, c"then")
+        .map(|t| env.type_of(t) == napi::Type::Function)
+        .unwrap_or(false)
+}
+
+/// A tracked Promise settled: `Ok(value)` or `Err(reason)`.
+pub fn settle(env: Env, id: u64, outcome: Result<Value, Value>) {
+    let Some((task, server)) = INFLIGHT.with(|m| m.borrow_mut().remove(&id)) else {
+        return;
+    };
+    match outcome {
+        Ok(v) => server.answer(task, v),
+        Err(e) => server.fail(task, &Fail::Js(env.describe(e))),
+    }
+}

@@ -1,0 +1,211 @@
+-- resty.ffi.call: one call to a runtime, the hot path.
+--
+-- rt:anyname(req [, timeout]) posts the request to the runtime's task
+-- queue in the core (the string is borrowed, not copied), spins briefly
+-- for the answer when nothing else of this VM is parked, and otherwise
+-- parks on an ngx.semaphore until the dispatcher hands the answer over or
+-- the timeout passes. See DESIGN.md, "The fast path": this file must stay
+-- free of closure creation and other NYI operations, with hot globals in
+-- locals (`-jv` shows trace aborts; benches/README.md measures it).
+
+local ffi = require "ffi"
+local semaphore = require "ngx.semaphore"
+local C = require("resty.ffi.lib").C
+local channel = require "resty.ffi.channel"
+local dispatcher = require "resty.ffi.dispatcher"
+
+local ngx = ngx
+local get_phase = ngx.get_phase
+local exiting = ngx.worker.exiting
+local ngx_sleep = ngx.sleep
+local log = ngx.log
+local ERR = ngx.ERR
+local sema_new = semaphore.new
+local type = type
+local tostring = tostring
+local setmetatable = setmetatable
+
+local ch = channel.channel
+local take_result = channel.take_result
+local parked = channel.parked
+local add_waiter = channel.add
+local give_up = channel.give_up
+local drain = channel.drain
+local dispatcher_running = dispatcher.running
+local start_dispatcher = dispatcher.start
+local wake_dispatcher = dispatcher.wake
+
+local _M = { _VERSION = "0.1.0" }
+
+-- ngx.semaphore takes milliseconds in a C int: longer waits are chunked,
+-- and a timeout this long or longer means "until answered".
+local MAX_WAIT = 1e6
+_M.MAX_WAIT = MAX_WAIT
+local POLL_INTERVAL = dispatcher.POLL_INTERVAL
+
+-- Phases whose code may yield, and so may wait for a runtime.
+-- (ssl_client_hello is not one: on nginx-lua 0.10.23 any yield there,
+-- even ngx.sleep, aborts the handshake.)
+local YIELDABLE = {
+    rewrite = true, access = true, content = true, timer = true,
+    ssl_cert = true, ssl_session_fetch = true,
+}
+_M.YIELDABLE = YIELDABLE
+
+-- Runtime object -> its state (rt: the core's runtime, false once
+-- unloaded; core: kept after unload, for __stats; key, cache, timeout,
+-- max_queue). Kept here, where no method name reaches it.
+local state_of = setmetatable({}, { __mode = "k" })
+_M.state_of = state_of
+
+local next_id = 0
+local errp = ffi.new("int[1]")
+
+-- Checks a timeout: true and the seconds to wait (nil: until answered),
+-- or false and why not.
+local function check_timeout(v, what)
+    if type(v) ~= "number" or v ~= v or v <= 0 then
+        return false, what .. " must be a positive number of seconds "
+               .. "(math.huge: until answered), got " .. tostring(v)
+    end
+    if v >= MAX_WAIT then
+        return true, nil
+    end
+    return true, v
+end
+_M.check_timeout = check_timeout
+
+-- Why a runtime object cannot be called.
+local function method_error(self)
+    if state_of[self] == nil then
+        return "resty_ffi: call runtime methods with a colon, rt:method(req), "
+               .. "not rt.method(req)"
+    end
+    return "resty_ffi: task queue is finished: the runtime is unloaded"
+end
+_M.method_error = method_error
+
+local function post_error(st, code)
+    if code == 1 then
+        return "resty_ffi: post failed, queue full (max_queue "
+               .. st.max_queue .. "): the runtime is not keeping up"
+    elseif code == 2 then
+        return "resty_ffi: task queue is finished: the runtime is unloaded"
+    elseif code == 4 then
+        return "resty_ffi: post failed: too many calls in flight in this worker"
+    end
+    return "resty_ffi: cannot post the call (code " .. tostring(code) .. ")"
+end
+_M.post_error = post_error
+
+-- Waits without the dispatcher: only while the worker exits and no timer
+-- can start it. Polls the channel with ngx.sleep.
+local function wait_polling(w, timeout)
+    local waited = 0
+    while not w.done and (timeout == nil or waited < timeout) do
+        ngx_sleep(POLL_INTERVAL)
+        waited = waited + POLL_INTERVAL
+        drain()
+    end
+    return w.done
+end
+
+-- Waits on the semaphore; nil timeout waits until answered.
+local function wait_sema(w, id, timeout)
+    while true do
+        local chunk = timeout
+        if chunk == nil or chunk > MAX_WAIT then
+            chunk = MAX_WAIT
+        end
+        local ok, err = w.sema:wait(chunk)
+        if ok or w.done then
+            return true
+        end
+        if err ~= "timeout" then
+            log(ERR, "resty_ffi: waiting for call ", id, " failed: ", err)
+            return false
+        end
+        if timeout ~= nil then
+            timeout = timeout - chunk
+            if timeout <= 0 then
+                return false
+            end
+        end
+    end
+end
+
+-- Waits for the answer to a call that did not come while spinning.
+local function park(rt, task, id, req, timeout)
+    local w = { sema = sema_new(), req = req }
+    add_waiter(id, w)
+    local done
+    if dispatcher_running() or start_dispatcher() then
+        done = wait_sema(w, id, timeout)
+    else
+        done = wait_polling(w, timeout)
+    end
+    -- Exactly one of "answered" and "timed out": an answer handed over in
+    -- the same cycle as the timeout stands (give_up refuses then).
+    if done or not give_up(id, w, req) then
+        if w.ok == nil then
+            -- handed over, but reading it failed (drain logged why)
+            return false, nil, "resty_ffi: the answer could not be read"
+        end
+        return w.ok, w.res, w.err
+    end
+    -- Timed out: the runtime may still answer; the request stays alive for
+    -- it, and the dispatcher frees the late answer. The runtime can tell
+    -- nobody waits (resty_ffi_task_cancelled) and stop early.
+    C.resty_ffi_task_cancel(task)
+    C.resty_ffi_runtime_timed_out(rt)
+    if exiting() then
+        wake_dispatcher()
+    end
+    return false, nil, "resty_ffi: call timed out after "
+           .. tostring(timeout or MAX_WAIT) .. " s"
+end
+
+-- rt:anyname(req [, timeout]) -> ok, res_or_rc, err
+local function call(self, req, timeout)
+    local st = state_of[self]
+    local rt = st and st.rt
+    if not rt then
+        return false, nil, method_error(self)
+    end
+    local phase = get_phase()
+    if not YIELDABLE[phase] then
+        return false, nil, "resty_ffi: cannot wait for a runtime in the "
+               .. phase .. " phase (it cannot yield); call from rewrite, "
+               .. "access, content or a timer (ngx.timer.at)"
+    end
+    local len = 0
+    if req ~= nil then
+        if type(req) ~= "string" then
+            return false, nil, "resty_ffi: request must be a string or nil, "
+                   .. "got " .. type(req)
+        end
+        len = #req
+    end
+    if timeout == nil then
+        timeout = st.timeout
+    else
+        local ok, t = check_timeout(timeout, "the call's timeout")
+        if not ok then
+            return false, nil, "resty_ffi: " .. t
+        end
+        timeout = t
+    end
+    next_id = next_id + 1
+    local id = next_id
+    local task = C.resty_ffi_post(rt, ch, req, len, id, errp)
+    if task == nil then
+        return false, nil, post_error(st, errp[0])
+    end
+    if C.resty_ffi_wait(task, parked() == 0 and 1 or 0) == 1 then
+        return take_result(task)
+    end
+    return park(rt, task, id, req, timeout)
+end
+_M.call = call
+
+return _M

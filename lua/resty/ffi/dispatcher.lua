@@ -1,0 +1,203 @@
+-- resty.ffi.dispatcher: the light thread that wakes parked calls.
+--
+-- One dispatcher per Lua VM, started from a timer when a call parks (or a
+-- runtime loads, so its log lines have a writer). It sleeps on a private
+-- unix socket; runtime threads write a byte there when an answer to a
+-- parked call arrives, and the dispatcher drains the answers in batches,
+-- hands each to its waiter and writes the runtimes' log lines. When no such
+-- socket can be made (no writable TMPDIR) it polls instead.
+--
+-- Stopping: a worker that exits runs pending timers early; one such timer
+-- (or, with many VMs, a short one re-armed while the dispatcher runs) wakes
+-- the dispatcher, which sees ngx.worker.exiting() and returns once nothing
+-- is parked. With lua_code_cache off it also stops as soon as nothing of
+-- its VM waits, so the VM can be freed. See DESIGN.md, "Facts from the
+-- same experiment".
+
+local ffi = require "ffi"
+local C = require("resty.ffi.lib").C
+local channel = require "resty.ffi.channel"
+local runtime_log = require "resty.ffi.log"
+
+local ffi_string = ffi.string
+local ngx = ngx
+local exiting = ngx.worker.exiting
+local timer_at = ngx.timer.at
+local ngx_sleep = ngx.sleep
+local log = ngx.log
+local ERR = ngx.ERR
+local pcall = pcall
+
+local ch = channel.channel
+local drain = channel.drain
+local parked = channel.parked
+local pending = channel.pending
+local many_vms = channel.many_vms
+local wake_streams = channel.wake_streams
+local drain_logs = runtime_log.drain
+
+local _M = { _VERSION = "0.1.0" }
+
+local FOREVER_MS = 86400 * 1000
+local RESTART_DELAY = 0.1
+local POLL_INTERVAL = 0.001
+local POLL_IDLE_INTERVAL = 0.1
+-- With many VMs a year-long timer would keep this VM alive for a year: a
+-- short timer re-armed while the dispatcher runs does the same job, and
+-- keeps the VM at most that long once the dispatcher stopped.
+local EXIT_WATCH = 0.1
+
+_M.POLL_INTERVAL = POLL_INTERVAL
+
+local running = false
+local exit_timer_set = false
+local wake_mode = "socket" -- or "polling" once no wake socket can be made
+local msg_buf = ffi.new("char[?]", 1024)
+
+-- Wakes the dispatcher (it re-checks whether it may stop).
+local function wake()
+    C.resty_ffi_wake(ch)
+end
+_M.wake = wake
+
+local function on_worker_exit(premature)
+    if premature then
+        -- wake the dispatcher so it sees ngx.worker.exiting()
+        wake()
+    end
+end
+
+local function exit_watch(premature)
+    if premature then
+        wake()
+    elseif running then
+        timer_at(EXIT_WATCH, exit_watch)
+    end
+end
+
+-- Whether the dispatcher may stop: the worker exits and nothing is parked,
+-- or (many VMs) nothing of this VM waits at all, so the VM can go.
+local function may_stop()
+    if exiting() then
+        if parked() == 0 then
+            return true
+        end
+        -- streams end when the worker exits (their readers see why)
+        wake_streams()
+    end
+    return not pending() and many_vms()
+end
+
+local function poll_loop()
+    C.resty_ffi_log_attach(ch, runtime_log.filter())
+    while true do
+        drain()
+        drain_logs()
+        if not pending() or (exiting() and parked() == 0) then
+            return true
+        end
+        if exiting() then
+            wake_streams()
+        end
+        ngx_sleep(parked() > 0 and POLL_INTERVAL or POLL_IDLE_INTERVAL)
+    end
+end
+
+local function fall_back_to_polling(why)
+    wake_mode = "polling"
+    log(ERR, "resty_ffi: no wake-up socket (", why, "); answers to parked ",
+        "calls are polled every ", POLL_INTERVAL * 1000, " ms instead, ",
+        "which adds latency: set TMPDIR to a short folder the worker user ",
+        "can write")
+    return poll_loop()
+end
+
+local function socket_loop()
+    local n = C.resty_ffi_wake_listen(ch, msg_buf, 1024)
+    if n < 0 then
+        return fall_back_to_polling(ffi_string(msg_buf))
+    end
+    local sock = ngx.socket.tcp()
+    local ok, err = sock:connect("unix:" .. ffi_string(msg_buf, n))
+    if not ok then
+        C.resty_ffi_wake_accept(ch, msg_buf, 1024)
+        return fall_back_to_polling("cannot connect it: " .. err)
+    end
+    if C.resty_ffi_wake_accept(ch, msg_buf, 1024) ~= 0 then
+        sock:close()
+        return nil, ffi_string(msg_buf)
+    end
+    sock:settimeouts(1000, 1000, FOREVER_MS)
+    C.resty_ffi_log_attach(ch, runtime_log.filter())
+    if many_vms() then
+        timer_at(EXIT_WATCH, exit_watch)
+    elseif not exit_timer_set then
+        exit_timer_set = timer_at(FOREVER_MS / 1000, on_worker_exit) and true
+    end
+    while true do
+        drain()
+        drain_logs()
+        if may_stop() then
+            sock:close()
+            return true
+        end
+        if C.resty_ffi_prepare_sleep(ch) == 0 then
+            local data, rerr = sock:receiveany(4096)
+            if not data and rerr ~= "timeout" then
+                sock:close()
+                return nil, "wake socket: " .. rerr
+            end
+        end
+    end
+end
+
+local function dispatch_loop()
+    if wake_mode == "polling" then
+        return poll_loop()
+    end
+    return socket_loop()
+end
+
+local start
+
+local function dispatch(premature)
+    if premature then
+        running = false
+        return
+    end
+    local ok, res, err = pcall(dispatch_loop)
+    running = false
+    C.resty_ffi_log_detach(ch)
+    if not ok or not res then
+        log(ERR, "resty_ffi: dispatcher stopped: ", ok and err or res)
+    end
+    if pending() and not (exiting() and parked() == 0) then
+        -- retry soon, not at once: a broken environment must not turn
+        -- into a busy loop of timers
+        start((ok and res) and 0 or RESTART_DELAY)
+    end
+end
+
+-- Starts the dispatcher after `delay` seconds (0): true, or nil, err when
+-- no timer can be made (the worker exits).
+start = function(delay)
+    local ok, err = timer_at(delay or 0, dispatch)
+    if not ok then
+        return nil, err
+    end
+    running = true
+    return true
+end
+_M.start = start
+
+-- Whether the dispatcher runs (or its start is scheduled).
+function _M.running()
+    return running
+end
+
+-- "socket", or "polling" when no wake socket could be made.
+function _M.wake_mode()
+    return wake_mode
+end
+
+return _M

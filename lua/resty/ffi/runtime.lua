@@ -1,0 +1,235 @@
+-- resty.ffi.runtime: loading a runtime, and the object Lua calls it
+-- through.
+--
+-- A runtime is loaded once per worker and cache key (`lib .. "&" .. cfg`);
+-- the object's every method name is a call (resty.ffi.call), as in
+-- lua-resty-ffi, except the double-underscore ones: __unload, __queue_len,
+-- __stats, __stream (resty.ffi.stream). Two loaders share this code: resty.ffi.load (our shapes, a
+-- default timeout) and resty_ffi's ngx.load_ffi (lua-resty-ffi's shapes),
+-- which differ only in the metatable, the cache and the default timeout.
+
+local ffi = require "ffi"
+local lib = require "resty.ffi.lib"
+local call = require "resty.ffi.call"
+local stream = require "resty.ffi.stream"
+local channel = require "resty.ffi.channel"
+local dispatcher = require "resty.ffi.dispatcher"
+local stats = require "resty.ffi.stats"
+local prometheus = require "resty.ffi.prometheus"
+local runtime_log = require "resty.ffi.log"
+
+local ffi_string = ffi.string
+local ngx = ngx
+local get_phase = ngx.get_phase
+local log = ngx.log
+local ERR = ngx.ERR
+local WARN = ngx.WARN
+local type = type
+local ipairs = ipairs
+local tostring = tostring
+local setmetatable = setmetatable
+local rawset = rawset
+
+local C = lib.C
+local state_of = call.state_of
+local method_error = call.method_error
+
+local _M = { _VERSION = "0.1.0" }
+
+-- Spin budgets above this would burn a CPU the other side needs.
+local MAX_SPIN_US = 1000
+_M.MAX_SPIN_US = MAX_SPIN_US
+-- A load taking this long (seconds) is worth a warning: the worker served
+-- nothing meanwhile.
+local SLOW_LOAD = 0.1
+
+local msg_buf = ffi.new("char[?]", 1024)
+
+local function unload(self)
+    local st = state_of[self]
+    local rt = st and st.rt
+    if not rt then
+        return
+    end
+    st.rt = false
+    if st.cache[st.key] == self then
+        st.cache[st.key] = nil
+    end
+    C.resty_ffi_runtime_unload(rt)
+end
+
+local function queue_len(self)
+    local st = state_of[self]
+    local rt = st and st.rt
+    if not rt then
+        return 0
+    end
+    return C.resty_ffi_runtime_queue_len(rt)
+end
+
+-- rt:__stats(): this runtime's counters in this worker, as
+-- resty.ffi.stats gives them. (Double underscore like __unload:
+-- `rt:stats()` is a call to the runtime's own `stats` method.)
+local function runtime_stats(self)
+    local st = state_of[self]
+    if not st then
+        return nil, method_error(self)
+    end
+    return stats.of(st.core)
+end
+
+-- Any method name calls the runtime, as in lua-resty-ffi; cache it on the
+-- object so LuaJIT sees a plain table hit, not a new closure. State lives
+-- in `state_of`, where no method name reaches it.
+local function method_index(fn)
+    return {
+        __index = function(self, k)
+            rawset(self, k, fn)
+            return fn
+        end,
+        __call = fn,
+    }
+end
+
+local SPIN_OPTS = { spin_us = true, poll_spin_us = true }
+local INT_OPTS = { "max_queue", "spin_us", "poll_spin_us",
+                   "stream_window_bytes", "stream_window_chunks" }
+
+-- Checks opts; returns them and the call timeout they give (nil: until
+-- answered, `default` when they give none), or nil, err.
+local function check_opts(opts, default)
+    if opts == nil then
+        return {}, default
+    end
+    if type(opts) ~= "table" then
+        return nil, "opts must be a table, got " .. type(opts)
+    end
+    for _, name in ipairs(INT_OPTS) do
+        local v = opts[name]
+        if v ~= nil and (type(v) ~= "number" or v ~= v or v < 0
+                         or v % 1 ~= 0 or v >= 2^31) then
+            return nil, "opts." .. name .. " must be a non-negative "
+                   .. "integer, got " .. tostring(v)
+        end
+        if v and SPIN_OPTS[name] and v > MAX_SPIN_US then
+            return nil, "opts." .. name .. " must be at most " .. MAX_SPIN_US
+                   .. " (µs; a longer spin burns the CPU the other side "
+                   .. "needs), got " .. tostring(v)
+        end
+    end
+    if opts.max_queue == 0 then
+        return nil, "opts.max_queue must be positive"
+    end
+    if opts.timeout == nil then
+        return opts, default
+    end
+    local ok, t = call.check_timeout(opts.timeout, "opts.timeout")
+    if not ok then
+        return nil, t
+    end
+    return opts, t
+end
+
+-- Loads (or finds in `cache`) runtime `lib` with `cfg`: the object, or
+-- nil, err. `meta` is the metatable its methods come from and
+-- `default_timeout` the call timeout when opts give none (nil: until
+-- answered).
+local function load(lib_name, cfg, opts, meta, cache, default_timeout)
+    local err, timeout
+    if type(lib_name) ~= "string" or lib_name == "" then
+        err = "resty_ffi: lib must be a library name or path, got "
+              .. tostring(lib_name)
+    elseif lib_name:find("\0", 1, true) then
+        err = "resty_ffi: lib must not contain a NUL byte: "
+              .. lib_name:gsub("%z", "\\0")
+    elseif cfg ~= nil and type(cfg) ~= "string" then
+        err = "resty_ffi: cfg must be a string or nil, got " .. type(cfg)
+    else
+        opts, timeout = check_opts(opts, default_timeout)
+        err = not opts and "resty_ffi: " .. timeout
+    end
+    if not err and get_phase() == "init" then
+        err = "resty_ffi: cannot load a runtime in init_by_lua: it runs "
+              .. "in the nginx master, whose threads do not survive fork; load "
+              .. "it in init_worker_by_lua or later"
+    end
+    if err then
+        return nil, err
+    end
+    local key = cfg and (lib_name .. "&" .. cfg) or lib_name
+    local cached = cache[key]
+    if cached then
+        return cached
+    end
+    local max_queue = opts.max_queue or 65536
+    local path = lib.find_library(lib_name)
+    -- the runtime may log from libffi_init on: drop what nginx would not write
+    C.resty_ffi_log_filter(runtime_log.filter())
+    ngx.update_time()
+    local t0 = ngx.now()
+    local rt = C.resty_ffi_runtime_load(key, #key, path, cfg,
+                                        cfg and #cfg or -1, max_queue,
+                                        opts.is_global and 1 or 0,
+                                        opts.spin_us or -1,
+                                        opts.poll_spin_us or -1, msg_buf, 1024)
+    ngx.update_time()
+    local took = ngx.now() - t0
+    if took >= SLOW_LOAD then
+        log(WARN, "resty_ffi: loading ", key, " took ",
+            string.format("%.3f", took), " s: the worker ",
+            "serves nothing while a runtime's libffi_init runs (start threads ",
+            "and return)")
+    end
+    if rt == nil then
+        err = "resty_ffi: " .. ffi_string(msg_buf)
+        log(ERR, err)
+        return nil, err
+    end
+    if opts.name ~= nil then
+        local name = tostring(opts.name)
+        C.resty_ffi_runtime_set_name(rt, name, #name)
+    end
+    if not dispatcher.running() and not channel.many_vms() then
+        -- runtimes may log before any call parks: lines need a writer
+        dispatcher.start()
+    end
+    prometheus.start_publishing()
+    local obj = setmetatable({
+        __unload = unload,
+        __queue_len = queue_len,
+        __stats = runtime_stats,
+        __stream = stream.method,
+    }, meta)
+    state_of[obj] = {
+        rt = rt,            -- false once unloaded
+        core = rt,          -- kept after unload, for __stats
+        key = key,
+        cache = cache,
+        timeout = timeout,
+        max_queue = max_queue,
+        window_bytes = opts.stream_window_bytes,
+        window_chunks = opts.stream_window_chunks,
+    }
+    cache[key] = obj
+    return obj
+end
+
+local own_meta = method_index(call.call)
+local own_cache = {}
+
+-- resty.ffi.load: our shapes, `default_timeout` when opts give none.
+function _M.load(lib_name, cfg, opts, default_timeout)
+    return load(lib_name, cfg, opts, own_meta, own_cache, default_timeout)
+end
+
+-- For resty_ffi (the lua-resty-ffi adapter): a loader whose methods are
+-- wrap(call), with its own cache and no default timeout.
+function _M.loader(wrap)
+    local meta = method_index(wrap(call.call))
+    local cache = {}
+    return function(lib_name, cfg, opts)
+        return load(lib_name, cfg, opts, meta, cache, nil)
+    end
+end
+
+return _M

@@ -1,0 +1,3 @@
+module github.com/resty-ffi/tests/go/tasks
+
+go 1.21
