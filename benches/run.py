@@ -17,7 +17,11 @@ tests/harness.py and its own proxy-model server, and measures in one run:
   5  gRPC: N sequential SayHello calls from Lua (resty.ffi.grpc) against a
      native tonic client (grpc_bench_client) on the same server, and 64
      concurrent Lua callers against 64 concurrent tonic tasks;
-  6  the bridge alone, without nginx (benches/src/bin/bridge_host).
+  6  the bridge alone, without nginx (benches/src/bin/bridge_host);
+  7  streaming: one rt:__stream read to the end, 64 B chunks (chunks/s) and
+     64 KiB chunks (MB/s), time to the first chunk, per runtime that
+     streams (a `stream` request in its RUNTIMES entry), against the proxy
+     model streaming the same bytes over a held-open unix socket.
 
 Records go to target/bench/results.json, tables to target/bench/results.md,
 the echo chart to target/bench/echo.png. Every process started here is
@@ -166,7 +170,7 @@ def stage_nodejs(stage, ctx):
 # variant of a runtime is one more entry.
 RUNTIMES = [
     dict(name="rust-echo", lib="ffi_echo", cfg="threads=2",
-         stage=stage_rust_echo, required=True),
+         stage=stage_rust_echo, required=True, stream="!stream:{n}:{size}:0"),
     dict(name="rust-echo-1t", lib="ffi_echo", cfg="threads=1",
          stage=stage_rust_echo, required=False, variant=True),
     # "threads=2," differs from rust-echo's cfg only so that the Lua layer's
@@ -288,6 +292,9 @@ class Bench:
             "location = /seq { content_by_lua_block { require('bench.run').seq_ffi() } }",
             "location = /seq_socket { content_by_lua_block { require('bench.run').seq_socket() } }",
             "location = /delay { content_by_lua_block { require('bench.run').delay() } }",
+            "location = /stream_ffi { content_by_lua_block { require('bench.run').stream_ffi() } }",
+            "location = /stream_socket { content_by_lua_block { "
+            "require('bench.run').stream_socket() } }",
             "location = /plain { content_by_lua_block { require('bench.run').plain() } }",
         ]
         for rt in self.runtimes:
@@ -480,6 +487,41 @@ class Run:
                                  % (name, workers, conns, rec["rps"],
                                     rec["cpu_us_per_request"],
                                     "  ERRORS %d" % w["errors"] if w["errors"] else ""))
+
+    def section_7(self, stage, ctx, runtimes):
+        a = self.args
+        self.log("== 7: streaming, one stream read to the end, 1 worker")
+        streaming = [rt for rt in runtimes if rt.get("stream")]
+        with Bench(stage, ctx, streaming) as bench:
+            for size, n in a.stream_sizes:
+                for rt in streaming + [dict(name="socket-stream")]:
+                    if rt["name"] == "socket-stream":
+                        path = "/stream_socket?" + urllib.parse.urlencode(dict(
+                            path=bench.proxy.path("msgpack"), n=n, size=size))
+                    else:
+                        path = "/stream_ffi?" + urllib.parse.urlencode(dict(
+                            lib=rt["lib"], cfg=bench.cfg(rt), n=n, size=size,
+                            req=rt["stream"].format(n=n, size=size)))
+                    try:
+                        bench.get(path)   # warm
+                        runs = [json.loads(bench.get(path)) for _ in range(a.reps)]
+                    except Exception as e:  # noqa: BLE001 (reported, not hidden)
+                        if rt.get("required") or rt["name"] == "socket-stream":
+                            raise
+                        self.failed[("7", rt["name"])] = str(e).splitlines()[0][:200]
+                        continue
+                    runs.sort(key=lambda r: r["secs"])
+                    r = runs[len(runs) // 2]
+                    rec = self.add(
+                        bench="stream", section="7", runtime=rt["name"], payload=size,
+                        chunks=r["chunks"], workers=1, cpus=self.cpus,
+                        chunks_per_s=r["chunks_per_s"], mb_per_s=r["mb_per_s"],
+                        ttfb_us=r["ttfb_us"],
+                        runs_chunks_per_s=[round(x["chunks_per_s"]) for x in runs])
+                    self.log("  [7] %-15s %6d B x %-6d %10.0f chunks/s %9.1f MB/s  "
+                             "first chunk %7.1f us" % (rt["name"], size, n,
+                                                       rec["chunks_per_s"], rec["mb_per_s"],
+                                                       rec["ttfb_us"]))
 
     def section_6(self, stage, ctx, runtimes):
         a = self.args
@@ -834,6 +876,24 @@ def report(run, mach, stage_runtimes):
                 100 * r["parked_share"], "%.0f" % b["rps"] if b else "-",
                 fmt(b["cpu_us_per_call"]) if b else "-"))
         L.append("")
+    st = [r for r in run.records if r["bench"] == "stream"]
+    if st:
+        L += ["## 7. Streaming: one stream read to the end, 1 worker", "",
+              "Runtime to Lua through rt:__stream / st:recv (the Rust echo's "
+              "`!stream` mode), against the proxy model streaming the same bytes as "
+              "length-prefixed frames on a held-open unix socket. Median of the runs.", "",
+              "| runtime | chunk | chunks | chunks/s | MB/s | first chunk µs | vs socket |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+        for size in sorted({r["payload"] for r in st}):
+            base = find(st, runtime="socket-stream", payload=size)
+            for r in st:
+                if r["payload"] != size:
+                    continue
+                L.append("| %s | %s | %d | %.0f | %.1f | %s | %s |" % (
+                    r["runtime"], human(size), r["chunks"], r["chunks_per_s"],
+                    r["mb_per_s"], fmt(r["ttfb_us"]),
+                    "%.1fx" % (r["chunks_per_s"] / base["chunks_per_s"]) if base else "-"))
+        L.append("")
     L += targets(run)
     return "\n".join(L) + "\n"
 
@@ -885,6 +945,17 @@ def targets(run):
             v = nat["us_per_call"] / lua["us_per_call"]
             check("gRPC %s: Lua within 10%% of native tonic" % mode, v, 1 / 1.1,
                   "%+.0f%%" % (100 * (lua["us_per_call"] / nat["us_per_call"] - 1)))
+    for name in ("rust-echo", "python-handler"):
+        small = find(recs, bench="stream", runtime=name, payload=64)
+        sock_small = find(recs, bench="stream", runtime="socket-stream", payload=64)
+        if small and sock_small:
+            v = small["chunks_per_s"] / sock_small["chunks_per_s"]
+            check("stream %s: 64 B chunks/s >= 10x socket" % name, v, 10, "%.1fx" % v)
+        big = find(recs, bench="stream", runtime=name, payload=64 * KIB)
+        sock_big = find(recs, bench="stream", runtime="socket-stream", payload=64 * KIB)
+        if big and sock_big:
+            v = big["mb_per_s"] / sock_big["mb_per_s"]
+            check("stream %s: 64 KiB MB/s >= 3x socket" % name, v, 3, "%.1fx" % v)
     if not rows:
         return []
     return ["## Targets", "", "| target | measured | |", "|---|---:|---|"] + rows + [""]
@@ -899,7 +970,7 @@ def parse_args(argv):
     p.add_argument("--calls", type=int, help="calls per sequential loop (20000)")
     p.add_argument("--reps", type=int, help="loops per measurement, median kept (3)")
     p.add_argument("--duration", type=int, help="seconds per wrk run (5)")
-    p.add_argument("--sections", default="1,2,3,4,5,6",
+    p.add_argument("--sections", default="1,2,3,4,5,6,7",
                    help="comma-separated sections to run (1 and 3 run together)")
     p.add_argument("--runtimes", help="comma-separated runtime names (default: all)")
     p.add_argument("--out", default=OUT, help="output folder (target/bench)")
@@ -915,6 +986,9 @@ def parse_args(argv):
     a.bridge_payloads = [512] if a.quick else [512, 100 * KIB]
     a.connections = [64] if a.quick else [16, 64, 256]
     a.workers = [1] if a.quick else [1, 2]
+    # (chunk size, chunks per stream) for section 7
+    a.stream_sizes = ([(64, 5000), (64 * KIB, 200)] if a.quick
+                      else [(64, 50000), (64 * KIB, 2000)])
     a.sections = set(a.sections.split(","))
     a.runtimes = a.runtimes.split(",") if a.runtimes else None
     for bound, name in ((a.calls, "--calls"), (a.duration, "--duration")):
@@ -945,6 +1019,8 @@ def main(argv=None):
             run.section_4(stage, ctx, runtimes)
         if "5" in a.sections:
             run.section_5(stage)
+        if "7" in a.sections:
+            run.section_7(stage, ctx, runtimes)
     finally:
         stage.remove()
     for r in run.records:

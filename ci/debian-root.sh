@@ -4,12 +4,12 @@
 #
 # It holds what a user of Debian's nginx-lua already has (nginx-light,
 # libnginx-mod-http-lua, lua-resty-core, lua-cjson) plus what the package
-# depends on or recommends (libpython3.11, default-jre-headless), so the
+# depends on or recommends (libpython3.11, default-jre-headless, libnode108), so the
 # test installs only the .deb itself. No Rust, no checkout, no build tools.
 # Prints the root's path. RESTY_FFI_DEBIAN_ROOT overrides where.
 set -euo pipefail
 root=${RESTY_FFI_DEBIAN_ROOT:-/var/cache/resty-ffi/debian12-root}
-want="nginx-light libnginx-mod-http-lua lua-resty-core lua-cjson libpython3.11 python3-cffi default-jre-headless"
+want="nginx-light libnginx-mod-http-lua lua-resty-core lua-cjson libpython3.11 python3-cffi default-jre-headless libnode108"
 stamp=$root/.resty-ffi-root
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

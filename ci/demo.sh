@@ -8,7 +8,9 @@ root=$(pwd)
 bash ci/setup.sh
 if [ "${RESTY_FFI_SKIP_BUILD:-0}" != 1 ]; then
     cargo build --release --workspace
-    (cd examples/go && go build -buildmode=c-shared -o libffi_go_echo.so echo.go)
+    (cd examples/go &&
+        go build -buildmode=c-shared -o libffi_go_echo.so echo.go &&
+        go build -buildmode=c-shared -o libffi_go_stream.so stream.go)
 fi
 
 # Workers run as nobody: stage what they load in a world-readable folder.
@@ -16,7 +18,8 @@ stage=$(mktemp -d /tmp/resty-ffi-demo-XXXXXX)
 prefix=$stage/nginx
 mkdir -p "$stage/lib" "$stage/demo.d" "$prefix/logs" "$prefix/tmp" "$prefix/conf"
 cp -r lua "$stage/lua"
-cp target/release/lib*.so examples/go/libffi_go_echo.so "$stage/lib/"
+cp target/release/lib*.so examples/go/libffi_go_echo.so examples/go/libffi_go_stream.so \
+    "$stage/lib/"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 # optional demo parts: each language adds a conf snippet, its files and the
 # requests to show (demo.d/*.locations: "PATH [BODY]" per line)
@@ -45,6 +48,11 @@ base=http://127.0.0.1:$port
 show "$base/rust" -d 'bytes from curl'
 show "$base/go?text=gopher"
 show "$base/parallel"
+echo "\$ curl -N $base/go-stream   # chunks as they are made, with arrival times"
+start=$(date +%s.%N)
+curl -sSN --max-time 30 "$base/go-stream" | while IFS= read -r line; do
+    awk -v s="$start" -v n="$(date +%s.%N)" -v l="$line" 'BEGIN { printf "  +%.2fs  %s\n", n - s, l }'
+done
 cat "$stage"/demo.d/*.locations 2>/dev/null | sed "s#@PORT@#$port#g" |
 while read -r path body; do
     if [ -n "$body" ]; then show "$base$path" -d "$body"; else show "$base$path"; fi

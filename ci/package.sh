@@ -35,8 +35,8 @@ cp -r lua/. "$share/"
 
 # Libraries: the core, every loader and runtime the workspace builds, and
 # the Java API jar loader/java's build leaves next to libffi_java.so.
-required=(libresty_ffi.so libffi_python3.so libffi_java.so libffi_grpc.so
-          libffi_echo.so resty-ffi.jar)
+required=(libresty_ffi.so libffi_python3.so libffi_java.so libffi_nodejs.so
+          libffi_grpc.so libffi_echo.so resty-ffi.jar)
 for f in "${required[@]}"; do
     [ -f "target/release/$f" ] || { echo "package: target/release/$f is missing" >&2; exit 1; }
 done
@@ -65,7 +65,10 @@ License: BSD-2-Clause
 EOF
 
 installed_kib=$(du -sk "$stage/usr" | cut -f1)
-recommends="default-jre-headless"
+# the Node.js loader is built for one libnode (Debian 12: libnode108)
+libnode=$(grep -ao 'libnode\.so\.1[0-9][0-9]' target/release/libffi_nodejs.so | head -n1 | sed 's/\.so\.//')
+[ -n "$libnode" ] || { echo "package: no libnode.so.N named in libffi_nodejs.so" >&2; exit 1; }
+recommends="default-jre-headless, $libnode"
 cat > "$stage/DEBIAN/control" <<EOF
 Package: resty-ffi
 Version: $version
@@ -77,14 +80,14 @@ Installed-Size: $installed_kib
 Depends: libc6 (>= 2.36), libgcc-s1, libnginx-mod-http-lua, lua-resty-core, lua-cjson, libpython3.11
 Recommends: $recommends, python3-cffi
 Suggests: nginx-light | nginx
-Description: call Python, Java, Rust and Go from nginx-lua without blocking
+Description: call Python, Java, Node.js, Rust and Go from nginx-lua without blocking
  resty-ffi lets OpenResty / nginx-lua code call runtimes written in
- Python, Java, Rust or Go in-process: a Lua coroutine hands a request to the
+ Python, Java, JavaScript, Rust or Go in-process: a Lua coroutine hands a request to the
  runtime's own threads and yields; the answer resumes it. Works with
  Debian's stock nginx and libnginx-mod-http-lua: nothing is recompiled.
  Runtimes written for lua-resty-ffi load unchanged (ngx.load_ffi).
  .
- This package holds the core, the Python and Java loaders, the gRPC
+ This package holds the core, the Python, Java and Node.js loaders, the gRPC
  runtime, the Rust echo runtime and the Lua modules, where Debian's
  nginx-lua finds them with no paths configured.
 EOF

@@ -15,7 +15,8 @@ def stage():
     for name in sorted(os.listdir(release)):
         if name.startswith("lib") and name.endswith(".so"):
             s.add_lib(os.path.join(release, name))
-    s.add_lib(os.path.join(harness.ROOT, "examples", "go", "libffi_go_echo.so"))
+    for name in ("echo", "stream"):
+        s.add_lib(os.path.join(harness.ROOT, "examples", "go", "libffi_go_%s.so" % name))
     yield s
     s.remove()
 

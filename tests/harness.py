@@ -49,8 +49,9 @@ def build_all():
     """Builds the Rust workspace (release) and the Go example runtime."""
     if os.environ.get("RESTY_FFI_SKIP_BUILD") != "1":
         run(["cargo", "build", "--release", "--workspace"])
-        run(["go", "build", "-buildmode=c-shared", "-o", "libffi_go_echo.so", "echo.go"],
-            cwd=os.path.join(ROOT, "examples", "go"))
+        for name in ("echo", "stream"):
+            run(["go", "build", "-buildmode=c-shared", "-o", "libffi_go_%s.so" % name,
+                 name + ".go"], cwd=os.path.join(ROOT, "examples", "go"))
     return os.path.join(ROOT, "target", "release")
 
 

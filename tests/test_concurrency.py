@@ -191,3 +191,52 @@ def test_clients_that_disconnect_mid_call_leave_the_worker_up_and_flat(nginx):
     assert n.get("/sleep?ms=1") == (200, b"late answer")
     print("worker RSS before %d KiB, after %d KiB" % (before, after))
     assert after - before < 4 * 1024, (before, after)
+
+
+REUSE = """
+location /mixed {
+    content_by_lua_block {
+        local rt = assert(require("resty.ffi").load("ffi_echo", "threads=2"))
+        local bad, timeouts = 0, 0
+        local function worker(t)
+            for i = 1, 40 do
+                local id = t .. "-" .. i .. "-" .. ngx.var.arg_round
+                if i % 5 == 0 then
+                    -- times out: its late answer comes while later calls
+                    -- wait on reused waiters, and must reach none of them
+                    local ok, _, err = rt:echo("!sleep:30:late-" .. id, 0.005)
+                    if ok or not err:find("timed out", 1, true) then
+                        bad = bad + 1
+                    else
+                        timeouts = timeouts + 1
+                    end
+                else
+                    local ok, res = rt:echo(id)
+                    if not ok or res ~= id then
+                        bad = bad + 1
+                    end
+                end
+            end
+        end
+        local threads = {}
+        for t = 1, 20 do
+            threads[t] = ngx.thread.spawn(worker, t)
+        end
+        for t = 1, 20 do
+            ngx.thread.wait(threads[t])
+        end
+        ngx.print(bad, " ", timeouts)
+    }
+}
+location /waiting {
+    content_by_lua_block { ngx.print(require("resty.ffi").waiting()) }
+}
+"""
+
+
+def test_parked_calls_reuse_waiters_and_no_late_answer_reaches_a_later_call(nginx):
+    n = nginx(REUSE)
+    for rnd in range(4):
+        assert n.get("/mixed?round=%d" % rnd) == (200, b"0 160"), rnd
+        # every late answer drained before the next round reuses waiters
+        assert harness.wait_until(lambda: n.get("/waiting") == (200, b"0"), 10)

@@ -86,3 +86,50 @@ def test_go_runtime_growing_stacks_and_collecting_serves_5000_calls_in_2_workers
         assert not re.search(r"fatal error|bad pointer|invalid pointer|signal \d+", log), \
             log[-3000:]
         assert n.quit() < 10
+
+
+GO_STREAM = r"""
+location /go_stream {
+    content_by_lua_block {
+        local rt = assert(require("resty.ffi").load("ffi_go_stream"))
+        local st = assert(rt:__stream(ngx.var.arg_req))
+        while true do
+            local chunk, err, rc = st:recv()
+            if not chunk then
+                if err then ngx.print("ERR ", err, " ", rc) end
+                break
+            end
+            ngx.print(chunk)
+            if not ngx.flush(true) then break end
+        end
+        st:close()
+    }
+}
+location /go_plain {
+    content_by_lua_block {
+        local rt = assert(require("resty.ffi").load("ffi_go_stream"))
+        local ok, res, err = rt:call(ngx.var.arg_req)
+        ngx.print(tostring(ok), "|", tostring(res), "|", tostring(err))
+    }
+}
+"""
+
+
+def test_go_streaming_example_streams_joins_and_stops_when_the_client_leaves(nginx):
+    n = nginx(GO_STREAM)
+    status, body = n.get("/go_stream?req=200:0:tok")
+    assert status == 200
+    assert body.decode() == "".join("%d:tok\n" % i for i in range(1, 201))
+    assert n.get("/go_plain?req=3:0:x") == (200, b"true|1:x\n2:x\n3:x\n|nil")
+    assert n.get("/go_stream?req=bad") == (200, b"ERR request must be N:MS:text 2")
+    # a client that leaves mid-stream: the goroutine stops
+    import socket
+    s = socket.create_connection(("127.0.0.1", n.port), timeout=10)
+    s.sendall(b"GET /go_stream?req=100000:2:tok HTTP/1.1\r\nHost: x\r\n\r\n")
+    buf = b""
+    while buf.count(b"tok") < 5:
+        buf += s.recv(4096)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01" + b"\x00" * 7)
+    s.close()
+    assert harness.wait_until(lambda: "go stream: reader gone after" in n.error_log(), 5), \
+        n.error_log()[-2000:]

@@ -79,6 +79,24 @@ def jstage(stage):
     return stage
 
 
+# /nt: a call through ngx.load_ffi with no opts, so no call timeout (as
+# lua-resty-ffi's users load runtimes): an unanswered call waits forever.
+NO_TIMEOUT = r"""
+location /nt {
+    content_by_lua_block {
+        require "resty_ffi"
+        local reply = require "t.reply"
+        local rt, err = ngx.load_ffi("ffi_java", ngx.req.get_uri_args().cfg)
+        if not rt then
+            ngx.status = 500
+            return ngx.print("load failed: ", err)
+        end
+        reply.send(rt:call(reply.body()))
+    }
+}
+"""
+
+
 @pytest.fixture
 def j_nginx(nginx, jstage):
     def start(java_opts=None, java_home=None, main="", classpath=None, **kw):
@@ -87,7 +105,7 @@ def j_nginx(nginx, jstage):
             env += "env \"JAVA_OPTS=%s\";\n" % java_opts
         if java_home:
             env += "env JAVA_HOME=%s;\n" % java_home
-        return nginx(SERVER, main=env + main, **kw)
+        return nginx(SERVER + NO_TIMEOUT, main=env + main, **kw)
     return start
 
 
@@ -249,6 +267,56 @@ def test_handler_exceptions_become_error_answers_and_the_runtime_keeps_serving(j
     assert re.search(r"\[error\] \d+#\d+: (\*\d+ )?ffi_java: Handlers: handler threw t.Handlers\$Boom", log), \
         log[-3000:]
     assert re.search(r"\[error\] \d+#\d+: (\*\d+ )?\tat t\.Handlers", log), log[-3000:]
+
+
+# ---- out of memory --------------------------------------------------------
+
+OOM = b"rc=1 err=java.lang.OutOfMemoryError"
+
+
+def nt_call(n, cfg, body):
+    """A call with no Lua timeout; (status, body, seconds)."""
+    t0 = time.time()
+    status, got = n.post("/nt?cfg=" + q(cfg), body, timeout=60)
+    return status, got, time.time() - t0
+
+
+@pytest.mark.parametrize("cfg,java_home,sizes", [
+    ("t.Hog,sync", None, [16 << 20, 1 << 20, 64 << 10, 1 << 10, 16]),
+    ("t.Hog,async", None, [4 << 20, 256 << 10, 16]),
+    ("t.Hog,inStage", None, [1 << 20, 4 << 10, 16]),
+    ("t.Hog,inStage", JDK25, [64 << 10, 16]),
+    ("t.Hog,compat", None, [2 << 20, 64 << 10, 16]),
+], ids=["function", "completion-stage", "in-stage", "in-stage-temurin-25", "compat"])
+def test_a_full_heap_answers_out_of_memory_and_the_runtime_serves_again(
+        j_nginx, cfg, java_home, sizes):
+    if java_home:
+        java_home = jdk25()
+    # -Xcheck:jni: no JNI call of the loader's is made with an error pending
+    n = j_nginx(java_opts="-Xmx32m -Xcheck:jni -Dresty.ffi.oomGrace=2000",
+                java_home=java_home, log_level="notice")
+    assert nt_call(n, cfg, b"echo")[:2] == (200, b"echo")
+    pid = n.worker_pids()
+    for size in sizes:
+        # the call whose handler filled the heap gets the error; a stage
+        # whose thread died of it is answered 2 s (oomGrace) after it
+        status, got, took = nt_call(n, cfg, b"fill:%d:1500" % size)
+        assert status == 502 and got.startswith(OOM), (size, got, n.error_log()[-3000:])
+        print("fill from %d B: answered in %.2f s: %s" % (size, took, got))
+        # while the heap stays full, calls are answered, with the error at once
+        status, got, took = nt_call(n, cfg, b"echo")
+        assert (status, got) == (200, b"echo") or (status == 502 and got.startswith(OOM)), got
+        assert took < 5, took
+        # once the runtime lets go of its heap, the same pollers serve again
+        assert harness.wait_until(lambda: nt_call(n, cfg, b"echo")[:2] == (200, b"echo"), 20), \
+            n.error_log()[-3000:]
+    assert n.worker_pids() == pid
+    log = n.error_log()
+    # no poller thread dies of it (the runtime's own threads may)
+    assert 'UncaughtExceptionHandler in thread "jv' not in log, log[-3000:]
+    assert "exited on signal" not in log
+    assert "WARNING in native method" not in log, log[-3000:]
+    assert "cannot count OutOfMemoryErrors" not in log
 
 
 # ---- loading ------------------------------------------------------------

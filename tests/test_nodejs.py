@@ -24,6 +24,40 @@ import pytest
 import harness
 
 SERVER = harness.loader_locations("ffi_nodejs") + r"""
+location /stream {
+    content_by_lua_block {
+        local args = ngx.req.get_uri_args()
+        local rt, err = require("resty.ffi").load("ffi_nodejs", args.cfg,
+            { stream_window_bytes = tonumber(args.wb) })
+        if not rt then
+            ngx.status = 500
+            return ngx.print("load failed: ", err)
+        end
+        local st, err = rt:__stream(args.req)
+        if not st then
+            ngx.status = 500
+            return ngx.print("stream failed: ", err)
+        end
+        if args.pause then
+            ngx.sleep(tonumber(args.pause))
+        end
+        local n, max = 0, tonumber(args.max)
+        while true do
+            local chunk, err, rc = st:recv()
+            if not chunk then
+                ngx.print(err and ("END err=" .. err .. " rc=" .. tostring(rc)) or "END ok")
+                break
+            end
+            n = n + 1
+            ngx.print(args.sizes and #chunk or chunk, "|")
+            if max and n >= max then
+                ngx.print("CLOSE")
+                break
+            end
+        end
+        st:close()
+    }
+}
 location /global {
     content_by_lua_block {
         require "resty_ffi"
@@ -204,6 +238,56 @@ def test_npm_package_from_a_folder_on_node_path(n_nginx):
         200, b"&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;")
 
 
+# ---- streaming ----------------------------------------------------------
+
+def stream(n, cfg, req, **args):
+    path = "/stream?cfg=%s&req=%s" % (q(cfg), q(req))
+    path += "".join("&%s=%s" % kv for kv in args.items())
+    status, body = n.get(path, timeout=60)
+    assert status == 200, body
+    return body.decode().split("|")
+
+
+def test_async_generators_and_generators_stream_each_value_as_a_chunk(n_nginx):
+    n = n_nginx()
+    got = stream(n, "streams,chunks,300,40", "x")
+    assert got[-1] == "END ok", got[-3:]
+    chunks = [c for c in got[:-1] if c]
+    assert [int(c[:8]) for c in chunks] == list(range(1, 301))
+    assert all(len(c) == 40 for c in chunks)
+    assert stream(n, "streams,gen", "mid") == ["a:", "mid", ":z", "END ok"]
+    assert stream(n, "streams,later", "x") == ["later:", "x", "END ok"]
+    # a plain call gets the chunks joined into one answer
+    assert call(n, "streams,gen", b"mid") == (200, b"a:mid:z")
+
+
+def test_a_full_window_makes_the_producer_wait_and_nothing_is_lost(n_nginx):
+    n = n_nginx()
+    # 200 chunks of 16 KiB through a 64 KiB window, read after a pause
+    got = stream(n, "streams,chunks,200,16384", "y", wb=65536, pause="0.3", sizes=1)
+    assert got[-1] == "END ok", got[-3:]
+    assert [c for c in got[:-1] if c] == ["16384"] * 200
+
+
+def test_closing_a_stream_stops_the_generator_and_runs_its_finally(n_nginx):
+    n = n_nginx()
+    before = int(call(n, "streams,closed", b"")[1])
+    got = stream(n, "streams,forever", "", max=3)
+    assert got[:3] == ["tick0;", "tick1;", "tick2;"] and got[-1] == "CLOSE", got
+    assert harness.wait_until(
+        lambda: int(call(n, "streams,closed", b"")[1]) == before + 1, 5)
+    assert call(n, "handler,echo", b"on") == (200, b"on")
+
+
+def test_a_stream_that_throws_or_yields_no_bytes_ends_with_rc_1(n_nginx):
+    n = n_nginx()
+    got = stream(n, "streams,fails", "")
+    assert got[:2] == ["one;", "two;"] and got[-1] == "END err=Error: stream broke rc=1", got
+    assert lines_at(n.error_log(), "error", "streams.fails: handler failed: Error: stream broke")
+    got = stream(n, "streams,wrong", "")
+    assert got[0] == "ok;" and "a stream yielded a number (42)" in got[-1], got
+
+
 # ---- load errors --------------------------------------------------------
 
 def test_load_errors_say_what_to_do_and_nginx_keeps_serving(n_nginx):
@@ -218,7 +302,6 @@ def test_load_errors_say_what_to_do_and_nginx_keeps_serving(n_nginx):
         ("inits,throws", "inits.throws(cfg, tq) threw Error: no configuration given"),
         ("inits,undef", "inits.undef(cfg, tq) returned undefined: return 0 once"),
         ("inits,rc", "libffi_init returned 3"),
-        ("handler,generator", "streaming answers need the core's streaming support"),
         ("handler", "bad cfg 'handler': no function name"),
     ]
     for cfg, want in cases:

@@ -1,11 +1,12 @@
 """The Debian package, installed with apt into a clean Debian 12 root
 (debootstrap, cached: ci/debian-root.sh), where that root's own nginx with
 no lua_package_path, lua_package_cpath or LD_LIBRARY_PATH calls the Rust
-echo runtime, a Python handler and (with the recommended JRE) a Java
+echo runtime, a Python handler, (with the recommended JRE) a Java handler
+and (with the recommended libnode108, from Debian's own path) a Node.js
 handler; then `apt remove` leaves nothing of the package behind.
 
 The root has no Rust, no checkout and no build tools: only Debian's nginx-lua
-packages, libpython3.11 and a JRE. nginx runs chrooted there and is driven
+packages, libpython3.11, a JRE and libnode108. nginx runs chrooted there and is driven
 from outside over loopback.
 """
 
@@ -82,6 +83,14 @@ http {{
                 ngx.print("java: ", ok and res or err)
             }}
         }}
+        location /node {{
+            content_by_lua_block {{
+                local rt, err = ngx.load_ffi("ffi_nodejs", "/srv/node/shout.js,handler")
+                if not rt then return ngx.print("node load: ", err) end
+                local ok, res, err = rt:call("node words")
+                ngx.print("node: ", ok and res or err)
+            }}
+        }}
     }}
 }}
 """
@@ -103,6 +112,10 @@ public class Shout {
 }
 """
 
+SHOUT_JS = """\
+exports.handler = () => (req) => req.toString().toUpperCase();
+"""
+
 
 def get(port, path):
     with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=30) as r:
@@ -112,6 +125,7 @@ def get(port, path):
 def test_the_deb_installs_into_clean_debian_12_and_stock_nginx_calls_every_language(
         debian_root, deb, tmp_path):
     root = debian_root
+    assert "libnode108" in sh("dpkg-deb", "-f", deb, "Recommends")
     shutil.copy(deb, os.path.join(root, "tmp", "resty-ffi.deb"))
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     sh("chroot", root, "apt-get", "install", "-y", "-qq", "/tmp/resty-ffi.deb", env=env)
@@ -121,7 +135,7 @@ def test_the_deb_installs_into_clean_debian_12_and_stock_nginx_calls_every_langu
     assert "/usr/share/lua/5.1/resty_ffi.lua" in files
     assert not os.path.exists(os.path.join(root, "root", ".cargo")), "no Rust in the root"
     for lib in ("libffi_python3.so", "libresty_ffi_python.so", "libffi_java.so",
-                "libffi_grpc.so", "libffi_echo.so"):
+                "libffi_nodejs.so", "libffi_grpc.so", "libffi_echo.so"):
         assert "/usr/lib/x86_64-linux-gnu/lua/5.1/" + lib in files, lib
     assert "/usr/share/java/resty-ffi.jar" in files
     # a Python handler and a Java handler (compiled here: the root has a
@@ -135,6 +149,10 @@ def test_the_deb_installs_into_clean_debian_12_and_stock_nginx_calls_every_langu
     src = tmp_path / "Shout.java"
     src.write_text(SHOUT_JAVA)
     subprocess.run(["javac", "--release", "17", "-d", jdir, str(src)], check=True)
+    ndir = os.path.join(root, "srv", "node")
+    os.makedirs(ndir, exist_ok=True)
+    with open(os.path.join(ndir, "shout.js"), "w") as f:
+        f.write(SHOUT_JS)
     env_lines = "env CLASSPATH=/srv/java;"
     sh("chmod", "-R", "a+rX", os.path.join(root, "srv"))
     work = os.path.join(root, "tmp", "resty-ffi-pkg")
@@ -152,6 +170,7 @@ def test_the_deb_installs_into_clean_debian_12_and_stock_nginx_calls_every_langu
         assert get(port, "/rust") == "rust: from the package"
         assert get(port, "/python") == "python: QUIET WORDS"
         assert get(port, "/java") == "java: JAVA WORDS"
+        assert get(port, "/node") == "node: NODE WORDS"
     finally:
         subprocess.run(["chroot", root, "/usr/sbin/nginx", "-c", "/tmp/resty-ffi-pkg/nginx.conf",
                         "-s", "quit"], check=False)

@@ -316,3 +316,21 @@ def test_quit_is_prompt_with_a_stream_open(nginx):
         pass
     s.close()
     assert b"worker is exiting" in buf + rest
+
+
+def test_reload_retires_the_old_worker_promptly_with_a_stream_open(nginx):
+    n = nginx(STREAM)
+    n.get("/stream?req=!stream:1:8:0")
+    [old] = n.worker_pids()
+    s = socket.create_connection(("127.0.0.1", n.port), timeout=10)
+    s.sendall(b"GET /stream?req=!stream:100000:64:10 HTTP/1.1\r\nHost: x\r\n\r\n")
+    buf = b""
+    while buf.count(b"\n") < 12:
+        buf += s.recv(4096)
+    t0 = time.time()
+    n.reload()
+    assert harness.wait_until(lambda: old not in n.worker_pids() and n.worker_pids(), 5), \
+        n.worker_pids()
+    assert time.time() - t0 < 4
+    s.close()
+    assert n.get("/stream?req=!stream:3:8:0")[0] == 200

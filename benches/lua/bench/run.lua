@@ -230,6 +230,101 @@ function _M.delay()
     ngx.say(cjson.encode({ ms = ms, took_ms = (now_ns() - t0) / 1e6 }))
 end
 
+-- ---- streams (section 7) -------------------------------------------------
+
+-- Answers a stream's figures as JSON: chunks, bytes, seconds, time to the
+-- first chunk.
+local function stream_report(chunks, bytes, t0, t_first, t1)
+    ngx.say(cjson.encode({
+        chunks = chunks, bytes = bytes,
+        secs = (t1 - t0) / 1e9,
+        ttfb_us = (t_first - t0) / 1e3,
+        chunks_per_s = chunks / ((t1 - t0) / 1e9),
+        mb_per_s = bytes / 1e6 / ((t1 - t0) / 1e9),
+    }))
+end
+
+-- GET /stream_ffi?lib=L&cfg=C&req=R&n=N&size=B: one rt:__stream(req), every
+-- chunk read; the runtime must send N chunks of B bytes.
+function _M.stream_ffi()
+    local args = ngx.req.get_uri_args()
+    local n, size = uint(args, "n", 1000), uint(args, "size", 64)
+    local rt, err = load_runtime(args.lib, args.cfg or "", args)
+    if not rt then
+        return fail(500, err)
+    end
+    local t0 = now_ns()
+    local st, serr = rt:__stream(args.req)
+    if not st then
+        return fail(500, serr)
+    end
+    local chunks, bytes, t_first = 0, 0, nil
+    while true do
+        local chunk, cerr, rc = st:recv()
+        if not chunk then
+            if cerr then
+                return fail(502, "stream failed: " .. cerr .. " " .. tostring(rc))
+            end
+            break
+        end
+        if not t_first then
+            t_first = now_ns()
+        end
+        chunks = chunks + 1
+        bytes = bytes + #chunk
+    end
+    local t1 = now_ns()
+    st:close()
+    if chunks ~= n or bytes ~= n * size then
+        return fail(502, "got " .. chunks .. " chunks, " .. bytes .. " bytes")
+    end
+    stream_report(chunks, bytes, t0, t_first or t1, t1)
+end
+
+-- GET /stream_socket?path=P&n=N&size=B: the proxy model streams the same
+-- bytes: one STREAM request, N length-prefixed frames back on a pooled
+-- connection, an empty frame at the end.
+function _M.stream_socket()
+    local args = ngx.req.get_uri_args()
+    local n, size = uint(args, "n", 1000), uint(args, "size", 64)
+    local sock = tcp()
+    sock:settimeouts(1000, 10000, 10000)
+    local t0 = now_ns()
+    local ok, err = sock:connect("unix:" .. args.path)
+    if not ok then
+        return fail(502, "connect: " .. err)
+    end
+    local req = mp_pack({ "STREAM", n, size })
+    ok, err = sock:send({ be32(#req), req })
+    if not ok then
+        return fail(502, "send: " .. err)
+    end
+    local chunks, bytes, t_first = 0, 0, nil
+    while true do
+        local hdr, rerr = sock:receive(4)
+        if not hdr then
+            return fail(502, "receive: " .. rerr)
+        end
+        local len = read_be32(hdr)
+        if len == 0 then
+            break
+        end
+        local chunk
+        chunk, rerr = sock:receive(len)
+        if not chunk then
+            return fail(502, "receive: " .. rerr)
+        end
+        if not t_first then
+            t_first = now_ns()
+        end
+        chunks = chunks + 1
+        bytes = bytes + #chunk
+    end
+    local t1 = now_ns()
+    sock:setkeepalive(60000, POOL_SIZE)
+    stream_report(chunks, bytes, t0, t_first or t1, t1)
+end
+
 -- ---- one request, one answer: the wrk locations -------------------------
 
 local PAYLOAD_512 = payload(512)

@@ -12,7 +12,10 @@
 //!   of a classic OpenResty RPC design. `["PING"]` answers `[0, "PONG"]`,
 //!   `["DELAY", ms]` answers `[0, ms]` after `ms` milliseconds without
 //!   blocking other clients, `["ECHO", bin]` answers `[0, bin]`; anything
-//!   else answers `[1, "unknown command"]`.
+//!   else answers `[1, "unknown command"]`. `["STREAM", n, size]` answers
+//!   with a stream instead: `n` raw frames of `size` bytes, then an empty
+//!   frame (how the proxy model streams: framing by hand on a held-open
+//!   connection).
 //!
 //! Usage: `bench-proxy-server --raw PATH --msgpack PATH [--threads N]`.
 //! The sockets are made world-writable (nginx workers run as `nobody`).
@@ -101,6 +104,23 @@ async fn answer(req: &[u8]) -> rmpv::Value {
     }
 }
 
+/// `["STREAM", n, size]`: how many frames of what size to stream.
+fn stream_request(proto: Protocol, req: &[u8]) -> Option<(u64, usize)> {
+    use rmpv::Value;
+    if !matches!(proto, Protocol::Msgpack) {
+        return None;
+    }
+    let Ok(Value::Array(parts)) = rmpv::decode::read_value(&mut &req[..]) else {
+        return None;
+    };
+    if parts.first().and_then(Value::as_str) != Some("STREAM") {
+        return None;
+    }
+    let n = parts.get(1).and_then(Value::as_u64)?.min(10_000_000);
+    let size = parts.get(2).and_then(Value::as_u64)?.clamp(1, 16 << 20) as usize;
+    Some((n, size))
+}
+
 async fn serve(stream: UnixStream, proto: Protocol) -> std::io::Result<()> {
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(64 << 10, rd);
@@ -118,6 +138,16 @@ async fn serve(stream: UnixStream, proto: Protocol) -> std::io::Result<()> {
         }
         buf.resize(len, 0);
         rd.read_exact(&mut buf).await?;
+        if let Some((n, size)) = stream_request(proto, &buf) {
+            let chunk = vec![b's'; size];
+            for _ in 0..n {
+                wr.write_u32(size as u32).await?;
+                wr.write_all(&chunk).await?;
+            }
+            wr.write_u32(0).await?;
+            wr.flush().await?;
+            continue;
+        }
         let body: &[u8] = match proto {
             Protocol::Raw => &buf,
             Protocol::Msgpack => {

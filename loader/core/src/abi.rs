@@ -629,28 +629,42 @@ pub unsafe extern "C" fn resty_ffi_task_free(task: *mut c_void, outcome: c_int) 
     })
 }
 
-/// The next chunk of a stream: 1 with `*rsp`/`*len` set (valid until the
-/// next call on this task), 0 when none is queued now (a notice comes
-/// through `resty_ffi_drain` with the next chunk or the final answer).
+/// Takes up to `max` chunks of a stream into `rsp[i]` / `len[i]` (valid
+/// until the next call on this task); returns how many. 0 when none is
+/// queued now: a notice comes through `resty_ffi_drain` with the next
+/// chunk or the final answer.
 ///
 /// # Safety
-/// Pointer arguments must be valid as described, per the C ABI.
+/// `rsp` and `len` have room for `max` entries, per the C ABI.
 #[no_mangle]
-pub unsafe extern "C" fn resty_ffi_stream_next(
+pub unsafe extern "C" fn resty_ffi_stream_take(
     task: *mut c_void,
     rsp: *mut *const c_char,
     len: *mut c_int,
+    max: c_int,
 ) -> c_int {
-    guard("resty_ffi_stream_next", 0, || {
-        let Some(chunk) = TaskPtr::from_raw(task).and_then(TaskPtr::next_chunk) else {
+    guard("resty_ffi_stream_take", 0, || {
+        let Some(task) = TaskPtr::from_raw(task) else {
             return 0;
         };
-        // SAFETY: Lua passes writable out-parameters.
-        unsafe {
-            *rsp = chunk.0.cast();
-            *len = chunk.1.min(c_int::MAX as usize) as c_int;
+        if rsp.is_null() || len.is_null() || max <= 0 {
+            return 0;
         }
-        1
+        let mut got = [(std::ptr::null::<u8>(), 0usize); 64];
+        let want = (max as usize).min(got.len());
+        let n = task.take_chunks(&mut got[..want]);
+        // SAFETY: Lua passes arrays of `max` >= n entries.
+        let (rsp, len) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(rsp, n),
+                std::slice::from_raw_parts_mut(len, n),
+            )
+        };
+        for (i, (p, l)) in got[..n].iter().enumerate() {
+            rsp[i] = p.cast();
+            len[i] = (*l).min(c_int::MAX as usize) as c_int;
+        }
+        n as c_int
     })
 }
 

@@ -27,6 +27,11 @@ use crate::Error;
 struct Inner {
     tasks: VecDeque<TaskPtr>,
     sleepers: usize,
+    /// Sleepers signalled by `post` that have not yet run (a woken thread
+    /// needs a CPU before it can take the lock and count itself out): a
+    /// post counts on them rather than signalling again, so a burst of
+    /// posts costs one futex wake per sleeper, not one per post.
+    woken: usize,
     finished: bool,
 }
 
@@ -37,6 +42,8 @@ pub struct TaskQueue {
     len: CachePadded<AtomicUsize>,
     /// Pollers spinning right now (see `poll` and `post`).
     spinners: CachePadded<AtomicUsize>,
+    /// Sleeping pollers signalled by `post` so far.
+    signals: AtomicUsize,
     finished: AtomicBool,
     max: usize,
     poll_gate: SpinGate,
@@ -61,11 +68,13 @@ impl TaskQueue {
             inner: Mutex::new(Inner {
                 tasks: VecDeque::new(),
                 sleepers: 0,
+                woken: 0,
                 finished: false,
             }),
             ready_cond: Condvar::new(),
             len: CachePadded::new(AtomicUsize::new(0)),
             spinners: CachePadded::new(AtomicUsize::new(0)),
+            signals: AtomicUsize::new(0),
             finished: AtomicBool::new(false),
             max: max.max(1),
             poll_gate: SpinGate::new(poll_spin),
@@ -96,16 +105,20 @@ impl TaskQueue {
             }
             inner.tasks.push_back(task);
             self.len.fetch_add(1, Ordering::Release);
-            // Wake a sleeper only for tasks the spinning pollers cannot take:
-            // a spinner that gives up decrements `spinners` before it locks
-            // and looks at the queue, so no task is left without a poller.
+            // Wake a sleeper only for tasks the spinning pollers and the
+            // sleepers already woken cannot take: a spinner that gives up
+            // decrements `spinners` before it locks and looks at the queue,
+            // and a woken sleeper looks at the queue before it sleeps
+            // again, so no task is left without a poller.
             let spinners = self.spinners.load(Ordering::SeqCst);
-            (
-                inner.sleepers > 0 && inner.tasks.len() > spinners,
-                spinners > 0,
-            )
+            let wake = inner.sleepers > inner.woken && inner.tasks.len() > spinners + inner.woken;
+            if wake {
+                inner.woken += 1;
+            }
+            (wake, spinners > 0)
         };
         if wake {
+            self.signals.fetch_add(1, Ordering::Relaxed);
             self.ready_cond.notify_one();
         }
         self.ready.notify_if_armed();
@@ -182,6 +195,9 @@ impl TaskQueue {
                     .wait(inner)
                     .unwrap_or_else(|e| e.into_inner());
                 inner.sleepers -= 1;
+                // (a spurious wake-up may take another's count: that only
+                // costs one more signal later)
+                inner.woken = inner.woken.saturating_sub(1);
                 if let Some(task) = self.pop(&mut inner) {
                     return Some(task);
                 }
@@ -242,6 +258,11 @@ impl TaskQueue {
         drop(inner);
         self.ready_cond.notify_all();
         self.ready.notify();
+    }
+
+    /// How many times `post` signalled a sleeping poller.
+    pub fn signals(&self) -> usize {
+        self.signals.load(Ordering::Relaxed)
     }
 
     pub fn is_finished(&self) -> bool {
@@ -348,6 +369,41 @@ mod tests {
             }
         }
         assert_eq!(total, PRODUCERS * PER_PRODUCER);
+    }
+
+    #[test]
+    fn a_burst_of_posts_signals_a_sleeping_poller_once_not_once_per_post() {
+        let q = Arc::new(TaskQueue::new(256, Duration::ZERO, Duration::ZERO));
+        let poller = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while let Some(t) = q.poll() {
+                    t.free();
+                    n += 1;
+                }
+                n
+            })
+        };
+        // the poller is asleep on the condition variable
+        assert!(crate::spin::spin_until(Duration::from_secs(5), || q
+            .lock()
+            .sleepers
+            == 1));
+        for i in 0..100 {
+            q.post(task(i)).unwrap();
+        }
+        // The woken poller takes the lock only once it gets a CPU: until
+        // then every post used to signal again. Now posts count on the
+        // signalled sleeper (at most a few more if it drained the queue
+        // and slept again in between).
+        let signals = q.signals();
+        assert!(
+            (1..=10).contains(&signals),
+            "{signals} signals for 100 posts"
+        );
+        q.finish();
+        assert_eq!(poller.join().unwrap(), 100);
     }
 
     #[test]

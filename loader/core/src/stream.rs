@@ -69,9 +69,9 @@ struct State {
     bytes: usize,
     window_bytes: usize,
     window_chunks: usize,
-    /// The chunk last handed to the reader: its bytes stay valid until the
-    /// reader's next call.
-    current: Option<Box<[u8]>>,
+    /// The chunks last handed to the reader: their bytes stay valid until
+    /// the reader's next call.
+    current: Vec<Box<[u8]>>,
     /// The reader found nothing and waits for a notice.
     reader_waiting: bool,
     /// A producer found the window full (blocked, or told `Full`).
@@ -83,10 +83,18 @@ impl State {
         self.bytes < self.window_bytes && self.chunks.len() < self.window_chunks
     }
 
+    /// Whether a producer that waited for room should be woken: only once
+    /// the reader has drained half the window, so a fast producer refills
+    /// it in a burst instead of being woken (a futex wake, microseconds)
+    /// for every chunk read.
+    fn low_water(&self) -> bool {
+        self.bytes <= self.window_bytes / 2 && self.chunks.len() <= self.window_chunks / 2
+    }
+
     fn clear(&mut self) {
         self.chunks.clear();
         self.bytes = 0;
-        self.current = None;
+        self.current.clear();
         self.reader_waiting = false;
     }
 }
@@ -180,25 +188,39 @@ impl Stream {
         Offer::Taken
     }
 
-    /// The reader's next chunk: Some(bytes), valid until the next call on
-    /// this stream; None when none is queued (the reader is then marked
-    /// waiting: the next chunk pushes a notice). The second value says a
-    /// producer waited for room that is now there (signal the space fd).
-    pub fn next(&self) -> (Option<(*const u8, usize)>, bool) {
+    /// Moves up to `out.len()` queued chunks to the reader: their bytes
+    /// stay valid until the reader's next call on this stream. Returns how
+    /// many; with none queued, the reader is marked waiting (the next chunk
+    /// pushes a notice). The flag says a producer waited for room that is
+    /// now there (signal the space fd).
+    pub fn take(&self, out: &mut [(*const u8, usize)]) -> (usize, bool) {
         let mut st = self.lock();
-        st.current = st.chunks.pop_front();
-        let Some(c) = st.current.as_ref() else {
+        let st = &mut *st;
+        st.current.clear();
+        let n = out.len().min(st.chunks.len());
+        if n == 0 {
             st.reader_waiting = true;
-            return (None, false);
-        };
-        let got = (c.as_ptr(), c.len());
-        st.bytes -= got.1;
-        let woke = st.producer_waiting && st.room();
+            return (0, false);
+        }
+        st.current.extend(st.chunks.drain(..n));
+        for (o, c) in out.iter_mut().zip(&st.current) {
+            *o = (c.as_ptr(), c.len());
+            st.bytes -= c.len();
+        }
+        let woke = st.producer_waiting && st.low_water();
         if woke {
             st.producer_waiting = false;
             self.space.notify_all();
         }
-        (Some(got), woke)
+        (n, woke)
+    }
+
+    /// One chunk (see [`take`](Self::take)), for tests.
+    #[cfg(test)]
+    fn next(&self) -> (Option<(*const u8, usize)>, bool) {
+        let mut one = [(std::ptr::null(), 0)];
+        let (n, woke) = self.take(&mut one);
+        ((n == 1).then_some(one[0]), woke)
     }
 
     /// Nobody waits any more: frees the queued chunks and wakes a waiting
@@ -282,7 +304,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         assert!(!p.is_finished(), "the producer must wait for room");
         let (_, woke) = s.next();
-        assert!(woke, "reading made room for a waiting producer");
+        assert!(woke, "reading drained half the window: wake the producer");
         assert_eq!(p.join().unwrap(), Offer::Taken);
     }
 

@@ -432,14 +432,15 @@ impl TaskPtr {
         Some(!live || s.stream.is_cancelled())
     }
 
-    /// The reader's next chunk of a stream (valid until the next call on
-    /// it); None when none is queued yet (a notice comes with the next).
-    pub fn next_chunk(self) -> Option<(*const u8, usize)> {
-        let (chunk, woke) = self.slot().stream.next();
+    /// Up to `out.len()` chunks of a stream for its reader (valid until
+    /// the reader's next call on it); 0 when none is queued yet (a notice
+    /// comes with the next).
+    pub fn take_chunks(self, out: &mut [(*const u8, usize)]) -> usize {
+        let (n, woke) = self.slot().stream.take(out);
         if woke {
             self.queue().space.notify();
         }
-        chunk
+        n
     }
 
     /// The caller stopped waiting (stream closed, call timed out): queued

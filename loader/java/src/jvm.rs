@@ -35,6 +35,9 @@ use jni::{InitArgsBuilder, JNIVersion, JavaVM};
 
 use crate::{abi, natives, Error};
 
+/// nginx's warn level.
+const WARN: i32 = 5;
+
 mod classes {
     include!(concat!(env!("OUT_DIR"), "/classes.rs"));
 }
@@ -208,6 +211,15 @@ fn create_here() -> Result<Jvm, String> {
 /// natives, and runs `Boot.setup()`; returns the Boot class.
 fn define_api(vm: &JavaVM) -> Result<GlobalRef, Error> {
     let mut env = vm.attach_current_thread()?;
+    // (JVMTI's GetEnv wants an attached thread)
+    if let Err(e) = crate::jvmti::watch(vm) {
+        // stages lost to a full heap are then noticed only when the
+        // loader's own code meets the error
+        abi::log(
+            WARN,
+            &format!("ffi_java: cannot count OutOfMemoryErrors through JVMTI: {e}"),
+        );
+    }
     let loader = env
         .call_static_method(
             "java/lang/ClassLoader",

@@ -8,6 +8,7 @@
 //! - [`abi`]: `libffi_init` and every call into the core;
 //! - [`cfg`]: the cfg string;
 //! - [`jvm`]: finding libjvm and creating the JVM inside the worker;
+//! - [`jvmti`]: counting the JVM's OutOfMemoryErrors (JVMTI);
 //! - [`load`]: loading the class and starting it in its style;
 //! - [`natives`]: the native methods of `resty.ffi.Native`;
 //!
@@ -20,6 +21,7 @@ pub mod abi;
 pub mod cfg;
 pub mod error;
 pub mod jvm;
+pub mod jvmti;
 pub mod load;
 pub mod natives;
 

@@ -7,6 +7,13 @@
 //! checked against the queues the core handed out (a wrong one throws
 //! `IllegalArgumentException`); task handles are guarded by
 //! `resty.ffi.Task`, which passes each one to `respond` exactly once.
+//!
+//! Out of memory: a JNI call that allocates on the Java heap (a new
+//! `byte[]`) fails with an OutOfMemoryError pending; the native returns
+//! at once and Java sees the error thrown, making no further JNI call
+//! meanwhile. `respondError` is the answer of last resort when the heap is
+//! full: it joins the exception's name and message in malloc()ed memory,
+//! and falls back to a fixed text if even reading them fails.
 
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -122,6 +129,51 @@ extern "system" fn respond<'l>(
     })
 }
 
+/// The text when even the error's name cannot be read.
+const NO_MEMORY: &str = "java.lang.OutOfMemoryError (no memory left to describe the error)";
+
+/// A Java string argument as Rust text; None if null or unreadable (an
+/// error it leaves pending is cleared: the caller answers anyway).
+fn text_of(env: &mut JNIEnv<'_>, s: &JString<'_>) -> Option<String> {
+    if s.is_null() {
+        return None;
+    }
+    match env.get_string(s) {
+        Ok(t) => Some(t.into()),
+        Err(_) => {
+            let _ = env.exception_clear();
+            None
+        }
+    }
+}
+
+extern "system" fn respond_error<'l>(
+    mut env: JNIEnv<'l>,
+    _: JClass<'l>,
+    task: jlong,
+    rc: jint,
+    name: JString<'l>,
+    message: JString<'l>,
+) {
+    guarded(&mut env, (), |env| {
+        // SAFETY: resty.ffi.Task passes each handle here (or to respond)
+        // exactly once.
+        let Some(t) = (unsafe { TaskRef::from_handle(task) }) else {
+            return;
+        };
+        let text = match (text_of(env, &name), text_of(env, &message)) {
+            (Some(n), Some(m)) => format!("{n}: {m}"),
+            (Some(n), None) => n,
+            (None, _) => NO_MEMORY.to_string(),
+        };
+        t.respond(rc, Some(text.as_bytes()));
+    })
+}
+
+extern "system" fn out_of_memory_events<'l>(mut env: JNIEnv<'l>, _: JClass<'l>) -> jlong {
+    guarded(&mut env, 0, |_| crate::jvmti::out_of_memory_events())
+}
+
 extern "system" fn log_line<'l>(mut env: JNIEnv<'l>, _: JClass<'l>, level: jint, msg: JString<'l>) {
     guarded(&mut env, (), |env| {
         let text: String = match env.get_string(&msg) {
@@ -156,6 +208,16 @@ pub fn table() -> Vec<NativeMethod> {
         m("isQueue", "(J)Z", is_queue as *mut c_void),
         m("request", "(J)[B", request as *mut c_void),
         m("respond", "(JI[B)V", respond as *mut c_void),
+        m(
+            "respondError",
+            "(JILjava/lang/String;Ljava/lang/String;)V",
+            respond_error as *mut c_void,
+        ),
+        m(
+            "outOfMemoryEvents",
+            "()J",
+            out_of_memory_events as *mut c_void,
+        ),
         m("log", "(ILjava/lang/String;)V", log_line as *mut c_void),
         m(
             "nameThread",

@@ -15,7 +15,9 @@
 //   stack and the runtime goes on (Node would end the process: the worker);
 // - `load(...)`, called by the loader for each `libffi_init`, loads the
 //   module, calls `func(cfg, tq)` and picks the style; it reports through
-//   `_loaded(id, rc, text)`, rc 0 or one of the codes below.
+//   `_loaded(id, rc, text)`, rc 0 or one of the codes below;
+// - `track(value, id)` follows a handler's Promise or streams its async
+//   iterable (see src/serve.rs).
 
 const B = process._linkedBinding('resty_ffi');
 const Module = require('module');
@@ -267,10 +269,6 @@ async function start(spec, reload, func, rest, tq) {
     return;
   }
   if (typeof ret === 'function') {
-    const kind = ret.constructor && ret.constructor.name;
-    if (kind === 'AsyncGeneratorFunction' || kind === 'GeneratorFunction') {
-      throw new LoadError(RC_BAD_RETURN, `${name}(cfg) returned a generator function: streaming answers need the core's streaming support, which this build does not have yet; return a handler (req: Buffer) => Buffer | string | null | Promise`);
-    }
     try {
       B._serve(tq, ret, name);
     } catch (e) {
@@ -294,14 +292,75 @@ function load(id, spec, reload, func, rest, tq) {
     });
 }
 
-function track(promise, id) {
-  Promise.resolve(promise).then((v) => B._answer(id, v), (e) => B._fail(id, e));
+// A handler's answer that is neither bytes, a string nor nil (serve.rs
+// hands it over with the task's id): a Promise is followed, an async
+// iterable or a generator streams, anything else is a wrong answer.
+function track(value, id) {
+  if (isThenable(value)) {
+    Promise.resolve(value).then((v) => settle(v, id), (e) => B._fail(id, e));
+  } else {
+    settle(value, id);
+  }
+}
+
+function isStream(v) {
+  if (v === null || typeof v !== 'object' || ArrayBuffer.isView(v) || v instanceof ArrayBuffer) {
+    return false;
+  }
+  return typeof v[Symbol.asyncIterator] === 'function' ||
+    (typeof v[Symbol.iterator] === 'function' && typeof v.next === 'function');
+}
+
+function settle(value, id) {
+  if (isStream(value)) {
+    stream(value, id);
+  } else {
+    B._answer(id, value);
+  }
+}
+
+// Producers waiting for room in a stream's window (see onSpace).
+let spaceWaiters = [];
+
+function onSpace() {
+  const waiters = spaceWaiters;
+  spaceWaiters = [];
+  for (const wake of waiters) wake();
+}
+
+// Sends each value of `source` as one chunk; the end answers nil (the
+// chunks are the answer). When the reader has gone, the iterator is closed
+// (its finally blocks run) and the task ended.
+async function stream(source, id) {
+  const it = typeof source[Symbol.asyncIterator] === 'function'
+    ? source[Symbol.asyncIterator]()
+    : source[Symbol.iterator]();
+  try {
+    for (;;) {
+      const { value, done } = await it.next();
+      if (done) break;
+      if (value == null) continue;
+      let r = B._chunk(id, value);
+      while (r === 2) {
+        await new Promise((wake) => spaceWaiters.push(wake));
+        r = B._chunk(id, value);
+      }
+      if (r !== 0) {
+        if (typeof it.return === 'function') await it.return();
+        break;
+      }
+    }
+  } catch (e) {
+    B._fail(id, e);
+    return;
+  }
+  B._answer(id, null);
 }
 
 try {
   redirectOutput();
   install(B);
-  B._setup(load, track);
+  B._setup(load, track, onSpace);
 } catch (e) {
   log(ERR, `the loader's bootstrap failed: ${stackOf(e)}`);
   throw e;

@@ -14,7 +14,8 @@ use std::ffi::{c_char, c_int, c_void};
 use crate::load;
 
 pub use resty_ffi_loader::task::{
-    is_queue, poll, poll_spin, queue_arm, queue_fd, register_queue, try_poll, TaskRef,
+    is_queue, poll, poll_spin, queue_arm, queue_fd, queue_space_fd, register_queue, try_poll,
+    Chunk, TaskRef,
 };
 pub use resty_ffi_loader::{log, panic_text};
 

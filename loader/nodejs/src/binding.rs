@@ -17,7 +17,8 @@
 //! makes the thread-safe function `libffi_init` posts load jobs through;
 //! `_loaded(id, rc, text)`, a job's outcome; `_serve(tq, handler, name)`,
 //! the handler style (serve.rs); `_answer(id, value)` / `_fail(id, error)`,
-//! a handler's settled Promise.
+//! a handler's settled Promise or ended stream; `_chunk(id, value)`, one
+//! chunk of a streamed answer.
 
 use std::collections::HashMap;
 use std::ffi::{c_void, CStr};
@@ -216,7 +217,7 @@ pub fn answer(env: Env, task: TaskRef, rc: i32, v: Value) -> Result<(), String> 
     Ok(())
 }
 
-fn type_name(t: napi::Type) -> &'static str {
+pub fn type_name(t: napi::Type) -> &'static str {
     use napi::Type;
     match t {
         Type::Boolean => "boolean",
@@ -250,16 +251,17 @@ unsafe extern "C" fn log(raw: RawEnv, info: CallbackInfo) -> RawValue {
 
 unsafe extern "C" fn setup(raw: RawEnv, info: CallbackInfo) -> RawValue {
     guarded(raw, "_setup", |env| {
-        let ([load, track], _, _) = env.args::<2>(info).map_err(fail_text)?;
+        let ([load, track, on_space], _, _) = env.args::<3>(info).map_err(fail_text)?;
         if MAIN.get().is_some() {
             return Err("already set up".into());
         }
         let load = env.reference(load).map_err(fail_text)?;
         let track = env.reference(track).map_err(fail_text)?;
+        let on_space = env.reference(on_space).map_err(fail_text)?;
         let tsfn = env
             .threadsafe_function("resty_ffi load", run_job)
             .map_err(fail_text)?;
-        serve::init(env, track).map_err(fail_text)?;
+        serve::init(env, track, on_space).map_err(fail_text)?;
         let _ = MAIN.set(Main { tsfn, load });
         Ok(env.undefined())
     })
@@ -349,6 +351,15 @@ unsafe extern "C" fn answer_fn(raw: RawEnv, info: CallbackInfo) -> RawValue {
     })
 }
 
+unsafe extern "C" fn chunk_fn(raw: RawEnv, info: CallbackInfo) -> RawValue {
+    guarded(raw, "_chunk", |env| {
+        let ([id, v], _, _) = env.args::<2>(info).map_err(fail_text)?;
+        let id = env.u64(id).ok_or("bad stream id")?;
+        let code = serve::chunk(env, id, v)?;
+        env.int(code).map_err(fail_text)
+    })
+}
+
 unsafe extern "C" fn fail_fn(raw: RawEnv, info: CallbackInfo) -> RawValue {
     guarded(raw, "_fail", |env| {
         let ([id, e], _, _) = env.args::<2>(info).map_err(fail_text)?;
@@ -372,6 +383,7 @@ const FUNCTIONS: &[(&CStr, Native)] = &[
     (c"_serve", serve_fn),
     (c"_answer", answer_fn),
     (c"_fail", fail_fn),
+    (c"_chunk", chunk_fn),
 ];
 
 /// The module's init, run by Node for each environment (main thread and

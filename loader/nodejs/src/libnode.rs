@@ -23,6 +23,10 @@ use std::path::{Path, PathBuf};
 /// NODE_MODULE_VERSION of the headers the loader was built with.
 pub const MODULE_VERSION: &str = env!("FFI_NODEJS_MODULE_VERSION");
 
+/// The library's file name (ci/package.sh reads it from the built loader
+/// to name the package it recommends).
+pub const SONAME: &str = concat!("libnode.so.", env!("FFI_NODEJS_MODULE_VERSION"));
+
 /// The Debian package that ships the library for this build.
 pub fn package() -> String {
     format!("libnode{MODULE_VERSION}")
@@ -60,7 +64,7 @@ fn candidates_from(
     over: Option<std::ffi::OsString>,
     prefix: Option<std::ffi::OsString>,
 ) -> Vec<(String, PathBuf)> {
-    let name = format!("libnode.so.{MODULE_VERSION}");
+    let name = SONAME;
     let mut out = Vec::new();
     if let Some(p) = over.filter(|p| !p.is_empty()) {
         // an explicit choice: no other library stands in for it
@@ -69,7 +73,7 @@ fn candidates_from(
     }
     out.push((
         format!("Debian's {}", package()),
-        Path::new("/usr/lib").join(multiarch()).join(&name),
+        Path::new("/usr/lib").join(multiarch()).join(name),
     ));
     let prefix = prefix
         .filter(|p| !p.is_empty())
@@ -77,7 +81,7 @@ fn candidates_from(
         .unwrap_or_else(|| PathBuf::from("/var/cache/resty-ffi/libnode"));
     out.push((
         "ci/setup-nodejs.sh's prefix".to_string(),
-        prefix.join("usr/lib").join(multiarch()).join(&name),
+        prefix.join("usr/lib").join(multiarch()).join(name),
     ));
     out
 }

@@ -20,10 +20,16 @@
 //!   the loop sleeps in epoll until a post writes the fd.
 //!
 //! Answers: a Buffer / TypedArray / ArrayBuffer or a string (UTF-8) is
-//! copied into the answer, null or undefined answers nil, a Promise (or any
-//! thenable) is answered when it settles. A throw or a rejection answers
-//! rc 1 with `Name: message` and logs the stack at error level. Any other
-//! value answers rc 1 saying what it was.
+//! copied into the answer, null or undefined answers nil; any other object
+//! goes to the bootstrap's `track(value, id)`: a Promise (or any thenable)
+//! is answered when it settles, an async iterable (an async generator, say)
+//! or a generator streams, each value one chunk
+//! (`resty_ffi_try_respond_chunk` through `_chunk`; when the stream's
+//! window is full the producer awaits the queue's space fd, watched here;
+//! when the reader has gone the iterator is closed, its `finally` blocks
+//! run). A throw or a rejection answers rc 1 with `Name: message` and logs
+//! the stack at error level. Any other value answers rc 1 saying what it
+//! was.
 //!
 //! Shutdown: when the queue is finished (`rt:__unload()`) and drained, the
 //! watch and the idle handle are closed; Promises still pending answer
@@ -33,7 +39,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void};
 
-use crate::abi::{self, TaskRef};
+use crate::abi::{self, Chunk, TaskRef};
 use crate::napi::{self, Env, Fail, Ref, Value};
 use crate::{binding, host};
 
@@ -51,12 +57,18 @@ struct Server {
     watch: Cell<*mut c_void>,
     idle: Cell<*mut c_void>,
     idling: Cell<bool>,
+    /// The queue's space fd and its watch (for streams whose window is
+    /// full), and whether a producer waits for it.
+    space_fd: c_int,
+    space_watch: Cell<*mut c_void>,
+    space_wanted: Cell<bool>,
 }
 
-/// What every server shares: the bootstrap's `track(promise, id)` and
-/// one async context for callback scopes.
+/// What every server shares: the bootstrap's `track(value, id)` and
+/// `onSpace()`, and one async context for callback scopes.
 struct Shared {
     track: Ref,
+    on_space: Ref,
     resource: Ref,
     ctx: napi::AsyncCtx,
 }
@@ -69,11 +81,12 @@ thread_local! {
 }
 
 /// Called once by the bootstrap's `_setup`, on the main thread.
-pub fn init(env: Env, track: Ref) -> napi::JsResult<()> {
+pub fn init(env: Env, track: Ref, on_space: Ref) -> napi::JsResult<()> {
     let (resource, ctx) = env.async_context("resty_ffi handler")?;
     SHARED.with(|s| {
         *s.borrow_mut() = Some(Shared {
             track,
+            on_space,
             resource,
             ctx,
         })
@@ -92,7 +105,8 @@ pub fn start(env: Env, tq: usize, handler: Value, name: String) -> Result<(), St
         return Err("the bootstrap did not set up the loader".into());
     }
     let fd = abi::queue_fd(tq);
-    if fd < 0 {
+    let space_fd = abi::queue_space_fd(tq);
+    if fd < 0 || space_fd < 0 {
         return Err("the core gave no readiness fd for the queue".into());
     }
     let uv_loop = env.uv_loop().map_err(|e| e.text())?;
@@ -106,6 +120,9 @@ pub fn start(env: Env, tq: usize, handler: Value, name: String) -> Result<(), St
         watch: Cell::new(std::ptr::null_mut()),
         idle: Cell::new(std::ptr::null_mut()),
         idling: Cell::new(false),
+        space_fd,
+        space_watch: Cell::new(std::ptr::null_mut()),
+        space_wanted: Cell::new(false),
     }));
     let data = server as *const Server as *mut c_void;
     // SAFETY: the loop is this thread's; data is the leaked server, which
@@ -117,8 +134,14 @@ pub fn start(env: Env, tq: usize, handler: Value, name: String) -> Result<(), St
         server
             .watch
             .set((host::get().watch)(uv_loop, fd, on_readable, data));
+        server
+            .space_watch
+            .set((host::get().watch)(uv_loop, space_fd, on_space, data));
     }
-    if server.idle.get().is_null() || server.watch.get().is_null() {
+    if server.idle.get().is_null()
+        || server.watch.get().is_null()
+        || server.space_watch.get().is_null()
+    {
         return Err("libuv refused a handle for the queue's fd".into());
     }
     // tasks may be queued already: look on the next loop turn
@@ -134,6 +157,43 @@ unsafe extern "C" fn on_readable(data: *mut c_void) {
     // (already read) is harmless.
     unsafe { libc::read(server.fd, buf.as_mut_ptr().cast(), 8) };
     guard(server);
+}
+
+unsafe extern "C" fn on_space(data: *mut c_void) {
+    // SAFETY: as for on_readable.
+    let server = unsafe { &*(data as *const Server) };
+    let mut buf = [0u8; 8];
+    // SAFETY: as for on_readable.
+    unsafe { libc::read(server.space_fd, buf.as_mut_ptr().cast(), 8) };
+    if !server.space_wanted.replace(false) {
+        return;
+    }
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let Some((resource, ctx, _)) = scope_parts() else {
+            return;
+        };
+        let on_space = SHARED.with(|s| s.borrow().as_ref().map(|s| s.on_space));
+        let env = server.env;
+        env.scope(resource, ctx, || {
+            if let Some(f) = on_space.and_then(|r| env.deref(r).ok()) {
+                if let Err(f) = env.call(env.undefined(), f, &[]) {
+                    abi::log(
+                        resty_ffi_loader::ERR,
+                        &format!("ffi_nodejs: onSpace: {}", f.stack()),
+                    );
+                }
+            }
+        });
+    }));
+    if let Err(p) = r {
+        abi::log(
+            resty_ffi_loader::ERR,
+            &format!(
+                "ffi_nodejs: panic in the space watch: {}",
+                abi::panic_text(&*p)
+            ),
+        );
+    }
 }
 
 unsafe extern "C" fn on_idle(data: *mut c_void) {
@@ -211,10 +271,12 @@ impl Server {
                 (host::get().idle_close)(self.idle.get());
             }
         }
+        // the space watch stays while streams of this queue may still run
+        // (they end when their reader reads or goes away)
     }
 
-    /// Runs the handler for one task and answers it, or hands its Promise
-    /// to `track`.
+    /// Runs the handler for one task and answers it, or hands what it
+    /// returned to `track`.
     fn run(&'static self, task: TaskRef, track: Ref) {
         let env = self.env;
         let called = (|| {
@@ -229,7 +291,12 @@ impl Server {
             Ok(v) => v,
             Err(f) => return self.fail(task, &f),
         };
-        if !is_thenable(env, v) {
+        // bytes, strings, nil and wrong primitives are answered here; other
+        // objects (Promises, iterables) are the bootstrap's to follow
+        if !matches!(
+            binding::body(env, v),
+            Err(napi::Type::Object | napi::Type::Function)
+        ) {
             return self.answer(task, v);
         }
         let id = NEXT_ID.with(|n| n.replace(n.get() + 1));
@@ -263,24 +330,44 @@ impl Server {
     }
 }
 
-fn is_thenable(env: Env, v: Value) -> bool {
-    if env.is_promise(v) {
-        return true;
-    }
-    if !matches!(env.type_of(v), napi::Type::Object | napi::Type::Function) {
-        return false;
-    }
-    // a Buffer is an object with no `then`; ask only objects that are not
-    // byte containers
-    if env.bytes(v).is_some() {
-        return false;
-    }
-    env.get(v, c"then")
-        .map(|t| env.type_of(t) == napi::Type::Function)
-        .unwrap_or(false)
+/// One chunk of a tracked stream: 0 taken, 1 nobody reads any more (close
+/// the iterator, then end the task), 2 the window is full (await onSpace,
+/// offer it again), -1 no such stream. Err: the value is not bytes.
+pub fn chunk(env: Env, id: u64, v: Value) -> Result<i32, String> {
+    INFLIGHT.with(|m| {
+        let m = m.borrow();
+        let Some((task, server)) = m.get(&id) else {
+            return Ok(-1);
+        };
+        let outcome = match binding::body(env, v) {
+            Ok(binding::Body::Bytes(b)) => task.try_chunk(b),
+            Ok(binding::Body::Str(_)) => {
+                let text = env.string(v).map_err(|e| e.text())?;
+                task.try_chunk(text.as_bytes())
+            }
+            Ok(binding::Body::Nil) => Chunk::Taken,
+            Err(t) => {
+                return Err(format!(
+                    "a stream yielded a {} ({}): yield strings or Buffers",
+                    binding::type_name(t),
+                    env.to_text(v)
+                ))
+            }
+        };
+        Ok(match outcome {
+            Chunk::Taken => 0,
+            Chunk::Cancelled => 1,
+            Chunk::Full => {
+                server.space_wanted.set(true);
+                2
+            }
+            Chunk::Stale => -1,
+        })
+    })
 }
 
-/// A tracked Promise settled: `Ok(value)` or `Err(reason)`.
+/// A tracked value settled: `Ok(value)` (nil, bytes or a string: the
+/// final answer) or `Err(reason)`.
 pub fn settle(env: Env, id: u64, outcome: Result<Value, Value>) {
     let Some((task, server)) = INFLIGHT.with(|m| m.borrow_mut().remove(&id)) else {
         return;

@@ -204,3 +204,54 @@ pub fn finished(tq: usize) -> bool {
     // SAFETY: as for poll.
     unsafe { resty_ffi_queue_finished(tq as *mut c_void) != 0 }
 }
+
+// ---- streaming answers ----------------------------------------------------
+
+extern "C" {
+    fn resty_ffi_try_respond_chunk(task: *mut c_void, data: *const c_char, len: c_int) -> c_int;
+    fn resty_ffi_task_cancelled(task: *mut c_void) -> c_int;
+    fn resty_ffi_queue_space_fd(tq: *mut c_void) -> c_int;
+}
+
+/// What became of a chunk offered with [`TaskRef::try_chunk`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    /// Copied into the stream.
+    Taken,
+    /// Nobody waits any more: stop producing, then answer the task.
+    Cancelled,
+    /// The stream's window is full and the chunk was NOT taken: wait for
+    /// the queue's space fd ([`queue_space_fd`]), then offer it again.
+    Full,
+    /// The task was answered already (or the handle is bad).
+    Stale,
+}
+
+impl TaskRef {
+    /// Offers one chunk of the answer without blocking (the final answer
+    /// still comes with `respond`); the bytes are copied.
+    pub fn try_chunk(&self, bytes: &[u8]) -> Chunk {
+        let len = bytes.len().min(c_int::MAX as usize) as c_int;
+        // SAFETY: the task is live while self exists; bytes are readable
+        // for len and copied before the call returns.
+        match unsafe { resty_ffi_try_respond_chunk(self.0, bytes.as_ptr().cast(), len) } {
+            0 => Chunk::Taken,
+            1 => Chunk::Cancelled,
+            2 => Chunk::Full,
+            _ => Chunk::Stale,
+        }
+    }
+
+    /// True once nobody waits for the answer (closed, timed out, gone).
+    pub fn cancelled(&self) -> bool {
+        // SAFETY: any value may be passed; the core looks handles up.
+        unsafe { resty_ffi_task_cancelled(self.0) != 0 }
+    }
+}
+
+/// The queue's space eventfd: readable after a stream of it made room (or
+/// was cancelled) while a producer waited (-1 on error).
+pub fn queue_space_fd(tq: usize) -> i32 {
+    // SAFETY: as for poll.
+    unsafe { resty_ffi_queue_space_fd(tq as *mut c_void) }
+}

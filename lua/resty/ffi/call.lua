@@ -110,48 +110,96 @@ local function wait_polling(w, timeout)
     return w.done
 end
 
--- Waits on the semaphore; nil timeout waits until answered.
-local function wait_sema(w, id, timeout)
+-- Waiters of parked calls, kept for the next call that parks: a waiter is
+-- a table with its own semaphore, and making both per call (a table, a
+-- semaphore, its finalizer) cost more than the rest of the park path. A
+-- waiter goes back only when its semaphore's one post was consumed by its
+-- wait, so every pooled semaphore has a count of 0.
+local POOL_MAX = 4096
+local pool = {}
+local npool = 0
+
+local function take_waiter(req)
+    if npool == 0 then
+        return { sema = sema_new(), req = req }
+    end
+    local w = pool[npool]
+    pool[npool] = nil
+    npool = npool - 1
+    w.req = req
+    return w
+end
+
+local function give_back(w)
+    if npool < POOL_MAX then
+        w.req, w.ok, w.res, w.err, w.done = nil, nil, nil, nil, nil
+        npool = npool + 1
+        pool[npool] = w
+    end
+end
+
+-- The rest of a wait until answered (nil timeout), in chunks of MAX_WAIT
+-- seconds: kept out of wait_sema so the common path has no loop (a loop
+-- there aborts the trace of every call that parks).
+local function wait_forever(w, id)
     while true do
-        local chunk = timeout
-        if chunk == nil or chunk > MAX_WAIT then
-            chunk = MAX_WAIT
+        local ok, err = w.sema:wait(MAX_WAIT)
+        if ok then
+            return true, true
         end
-        local ok, err = w.sema:wait(chunk)
-        if ok or w.done then
-            return true
+        if w.done then
+            return true, false
         end
         if err ~= "timeout" then
             log(ERR, "resty_ffi: waiting for call ", id, " failed: ", err)
-            return false
-        end
-        if timeout ~= nil then
-            timeout = timeout - chunk
-            if timeout <= 0 then
-                return false
-            end
+            return false, false
         end
     end
 end
 
+-- Waits on the semaphore; nil timeout waits until answered. Returns
+-- whether the answer was handed over, and whether the semaphore's post was
+-- consumed (the waiter may then be reused).
+local function wait_sema(w, id, timeout)
+    local ok, err = w.sema:wait(timeout or MAX_WAIT)
+    if ok then
+        return true, true
+    end
+    if w.done then
+        return true, false
+    end
+    if err ~= "timeout" then
+        log(ERR, "resty_ffi: waiting for call ", id, " failed: ", err)
+        return false, false
+    end
+    if timeout ~= nil then
+        return false, false
+    end
+    return wait_forever(w, id)
+end
+
 -- Waits for the answer to a call that did not come while spinning.
 local function park(rt, task, id, req, timeout)
-    local w = { sema = sema_new(), req = req }
+    local w = take_waiter(req)
     add_waiter(id, w)
-    local done
+    local done, reuse
     if dispatcher_running() or start_dispatcher() then
-        done = wait_sema(w, id, timeout)
+        done, reuse = wait_sema(w, id, timeout)
     else
         done = wait_polling(w, timeout)
     end
     -- Exactly one of "answered" and "timed out": an answer handed over in
     -- the same cycle as the timeout stands (give_up refuses then).
     if done or not give_up(id, w, req) then
-        if w.ok == nil then
+        local ok, res, err = w.ok, w.res, w.err
+        if reuse then
+            give_back(w)
+        end
+        if ok == nil then
             -- handed over, but reading it failed (drain logged why)
             return false, nil, "resty_ffi: the answer could not be read"
         end
-        return w.ok, w.res, w.err
+        return ok, res, err
     end
     -- Timed out: the runtime may still answer; the request stays alive for
     -- it, and the dispatcher frees the late answer. The runtime can tell

@@ -28,7 +28,7 @@ void *resty_ffi_post(void *rt, void *ch, const char *req, int len, double id,
 void *resty_ffi_post_stream(void *rt, void *ch, const char *req, int len,
                             double id, int window_bytes, int window_chunks,
                             int *err);
-int resty_ffi_stream_next(void *task, const char **rsp, int *len);
+int resty_ffi_stream_take(void *task, const char **rsp, int *len, int max);
 void resty_ffi_task_cancel(void *task);
 int resty_ffi_task_is_notice(void *task);
 int resty_ffi_wait(void *task, int may_spin);

@@ -25,7 +25,6 @@ local log = ngx.log
 local ERR = ngx.ERR
 local WARN = ngx.WARN
 local type = type
-local ipairs = ipairs
 local tostring = tostring
 local setmetatable = setmetatable
 local rawset = rawset
@@ -91,31 +90,48 @@ local function method_index(fn)
     }
 end
 
-local SPIN_OPTS = { spin_us = true, poll_spin_us = true }
-local INT_OPTS = { "max_queue", "spin_us", "poll_spin_us",
-                   "stream_window_bytes", "stream_window_chunks" }
+-- Checks one integer option (nil is fine): nil, or why it is wrong.
+-- `max` bounds it further (nil: any int32). Called once per option rather
+-- than in a loop: `load` runs on every request that looks its runtime up
+-- (lua-resty-ffi's examples do), and a loop here made LuaJIT abort every
+-- trace through it ("inner loop in root trace"), leaving the whole
+-- request, call included, to the interpreter.
+local function check_int(opts, name, max)
+    local v = opts[name]
+    if v == nil then
+        return nil
+    end
+    if type(v) ~= "number" or v ~= v or v < 0 or v % 1 ~= 0 or v >= 2^31 then
+        return "opts." .. name .. " must be a non-negative integer, got "
+               .. tostring(v)
+    end
+    if max and v > max then
+        return "opts." .. name .. " must be at most " .. max
+               .. " (µs; a longer spin burns the CPU the other side "
+               .. "needs), got " .. tostring(v)
+    end
+    return nil
+end
 
 -- Checks opts; returns them and the call timeout they give (nil: until
 -- answered, `default` when they give none), or nil, err.
+-- What no opts give (only read, so one table serves every load).
+local NO_OPTS = {}
+
 local function check_opts(opts, default)
     if opts == nil then
-        return {}, default
+        return NO_OPTS, default
     end
     if type(opts) ~= "table" then
         return nil, "opts must be a table, got " .. type(opts)
     end
-    for _, name in ipairs(INT_OPTS) do
-        local v = opts[name]
-        if v ~= nil and (type(v) ~= "number" or v ~= v or v < 0
-                         or v % 1 ~= 0 or v >= 2^31) then
-            return nil, "opts." .. name .. " must be a non-negative "
-                   .. "integer, got " .. tostring(v)
-        end
-        if v and SPIN_OPTS[name] and v > MAX_SPIN_US then
-            return nil, "opts." .. name .. " must be at most " .. MAX_SPIN_US
-                   .. " (µs; a longer spin burns the CPU the other side "
-                   .. "needs), got " .. tostring(v)
-        end
+    local err = check_int(opts, "max_queue")
+                or check_int(opts, "spin_us", MAX_SPIN_US)
+                or check_int(opts, "poll_spin_us", MAX_SPIN_US)
+                or check_int(opts, "stream_window_bytes")
+                or check_int(opts, "stream_window_chunks")
+    if err then
+        return nil, err
     end
     if opts.max_queue == 0 then
         return nil, "opts.max_queue must be positive"

@@ -63,8 +63,11 @@ local POLL_INTERVAL = dispatcher.POLL_INTERVAL
 -- Stream ids count down from -1, so they never meet plain calls' ids.
 local next_id = 0
 local errp = ffi.new("int[1]")
-local rspp = ffi.new("const char *[1]")
-local lenp = ffi.new("int[1]")
+-- recv takes up to TAKE chunks from the core at once (one lock, one FFI
+-- call) and hands them out one per recv.
+local TAKE = 64
+local rspp = ffi.new("const char *[?]", TAKE)
+local lenp = ffi.new("int[?]", TAKE)
 
 local stream = {}
 local mt = { __index = stream }
@@ -129,8 +132,21 @@ function stream.recv(self, timeout)
         update_time()
         until_t = now() + timeout
     end
+    local buf = w.buf
+    local bi = w.bi
+    if bi <= w.bn then
+        local chunk = buf[bi]
+        buf[bi] = nil
+        w.bi = bi + 1
+        return chunk
+    end
     while true do
-        if C.resty_ffi_stream_next(task, rspp, lenp) == 1 then
+        local n = C.resty_ffi_stream_take(task, rspp, lenp, TAKE)
+        if n > 0 then
+            for i = 2, n do
+                buf[i - 1] = ffi_string(rspp[i - 1], lenp[i - 1])
+            end
+            w.bi, w.bn = 1, n - 1
             return ffi_string(rspp[0], lenp[0])
         end
         if not w.ended and exiting() then
@@ -232,7 +248,7 @@ function _M.method(self, req, timeout)
     end
     local w = { sema = sema_new(), req = req, stream = true, task = task,
                 id = id, rt = rt, timeout = timeout,
-                recv_timeout = st.timeout }
+                recv_timeout = st.timeout, buf = {}, bi = 1, bn = 0 }
     if timeout ~= nil then
         update_time()
         w.deadline = now() + timeout

@@ -33,6 +33,15 @@ final class Boot {
     static void setup() {
         System.setOut(new PrintStream(new LineStream(Log.NOTICE), true));
         System.setErr(new PrintStream(new LineStream(Log.ERROR), true));
+        // initialised now, while there is memory: a class whose initialiser
+        // fails for want of heap stays unusable for good
+        for (Class<?> c : new Class<?>[] {Task.class, Queue.class, Serve.class, Stages.class, Log.class, Native.class}) {
+            try {
+                Class.forName(c.getName(), true, c.getClassLoader());
+            } catch (ClassNotFoundException e) {
+                throw new IllegalStateException(e);
+            }
+        }
     }
 
     static String stackTrace(Throwable t) {

@@ -27,6 +27,19 @@ final class Native {
     /** Answers a live task; rsp may be null (nil in Lua). */
     static native void respond(long task, int rc, byte[] rsp);
 
+    /**
+     * Answers a live task with rc and "name: message" ("name" when message
+     * is null), joined outside the Java heap: the answer of last resort
+     * when the heap is full.
+     */
+    static native void respondError(long task, int rc, String name, String message);
+
+    /**
+     * How many times the JVM ran out of memory (heap, threads) since it was
+     * created, as JVMTI reported it to the loader; 0 without JVMTI.
+     */
+    static native long outOfMemoryEvents();
+
     /** Writes one line to nginx's error.log at level (see Log). */
     static native void log(int level, String msg);
 

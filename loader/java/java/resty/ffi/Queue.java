@@ -8,6 +8,10 @@
  * poll() blocks until a task arrives or the queue is finished (rt:__unload()
  * in Lua, after pending tasks are served): then it returns null, and the
  * runtime's threads should end. Any number of threads may poll one queue.
+ *
+ * Out of memory: a task whose Task object cannot be allocated is answered
+ * at once with the OutOfMemoryError (rc 1) and poll() goes on to the next
+ * one, so a poller never loses a task and never returns null early.
  */
 package resty.ffi;
 
@@ -29,14 +33,30 @@ public final class Queue {
 
     /** Blocks for the next task; null once the queue is finished. */
     public Task poll() {
-        long t = Native.poll(tq);
-        return t == 0 ? null : new Task(t);
+        while (true) {
+            long t = Native.poll(tq);
+            if (t == 0) {
+                return null;
+            }
+            Task task = Task.wrap(t);
+            if (task != null) {
+                return task;
+            }
+        }
     }
 
     /** The next task if one is queued right now, else null; never blocks. */
     public Task tryPoll() {
-        long t = Native.tryPoll(tq);
-        return t == 0 ? null : new Task(t);
+        while (true) {
+            long t = Native.tryPoll(tq);
+            if (t == 0) {
+                return null;
+            }
+            Task task = Task.wrap(t);
+            if (task != null) {
+                return task;
+            }
+        }
     }
 
     /** True once the queue is finished and every task was taken. */

@@ -25,6 +25,16 @@
  * trace; the runtime keeps serving. The queue finishing (rt:__unload())
  * ends every poller once the calls already queued are served; answers of
  * stages still running arrive later and are delivered as usual.
+ *
+ * Out of memory: every step between taking a task and handing it to the
+ * handler, and every answer, catches Throwable, and the answer of last
+ * resort needs no heap (Task.fail(rc, Throwable)): the call that hit an
+ * OutOfMemoryError gets `false, 1, "java.lang.OutOfMemoryError: ..."`,
+ * later calls are served or get the same error at once (a poller that
+ * cannot even wrap a task answers it natively, see Queue), and a poller
+ * thread never dies of it: whatever escapes an iteration is logged if
+ * memory allows and the same thread polls again. A stage whose own thread
+ * dies of it never completes: Stages answers those.
  */
 package resty.ffi;
 
@@ -34,12 +44,26 @@ import java.util.concurrent.ExecutionException;
 import java.util.concurrent.Executor;
 import java.util.concurrent.Executors;
 import java.util.concurrent.atomic.AtomicInteger;
+import java.util.concurrent.locks.LockSupport;
 import java.util.function.Function;
 
 final class Serve {
     static final int MAX_THREADS = Integer.getInteger("resty.ffi.threads", 256);
     static final int SPARE = 2;
     static final Executor VIRTUAL = virtualExecutor();
+    /**
+     * Nothing escapes a poller's loop; what reaches this is thrown while a
+     * poller thread ends (Thread's own teardown can need heap), when the
+     * heap is full: logged if memory allows, never the JVM's default
+     * handler, which fails again printing it.
+     */
+    static final Thread.UncaughtExceptionHandler ENDED = (t, e) -> {
+        try {
+            Log.error("ffi_java: poller " + t.getName() + " ended with " + Boot.stackTrace(e));
+        } catch (Throwable noRoom) {
+            // the thread ended anyway; no task was lost
+        }
+    };
 
     private final Function<byte[], Object> handler;
     private final boolean async;
@@ -49,6 +73,10 @@ final class Serve {
     private final AtomicInteger polling = new AtomicInteger();
     private final AtomicInteger threads = new AtomicInteger();
     private final AtomicInteger nextId = new AtomicInteger();
+    /** Logged when there is no memory for a stack trace. */
+    private final String noRoomLine;
+    /** The stages this runtime waits on, watched for being lost to a full heap. */
+    private final Stages stages = Stages.create();
 
     private Serve(Function<byte[], Object> handler, boolean async, Queue queue, String name, ClassLoader loader) {
         this.handler = handler;
@@ -56,6 +84,7 @@ final class Serve {
         this.queue = queue;
         this.name = name;
         this.loader = loader;
+        this.noRoomLine = "ffi_java: " + name + ": a handler or poller failed and no memory is left to describe it:";
     }
 
     private static Executor virtualExecutor() {
@@ -78,7 +107,7 @@ final class Serve {
         }
     }
 
-    /** Starts one more poller unless at the bound; true if started. */
+    /** Starts one more poller unless at the bound; true if started. Never throws. */
     private boolean spawn() {
         while (true) {
             int n = threads.get();
@@ -90,89 +119,160 @@ final class Serve {
             }
         }
         polling.incrementAndGet();
-        int id = nextId.getAndIncrement();
-        Thread t = new Thread(() -> run(id), "jv" + id + "-" + name);
-        t.setDaemon(true);
-        t.setContextClassLoader(loader);
         try {
+            int id = nextId.getAndIncrement();
+            Thread t = new Thread(() -> run(id), "jv" + id + "-" + name);
+            t.setDaemon(true);
+            t.setUncaughtExceptionHandler(ENDED);
+            t.setContextClassLoader(loader);
             t.start();
+            return true;
         } catch (Throwable e) {
             polling.decrementAndGet();
             threads.decrementAndGet();
-            Log.error("ffi_java: " + name + ": cannot start a poller: " + e);
+            logQuietly(e, "cannot start a poller: ");
             return false;
         }
-        return true;
     }
 
     private void run(int id) {
-        Native.nameThread(("jv" + id + "-" + name));
+        try {
+            Native.nameThread(("jv" + id + "-" + name));
+        } catch (Throwable e) {
+            // no memory for the name: the JVM's name stays
+        }
+        // polling was counted for us before we got here
+        boolean counted = true;
         try {
             while (true) {
-                // polling was counted for us before we got here
-                Task task = queue.poll();
-                int left = polling.decrementAndGet();
-                if (task == null) {
-                    return;
+                try {
+                    if (!counted) {
+                        polling.incrementAndGet();
+                        counted = true;
+                    }
+                    Task task = queue.poll();
+                    counted = false;
+                    int left = polling.decrementAndGet();
+                    if (task == null) {
+                        stages.finish();
+                        return;
+                    }
+                    if (left == 0) {
+                        spawn();
+                    }
+                    dispatch(task);
+                    // stay a poller unless enough others are idle already
+                    if (polling.get() >= SPARE) {
+                        return;
+                    }
+                } catch (Throwable e) {
+                    // not a task's: dispatch answers those. Poll again.
+                    logQuietly(e, "poller: ");
+                    LockSupport.parkNanos(1_000_000);
                 }
-                if (left == 0) {
-                    spawn();
-                }
-                if (VIRTUAL != null && !async) {
-                    VIRTUAL.execute(() -> handle(task));
-                } else {
-                    handle(task);
-                }
-                // stay a poller unless enough others are idle already
-                if (polling.get() >= SPARE) {
-                    return;
-                }
-                polling.incrementAndGet();
             }
         } finally {
             threads.decrementAndGet();
         }
     }
 
-    private void handle(Task task) {
-        Object rsp;
+    /** Runs the handler for task here or on a virtual thread. Never throws. */
+    private void dispatch(Task task) {
         try {
-            rsp = handler.apply(task.request());
+            if (VIRTUAL != null && !async) {
+                VIRTUAL.execute(() -> handle(task));
+            } else {
+                handle(task);
+            }
         } catch (Throwable e) {
             fail(task, e);
-            return;
-        }
-        if (rsp instanceof CompletionStage) {
-            ((CompletionStage<?>) rsp).whenComplete((v, e) -> {
-                if (e != null) {
-                    fail(task, e);
-                } else {
-                    answer(task, v);
-                }
-            });
-        } else if (async && rsp == null) {
-            fail(task, new NullPointerException("the async handler returned null instead of a CompletionStage"));
-        } else {
-            answer(task, rsp);
         }
     }
 
+    /** Calls the handler and answers task, now or when its stage completes. Never throws. */
+    private void handle(Task task) {
+        try {
+            Object rsp = handler.apply(task.request());
+            if (rsp instanceof CompletionStage) {
+                stages.add(task);
+                ((CompletionStage<?>) rsp).whenComplete((v, e) -> complete(task, v, e));
+            } else if (async && rsp == null) {
+                fail(task, new NullPointerException("the async handler returned null instead of a CompletionStage"));
+            } else {
+                answer(task, rsp);
+            }
+        } catch (Throwable e) {
+            fail(task, e);
+        }
+    }
+
+    private void complete(Task task, Object v, Throwable e) {
+        stages.remove(task);
+        if (e != null) {
+            fail(task, e);
+        } else {
+            answer(task, v);
+        }
+    }
+
+    /** Never throws; a task answered already is left alone. */
     private void answer(Task task, Object rsp) {
-        if (rsp == null || rsp instanceof byte[]) {
-            task.respond(0, (byte[]) rsp);
-        } else {
-            fail(task, new ClassCastException("resty.ffi: a response must be byte[] or null, got "
-                    + rsp.getClass().getName()));
+        try {
+            if (rsp == null || rsp instanceof byte[]) {
+                if (!task.answered()) {
+                    task.respond(0, (byte[]) rsp);
+                }
+            } else {
+                fail(task, new ClassCastException("resty.ffi: a response must be byte[] or null, got "
+                        + rsp.getClass().getName()));
+            }
+        } catch (Throwable t) {
+            fail(task, t);
         }
     }
 
+    /** Answers task with e (rc 1) and logs its stack trace. Never throws. */
     private void fail(Task task, Throwable e) {
-        while ((e instanceof CompletionException || e instanceof ExecutionException) && e.getCause() != null) {
-            e = e.getCause();
+        try {
+            while ((e instanceof CompletionException || e instanceof ExecutionException) && e.getCause() != null) {
+                e = e.getCause();
+            }
+        } catch (Throwable t) {
+            // keep e as it is
         }
-        Log.error("ffi_java: " + name + ": handler threw " + Boot.stackTrace(e));
-        if (!task.answered()) {
-            task.fail(1, e.toString());
+        if (e instanceof OutOfMemoryError) {
+            Stages.sawOutOfMemory();
+        }
+        // answer first: logging needs memory that may not be there
+        try {
+            if (!task.answered()) {
+                task.fail(1, e);
+            }
+        } catch (Throwable t) {
+            // answered by another thread meanwhile
+        }
+        logQuietly(e, "handler threw ");
+    }
+
+    /** Logs "ffi_java: name: what" and e's stack trace, as far as memory allows. Never throws. */
+    private void logQuietly(Throwable e, String what) {
+        try {
+            Log.error("ffi_java: " + name + ": " + what + Boot.stackTrace(e));
+            return;
+        } catch (Throwable t) {
+            // no room for the trace
+        }
+        try {
+            Log.error(noRoomLine);
+            String type = e instanceof OutOfMemoryError ? Task.OOM_NAME : Task.ERROR_NAME;
+            try {
+                type = e.getClass().getName();
+            } catch (Throwable t) {
+                // the fallback above
+            }
+            Log.error(type);
+        } catch (Throwable t) {
+            // nothing left to say it with
         }
     }
 }

@@ -2,22 +2,71 @@
  * One call from nginx, answered exactly once: a second respond() throws
  * IllegalStateException, and so does reading the request after the answer
  * (the core frees it then). Thread-safe: any thread may answer.
+ *
+ * Out of memory: a Task is one small object (no AtomicLong beside it), and
+ * fail(rc, Throwable) answers without needing the Java heap: when there is
+ * no room left for Throwable.toString(), the class name and message are
+ * joined natively, so the caller still reads
+ * "java.lang.OutOfMemoryError: Java heap space".
  */
 package resty.ffi;
 
+import java.lang.invoke.MethodHandles;
+import java.lang.invoke.VarHandle;
 import java.nio.charset.StandardCharsets;
-import java.util.concurrent.atomic.AtomicLong;
 
 public final class Task {
-    private final AtomicLong handle;
+    private static final VarHandle HANDLE;
+    /** Named before any heap runs out (Class.getName() caches the name). */
+    static final String OOM_NAME = OutOfMemoryError.class.getName();
+    static final String ERROR_NAME = Error.class.getName();
+
+    static {
+        try {
+            HANDLE = MethodHandles.lookup().findVarHandle(Task.class, "handle", long.class);
+        } catch (ReflectiveOperationException e) {
+            throw new ExceptionInInitializerError(e);
+        }
+    }
+
+    @SuppressWarnings("unused") // through HANDLE
+    private volatile long handle;
+    /** Where Stages watches this task's stage (-1: not watched), and since when. */
+    int slot = -1;
+    long since;
 
     Task(long handle) {
-        this.handle = new AtomicLong(handle);
+        this.handle = handle;
+    }
+
+    /**
+     * Wraps a polled handle; when even that small object cannot be
+     * allocated, answers the task with the OutOfMemoryError and returns
+     * null, so no task is ever lost between poll and its runtime.
+     */
+    static Task wrap(long t) {
+        try {
+            return new Task(t);
+        } catch (Throwable e) {
+            if (e instanceof OutOfMemoryError) {
+                Stages.sawOutOfMemory();
+            }
+            respondThrowable(t, 1, e);
+            return null;
+        }
+    }
+
+    private long take() {
+        long t = (long) HANDLE.getAndSet(this, 0L);
+        if (t == 0) {
+            throw new IllegalStateException("resty.ffi: the task is already answered");
+        }
+        return t;
     }
 
     /** The request bytes; null when Lua passed nil. */
     public byte[] request() {
-        long t = handle.get();
+        long t = handle;
         if (t == 0) {
             throw new IllegalStateException("resty.ffi: the task is already answered");
         }
@@ -26,11 +75,7 @@ public final class Task {
 
     /** Answers with rc (0 = ok) and body (null is nil in Lua). */
     public void respond(int rc, byte[] body) {
-        long t = handle.getAndSet(0);
-        if (t == 0) {
-            throw new IllegalStateException("resty.ffi: the task is already answered");
-        }
-        Native.respond(t, rc, body);
+        Native.respond(take(), rc, body);
     }
 
     /** Answers ok with body. */
@@ -43,8 +88,45 @@ public final class Task {
         respond(rc, message == null ? null : message.getBytes(StandardCharsets.UTF_8));
     }
 
+    /**
+     * Answers with an error: Lua sees `false, rc, e.toString()`. Works with
+     * the heap full (see the class comment); use it in a runtime's
+     * catch (Throwable e).
+     */
+    public void fail(int rc, Throwable e) {
+        respondThrowable(take(), rc, e);
+    }
+
+    /** Answers rc and "name: message" joined natively (no heap needed). */
+    void failNatively(int rc, String name, String message) {
+        Native.respondError(take(), rc, name, message);
+    }
+
     /** True once answered. */
     public boolean answered() {
-        return handle.get() == 0;
+        return handle == 0;
+    }
+
+    /** Answers t with rc and e's text, allocating on the heap only if it can. */
+    static void respondThrowable(long t, int rc, Throwable e) {
+        byte[] text = null;
+        try {
+            text = String.valueOf(e).getBytes(StandardCharsets.UTF_8);
+        } catch (Throwable noRoom) {
+            // below
+        }
+        if (text != null) {
+            Native.respond(t, rc, text);
+            return;
+        }
+        String name;
+        String message = null;
+        try {
+            name = e == null ? ERROR_NAME : e.getClass().getName();
+            message = e == null ? null : e.getLocalizedMessage();
+        } catch (Throwable noRoom) {
+            name = e instanceof OutOfMemoryError ? OOM_NAME : ERROR_NAME;
+        }
+        Native.respondError(t, rc, name, message);
     }
 }

@@ -1,0 +1,174 @@
+/*
+ * The CompletionStages a handler-style runtime has in flight, watched for
+ * the one way a call can be lost that the loader does not see: when the
+ * heap is full, the thread completing a stage (the runtime's executor)
+ * cannot even allocate the failure CompletableFuture completes with; it
+ * dies of a second OutOfMemoryError and the stage never completes.
+ *
+ * So: every stage the loader waits on takes a slot here (a fixed array, no
+ * allocation per call); one watcher thread per JVM learns of every
+ * OutOfMemoryError of the JVM (JVMTI's ResourceExhausted event, counted by
+ * the loader, plus the ones the loader's own code catches) and answers each
+ * stage that was in flight when the first one of an episode happened and
+ * is still unanswered -Dresty.ffi.oomGrace ms (default 3000) later, with
+ * rc 1 and "java.lang.OutOfMemoryError: ...". A stage that completes later
+ * still is ignored (its call is answered once). The watcher allocates
+ * nothing while it looks and answers, so it works with the heap full.
+ *
+ * A stage started after that first error waits for the next episode. More
+ * than SLOTS stages in flight at once: the others are not watched (they
+ * are answered when they complete, as always).
+ */
+package resty.ffi;
+
+import java.lang.invoke.MethodHandles;
+import java.lang.invoke.VarHandle;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.concurrent.atomic.AtomicLong;
+import java.util.concurrent.locks.LockSupport;
+
+final class Stages {
+    static final long GRACE_MS = Math.max(0, Long.getLong("resty.ffi.oomGrace", 3000));
+    private static final int SLOTS = 1024;
+    private static final long EVERY_NS = 50_000_000L;
+    private static final VarHandle SLOT = MethodHandles.arrayElementVarHandle(Task[].class);
+    private static final AtomicLong SEEN_IN_JAVA = new AtomicLong();
+    private static final String LOST = "the JVM ran out of memory while this call's CompletionStage"
+            + " was running, and " + GRACE_MS + " ms later it had not completed"
+            + " (the thread completing it may have died of the error)";
+    /** Every runtime's stages; replaced, never changed in place. */
+    private static volatile Stages[] all = new Stages[0];
+    private static boolean watching;
+
+    private final Task[] inFlight = new Task[SLOTS];
+    private final AtomicInteger hint = new AtomicInteger();
+    /** Set when the runtime's queue finished: dropped once empty. */
+    private volatile boolean finished;
+
+    private Stages() {}
+
+    /** A new runtime's set, watched from now on. */
+    static synchronized Stages create() {
+        Stages s = new Stages();
+        Stages[] a = all;
+        Stages[] b = java.util.Arrays.copyOf(a, a.length + 1);
+        b[a.length] = s;
+        all = b;
+        if (!watching) {
+            Thread t = new Thread(Stages::watch, "java-stages");
+            t.setDaemon(true);
+            t.start();
+            watching = true;
+        }
+        return s;
+    }
+
+    /** The loader's own code caught an OutOfMemoryError (counted with JVMTI's). */
+    static void sawOutOfMemory() {
+        SEEN_IN_JAVA.incrementAndGet();
+    }
+
+    static long outOfMemoryEvents() {
+        return Native.outOfMemoryEvents() + SEEN_IN_JAVA.get();
+    }
+
+    /** The queue finished: drop this set once its stages are answered. */
+    void finish() {
+        finished = true;
+    }
+
+    /** Watches task's stage from now until remove(task). Never throws. */
+    void add(Task task) {
+        task.since = System.nanoTime();
+        int start = hint.getAndIncrement();
+        for (int k = 0; k < SLOTS; k++) {
+            int i = (start + k) & (SLOTS - 1);
+            if (inFlight[i] == null && SLOT.compareAndSet(inFlight, i, (Task) null, task)) {
+                task.slot = i;
+                return;
+            }
+        }
+    }
+
+    /** task's stage completed. Never throws. */
+    void remove(Task task) {
+        int i = task.slot;
+        if (i >= 0) {
+            SLOT.compareAndSet(inFlight, i, task, (Task) null);
+        }
+    }
+
+    private boolean empty() {
+        for (Task t : inFlight) {
+            if (t != null) {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    /** Answers the stages in flight since before `since` (nanoTime). */
+    private void answerLost(long since) {
+        for (int i = 0; i < SLOTS; i++) {
+            Task t = inFlight[i];
+            if (t != null && t.since - since < 0 && SLOT.compareAndSet(inFlight, i, t, (Task) null)) {
+                try {
+                    t.failNatively(1, Task.OOM_NAME, LOST);
+                } catch (Throwable e) {
+                    // its stage completed meanwhile
+                }
+            }
+        }
+    }
+
+    private static void watch() {
+        try {
+            Native.nameThread("java-stages");
+        } catch (Throwable e) {
+            // keeps the JVM's name
+        }
+        long seen = outOfMemoryEvents();
+        long episode = 0; // nanoTime of the first error not dealt with; 0: none
+        while (true) {
+            LockSupport.parkNanos(EVERY_NS);
+            try {
+                long now = System.nanoTime();
+                long n = outOfMemoryEvents();
+                if (n != seen) {
+                    seen = n;
+                    if (episode == 0) {
+                        episode = now;
+                    }
+                }
+                if (episode != 0 && now - episode >= GRACE_MS * 1_000_000L) {
+                    for (Stages s : all) {
+                        s.answerLost(episode);
+                    }
+                    episode = 0;
+                }
+                for (Stages s : all) {
+                    if (s.finished && s.empty()) {
+                        drop(s);
+                    }
+                }
+            } catch (Throwable e) {
+                // no heap to drop a set with: next round
+            }
+        }
+    }
+
+    private static synchronized void drop(Stages s) {
+        Stages[] a = all;
+        if (java.util.Arrays.asList(a).indexOf(s) < 0) {
+            return;
+        }
+        int n = 0;
+        Stages[] b = new Stages[a.length - 1];
+        for (Stages x : a) {
+            if (x != s) {
+                b[n++] = x;
+            }
+        }
+        all = b;
+    }
+}
