@@ -324,6 +324,99 @@ def test_two_runtimes_from_different_modules_share_one_worker(py_nginx, pystage,
     assert len(n.worker_pids()) == 1
 
 
+def worst_plain_latency_while(n, busy):
+    """Runs `busy()` in a thread while fetching /plain back to back;
+    returns (busy's result, the slowest /plain in s, how many were made)."""
+    out = []
+    t = threading.Thread(target=lambda: out.append(busy()))
+    t.start()
+    worst, count = 0.0, 0
+    while t.is_alive():
+        t0 = time.time()
+        assert n.get("/plain", timeout=60) == (200, b"plain")
+        worst = max(worst, time.time() - t0)
+        count += 1
+        time.sleep(0.005)
+    t.join()
+    return out[0], worst, count
+
+
+def test_a_load_does_not_stall_the_worker_while_a_handler_holds_the_gil(py_nginx, moddir):
+    write_module(moddir, "spinner", """
+        import threading, time
+        def spin(seconds):
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                pass                  # pure Python: holds the GIL but at switches
+        def handle(req):
+            threading.Thread(target=spin, args=(float(req),), daemon=True).start()
+            return b"spinning"
+        def init(cfg, tq):
+            return handle
+    """)
+    # first imports of a few stdlib packages: hundreds of files read, each
+    # read gives the GIL away and waits up to a switch interval for it back
+    write_module(moddir, "heavy", """
+        import argparse, csv, decimal, difflib, email.parser, ftplib, http.client
+        import pydoc, tarfile, unittest, xml.dom.minidom, zipfile
+        def init(cfg, tq):
+            return lambda req: b"heavy " + req
+    """)
+    n = py_nginx()
+    assert call(n, moddir + "/spinner,init", b"8") == (200, b"spinning")
+    t0 = time.time()
+    got, worst, count = worst_plain_latency_while(
+        n, lambda: call(n, moddir + "/heavy,init", b"x"))
+    took = time.time() - t0
+    print("load + first call %.2f s; /plain worst %.3f s over %d requests" % (took, worst, count))
+    assert got == (200, b"heavy x"), got
+    # the worker waits for a load at most LOAD_WAIT (50 ms); allow for a
+    # busy machine, far below the seconds a load took on the event loop
+    assert worst < 0.5, (worst, took)
+    assert "goes on in the background" in n.error_log()
+
+
+def test_a_slow_load_finishes_in_the_background_and_its_error_answers_the_calls(
+        py_nginx, moddir):
+    write_module(moddir, "slow_ok", """
+        import time
+        time.sleep(0.5)
+        def init(cfg, tq):
+            return lambda req: b"ready " + req
+    """)
+    write_module(moddir, "slow_bad", """
+        import time
+        time.sleep(0.5)
+        raise ImportError("broken after a while")
+    """)
+    write_module(moddir, "warm", """
+        def init(cfg, tq):
+            return lambda req: req
+    """)
+    n = py_nginx()
+    # the interpreter is created by the first load, on the worker's thread
+    assert call(n, moddir + "/warm,init", b"w") == (200, b"w")
+    # load_ffi returns at once; the first call waits in the queue
+    got, worst, _ = worst_plain_latency_while(
+        n, lambda: call(n, moddir + "/slow_ok,init", b"x"))
+    assert got == (200, b"ready x"), got
+    assert worst < 0.3, worst
+    # a load that fails in the background: every call gets its error
+    for _ in range(2):
+        status, got = call(n, moddir + "/slow_bad,init", b"x")
+        assert status == 502 and got.startswith(
+            b"rc=1 err=ffi_python3: cannot import module 'slow_bad': ImportError: "
+            b"broken after a while"), got
+    assert "every call to it is answered with this error" in n.error_log()
+    # unloaded and fixed, it loads again
+    unload(n, moddir + "/slow_bad,init")
+    write_module(moddir, "slow_bad", """
+        def init(cfg, tq):
+            return lambda req: b"fixed " + req
+    """)
+    assert call(n, moddir + "/slow_bad?,init", b"x") == (200, b"fixed x")
+
+
 def load_error(n, cfg):
     status, got = call(n, cfg, b"x")
     assert status == 500, got
@@ -396,6 +489,9 @@ def test_print_and_logging_from_runtimes_reach_error_log(py_nginx, moddir):
     """)
     n = py_nginx()
     assert call(n, moddir + "/chatty,init", b"hello") == (200, b"ok")
+    # lines from runtime threads are written by nginx's dispatcher, which
+    # may run after the answer went out
+    assert harness.wait_until(lambda: "partial line" in n.error_log(), 5), n.error_log()[-2000:]
     log = n.error_log()
     assert re.search(r"\[notice\] \d+#\d+: (\*\d+ )?ffi_python3: chatty starting(, context: ngx\.timer.*)?\n", log), log[-2000:]
     assert re.search(r"\[notice\] \d+#\d+: (\*\d+ )?ffi_python3: print says hello(, context: ngx\.timer.*)?\n", log)

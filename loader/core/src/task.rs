@@ -446,10 +446,13 @@ impl TaskPtr {
     /// The caller stopped waiting (stream closed, call timed out): queued
     /// chunks are freed and the runtime is told by its next chunk or by
     /// `resty_ffi_task_cancelled`. The task stays until the final answer.
+    /// The queue's space fd is signalled even when no producer waited for
+    /// room: an event loop awaiting its next item (an async generator
+    /// between tokens) learns of the cancellation from the fd too, without
+    /// polling every task.
     pub fn cancel(self) {
-        if self.slot().stream.cancel() {
-            self.queue().space.notify();
-        }
+        self.slot().stream.cancel();
+        self.queue().space.notify();
     }
 
     /// Notes that a runtime thread took the task (for its service time).

@@ -10,14 +10,47 @@
 //! - a callable: the handler style; `resty_ffi._serve` runs the poll loop
 //!   and calls it per request (sync on a thread pool, `async def` on an
 //!   asyncio loop owned by the runtime).
+//!
+//! Not stalling the worker: `libffi_init` runs on the worker's event loop,
+//! and an import needs the GIL again after every file it reads. While a
+//! handler thread runs Python, each of those waits lasts up to the
+//! interpreter's switch interval (5 ms), and a module importing a few
+//! packages stalled the worker for seconds (4.3 s seen). So the import
+//! and `func(cfg, tq)` run on a loader thread (`load-python3`); the worker
+//! waits for it at most [`LOAD_WAIT`]. A load done by then reports as
+//! always (its error fails `load_ffi`). A longer one finishes in the
+//! background: `load_ffi` returns the runtime at once and calls wait in its
+//! queue (their timeouts run) until it polls; if that load fails, the
+//! loader thread logs the error and answers every call with rc 1 and it
+//! until the runtime is unloaded (`rt:__unload()`, then load again).
+//! Creating the interpreter (the first load of a worker) stays on the
+//! worker's thread: no other Python thread can hold the GIL then.
 
 use std::ffi::CString;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use pyo3::exceptions::{PyAttributeError, PyKeyboardInterrupt, PySystemExit};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyInt};
 
 use crate::{abi, cfg, interpreter, module, paths, Error};
+
+/// How long `libffi_init` waits for a load before it lets the load
+/// finish in the background (see the module doc): ten switch intervals.
+pub const LOAD_WAIT: Duration = Duration::from_millis(50);
+
+/// nginx's notice level.
+const NOTICE: i32 = 6;
+
+/// Where a load on the loader thread stands, as the worker sees it.
+enum Outcome {
+    Running,
+    Done(Result<(), Error>),
+    /// The worker stopped waiting: the loader thread deals with the result.
+    Background,
+}
 
 /// Starts the runtime `cfg` names on queue `tq`.
 pub fn start(cfg_text: &str, tq: usize) -> Result<(), Error> {
@@ -26,7 +59,66 @@ pub fn start(cfg_text: &str, tq: usize) -> Result<(), Error> {
         reason,
     })?;
     interpreter::ensure()?;
-    Python::with_gil(|py| start_in(py, &spec, tq))
+    let state = Arc::new((Mutex::new(Outcome::Running), Condvar::new()));
+    let theirs = Arc::clone(&state);
+    let cfg = cfg_text.to_string();
+    std::thread::Builder::new()
+        .name("load-python3".into())
+        .spawn(move || {
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                Python::with_gil(|py| start_in(py, &spec, tq))
+            }))
+            .unwrap_or_else(|p| {
+                Err(Error::Internal(format!(
+                    "panic: {}",
+                    resty_ffi_loader::panic_text(&*p)
+                )))
+            });
+            let (lock, done) = &*theirs;
+            let mut outcome = lock.lock().unwrap_or_else(|e| e.into_inner());
+            if matches!(*outcome, Outcome::Background) {
+                drop(outcome);
+                finish_in_background(&cfg, result, tq);
+            } else {
+                *outcome = Outcome::Done(result);
+                done.notify_one();
+            }
+        })
+        .map_err(|e| Error::Internal(format!("cannot start the loader thread: {e}")))?;
+    let (lock, done) = &*state;
+    let outcome = lock.lock().unwrap_or_else(|e| e.into_inner());
+    let (mut outcome, _) = done
+        .wait_timeout_while(outcome, LOAD_WAIT, |o| matches!(o, Outcome::Running))
+        .unwrap_or_else(|e| e.into_inner());
+    match std::mem::replace(&mut *outcome, Outcome::Background) {
+        Outcome::Done(result) => result,
+        _ => {
+            abi::log(
+                NOTICE,
+                &format!(
+                    "ffi_python3: loading '{cfg_text}' takes longer than {} ms (a slow import, or a thread holding the GIL): it goes on in the background, calls wait in the queue until it is done",
+                    LOAD_WAIT.as_millis()
+                ),
+            );
+            Ok(())
+        }
+    }
+}
+
+/// The end of a load the worker stopped waiting for: on failure, logs the
+/// error and answers every call with it until the queue is finished.
+fn finish_in_background(cfg: &str, result: Result<(), Error>, tq: usize) {
+    let Err(e) = result else {
+        return;
+    };
+    let msg = format!("ffi_python3: {e}");
+    abi::log(
+        resty_ffi_loader::ERR,
+        &format!("{msg} (loading '{cfg}' in the background: every call to it is answered with this error; unload it and load again)"),
+    );
+    while let Some(task) = abi::poll(tq) {
+        task.respond(1, Some(msg.as_bytes()));
+    }
 }
 
 fn describe(py: Python<'_>, e: &PyErr) -> String {

@@ -6,6 +6,14 @@
 //! req = task.req                     # the request, bytes (None for a nil request)
 //! task.respond(0, b"answer")         # rc, bytes | bytearray | memoryview | str | None
 //! tasks = resty_ffi.poll_batch(tq)   # one blocking wait, then up to 63 queued more
+//!
+//! # streaming: chunks before the final answer
+//! if task.respond_chunk(b"part") == 1:  # blocks (GIL released) while the window is full
+//!     ...                               # 1: nobody waits any more, stop
+//! task.try_respond_chunk(b"part")    # never blocks: 2 = window full, wait for
+//!                                    # resty_ffi.queue_space_fd(tq), offer again
+//! task.cancelled                     # True once nobody waits (closed, timed out, gone)
+//! task.respond(0)                    # ends the stream
 //! ```
 //!
 //! Guarantees: a task is answered exactly once (a second `respond` raises);
@@ -20,7 +28,7 @@ use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyString};
 
-use crate::abi::{self, TaskRef};
+use crate::abi::{self, Chunk, Chunks, TaskRef};
 
 thread_local! {
     /// The cfg address and text passed to the init being called right now.
@@ -60,6 +68,64 @@ impl Task {
 
     fn lock(&self) -> MutexGuard<'_, Option<TaskRef>> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The task's streaming side, taken without keeping the lock (a
+    /// blocked chunk must not hold up `respond` from another thread).
+    fn chunks(&self) -> PyResult<Chunks> {
+        self.lock()
+            .as_ref()
+            .map(TaskRef::chunks)
+            .ok_or_else(|| PyRuntimeError::new_err("resty_ffi: the task is already answered"))
+    }
+
+    /// Offers `data` as the next chunk: first without blocking, with the
+    /// GIL held (the common case costs no GIL hand-off); when the window is
+    /// full and `block`, again blocking with the GIL released.
+    fn offer(&self, py: Python<'_>, data: &Bound<'_, PyAny>, block: bool) -> PyResult<i32> {
+        let chunks = self.chunks()?;
+        let data = immutable_chunk(data)?;
+        let bytes = chunk_bytes(&data)?;
+        if bytes.len() > i32::MAX as usize {
+            return Err(PyValueError::new_err("resty_ffi: chunk larger than 2 GiB"));
+        }
+        let mut got = chunks.offer(bytes, false);
+        if got == Chunk::Full && block {
+            got = py.allow_threads(|| chunks.offer(bytes, true));
+        }
+        match got {
+            Chunk::Taken => Ok(0),
+            Chunk::Cancelled => Ok(1),
+            Chunk::Full => Ok(2),
+            Chunk::Stale => Err(PyRuntimeError::new_err(
+                "resty_ffi: the task is already answered",
+            )),
+        }
+    }
+}
+
+/// A chunk as an immutable object (bytes or str), so its bytes may be read
+/// with the GIL released: bytearray and memoryview are copied once.
+fn immutable_chunk<'py>(data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    if data.is_instance_of::<PyBytes>() || data.is_instance_of::<PyString>() {
+        Ok(data.clone())
+    } else if let Ok(b) = data.downcast::<PyByteArray>() {
+        Ok(PyBytes::new(data.py(), &b.to_vec()).into_any())
+    } else if data.is_instance_of::<PyMemoryView>() {
+        data.call_method0("tobytes")
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "resty_ffi: a chunk must be bytes, bytearray, memoryview or str, got {}",
+            data.get_type().name()?
+        )))
+    }
+}
+
+/// The bytes of an [`immutable_chunk`] (str as UTF-8).
+fn chunk_bytes<'a>(data: &'a Bound<'_, PyAny>) -> PyResult<&'a [u8]> {
+    match data.downcast::<PyBytes>() {
+        Ok(b) => Ok(b.as_bytes()),
+        Err(_) => Ok(data.downcast::<PyString>()?.to_str()?.as_bytes()),
     }
 }
 
@@ -118,6 +184,30 @@ impl Task {
             })??,
         }
         Ok(())
+    }
+
+    /// Sends `data` (bytes, bytearray, memoryview or str) as the next chunk
+    /// of the answer; the final `respond` ends it. Returns 0 when taken, 1
+    /// when nobody waits any more (stop producing, then `respond`). Blocks,
+    /// with the GIL released, while the stream's window is full (the reader
+    /// is behind). For a plain call the chunks are joined with the final
+    /// answer and this never blocks.
+    fn respond_chunk(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<i32> {
+        self.offer(py, data, true)
+    }
+
+    /// Like `respond_chunk`, never blocking, for event loops: 2 when the
+    /// window is full and the chunk was not taken; wait until
+    /// `resty_ffi.queue_space_fd(tq)` is readable, then offer it again.
+    fn try_respond_chunk(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<i32> {
+        self.offer(py, data, false)
+    }
+
+    /// True once nobody waits for the answer (the stream was closed, the
+    /// call timed out, the request ended) or the task was answered.
+    #[getter]
+    fn cancelled(&self) -> bool {
+        self.lock().as_ref().is_none_or(|t| t.chunks().cancelled())
     }
 
     /// True once `respond` was called.
@@ -199,6 +289,22 @@ fn queue_fd(tq: usize) -> PyResult<i32> {
     }
 }
 
+/// The queue's space fd, for event loops that stream (`loop.add_reader`):
+/// readable after a stream of the queue made room in its window (retry a
+/// chunk `try_respond_chunk` refused with 2) or was cancelled (look at
+/// `task.cancelled`). Read 8 bytes from it when readable; readiness may be
+/// spurious.
+#[pyfunction]
+fn queue_space_fd(tq: usize) -> PyResult<i32> {
+    check_queue(tq)?;
+    match abi::queue_space_fd(tq) {
+        fd if fd >= 0 => Ok(fd),
+        _ => Err(PyValueError::new_err(
+            "resty_ffi.queue_space_fd: the core could not create the eventfd (see error.log)",
+        )),
+    }
+}
+
 /// Arms the readiness fd before waiting on it: the number of tasks that
 /// arrived meanwhile (0: wait now), or -1 once the queue is finished and
 /// drained (stop).
@@ -254,6 +360,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(drain, m)?)?;
     m.add_function(wrap_pyfunction!(queue_fd, m)?)?;
     m.add_function(wrap_pyfunction!(queue_arm, m)?)?;
+    m.add_function(wrap_pyfunction!(queue_space_fd, m)?)?;
     m.add_function(wrap_pyfunction!(cfg_string, m)?)?;
     m.add_function(wrap_pyfunction!(name_thread, m)?)?;
     m.add_function(wrap_pyfunction!(log, m)?)?;

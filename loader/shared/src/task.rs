@@ -208,20 +208,23 @@ pub fn finished(tq: usize) -> bool {
 // ---- streaming answers ----------------------------------------------------
 
 extern "C" {
+    fn resty_ffi_respond_chunk(task: *mut c_void, data: *const c_char, len: c_int) -> c_int;
     fn resty_ffi_try_respond_chunk(task: *mut c_void, data: *const c_char, len: c_int) -> c_int;
     fn resty_ffi_task_cancelled(task: *mut c_void) -> c_int;
     fn resty_ffi_queue_space_fd(tq: *mut c_void) -> c_int;
 }
 
-/// What became of a chunk offered with [`TaskRef::try_chunk`].
+/// What became of a chunk offered with [`TaskRef::try_chunk`] or
+/// [`Chunks::offer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Chunk {
-    /// Copied into the stream.
+    /// Copied into the stream (or joined, for a plain call).
     Taken,
     /// Nobody waits any more: stop producing, then answer the task.
     Cancelled,
-    /// The stream's window is full and the chunk was NOT taken: wait for
-    /// the queue's space fd ([`queue_space_fd`]), then offer it again.
+    /// The stream's window is full and the chunk was NOT taken (only when
+    /// not blocking): wait for the queue's space fd ([`queue_space_fd`]),
+    /// then offer it again.
     Full,
     /// The task was answered already (or the handle is bad).
     Stale,
@@ -231,10 +234,52 @@ impl TaskRef {
     /// Offers one chunk of the answer without blocking (the final answer
     /// still comes with `respond`); the bytes are copied.
     pub fn try_chunk(&self, bytes: &[u8]) -> Chunk {
-        let len = bytes.len().min(c_int::MAX as usize) as c_int;
-        // SAFETY: the task is live while self exists; bytes are readable
-        // for len and copied before the call returns.
-        match unsafe { resty_ffi_try_respond_chunk(self.0, bytes.as_ptr().cast(), len) } {
+        self.chunks().offer(bytes, false)
+    }
+
+    /// True once nobody waits for the answer (closed, timed out, gone).
+    pub fn cancelled(&self) -> bool {
+        self.chunks().cancelled()
+    }
+
+    /// The task's streaming side, a copyable view that may be used without
+    /// holding the `TaskRef` (say, blocked on a full window while another
+    /// thread may answer the task).
+    pub fn chunks(&self) -> Chunks {
+        Chunks(self.0)
+    }
+}
+
+/// The streaming side of a task (see [`TaskRef::chunks`]). Safe to use
+/// after the task was answered: the core checks the handle's generation,
+/// so a late chunk is [`Chunk::Stale`], never delivered to another call.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunks(*mut c_void);
+
+// SAFETY: the core's streaming functions are thread-safe and validate the
+// handle (a stale one only ever touches never-freed slots).
+unsafe impl Send for Chunks {}
+// SAFETY: as above; nothing here mutates through the pointer.
+unsafe impl Sync for Chunks {}
+
+impl Chunks {
+    /// Offers one chunk (copied). With `block`, waits while the stream's
+    /// window is full, until the reader reads or goes away; without, says
+    /// [`Chunk::Full`] instead.
+    pub fn offer(self, bytes: &[u8], block: bool) -> Chunk {
+        let Ok(len) = c_int::try_from(bytes.len()) else {
+            return Chunk::Stale;
+        };
+        // SAFETY: bytes are readable for len and copied before the call
+        // returns; the core validates the handle.
+        let rc = unsafe {
+            if block {
+                resty_ffi_respond_chunk(self.0, bytes.as_ptr().cast(), len)
+            } else {
+                resty_ffi_try_respond_chunk(self.0, bytes.as_ptr().cast(), len)
+            }
+        };
+        match rc {
             0 => Chunk::Taken,
             1 => Chunk::Cancelled,
             2 => Chunk::Full,
@@ -242,15 +287,16 @@ impl TaskRef {
         }
     }
 
-    /// True once nobody waits for the answer (closed, timed out, gone).
-    pub fn cancelled(&self) -> bool {
+    /// True once nobody waits for the answer (closed, timed out, its
+    /// request gone) or the task was answered.
+    pub fn cancelled(self) -> bool {
         // SAFETY: any value may be passed; the core looks handles up.
         unsafe { resty_ffi_task_cancelled(self.0) != 0 }
     }
 }
 
-/// The queue's space eventfd: readable after a stream of it made room (or
-/// was cancelled) while a producer waited (-1 on error).
+/// The queue's space eventfd: readable after a stream of it made room
+/// while a producer waited, or was cancelled (-1 on error).
 pub fn queue_space_fd(tq: usize) -> i32 {
     // SAFETY: as for poll.
     unsafe { resty_ffi_queue_space_fd(tq as *mut c_void) }

@@ -151,7 +151,8 @@ function stream.recv(self, timeout)
         end
         if not w.ended and exiting() then
             finish(w)
-            w.final_err = "resty_ffi: stream closed: the nginx worker is exiting"
+            w.final_err = "resty_ffi: stream closed: the nginx worker "
+                          .. "is exiting"
             return nil, w.final_err
         end
         if w.ended then
@@ -189,7 +190,8 @@ function stream.recv(self, timeout)
         end
         local ok, err = wait_notice(w, wait)
         if not ok then
-            return nil, "resty_ffi: waiting for a chunk failed: " .. tostring(err)
+            return nil, "resty_ffi: waiting for a chunk failed: "
+                        .. tostring(err)
         end
     end
 end

@@ -10,9 +10,30 @@ A runtime's init may return a handler instead of 0; the loader then calls
   thread, no hand-over), takes tasks in batches and starts a coroutine per
   task, so many requests are in flight at once.
 
+A handler that is a generator function or an async generator function, or
+that returns an iterator or an async iterator, *streams*: each item (bytes,
+bytearray, memoryview or str) is sent as a chunk (`task.respond_chunk`),
+then the task ends with rc 0. A plain call gets the chunks joined.
+
+- Sync iterators run on the handler thread that called the handler; a
+  chunk beyond the stream's window blocks that thread (GIL released) until
+  the reader catches up.
+- Async iterators run on an asyncio loop (the runtime's, or for a sync
+  handler one the runtime starts on first need) and never block it: a
+  chunk the window refuses (`try_respond_chunk` -> 2) waits for the queue's
+  space fd, then is offered again.
+- Cancellation (the stream closed, the client gone, a timeout): the
+  iterator is closed, `close()` / `aclose()`, so a generator sees
+  `GeneratorExit` at its `yield`; an async iterator awaiting something
+  (the next token) is cancelled at once, `CancelledError` where it awaits,
+  because the core signals the space fd when a stream is cancelled and
+  the loop then looks at its streams (`task.cancelled`). A sync generator
+  learns it at its next `yield`. The task then ends (rc 1, "cancelled").
+
 An exception in the handler (or a response of the wrong type) becomes an
 error answer, rc 1 with "ExceptionType: text", plus a traceback in
-error.log; the runtime keeps serving.
+error.log; the runtime keeps serving. Mid-stream, the chunks already sent
+stay sent and the error ends the stream.
 
 Shutdown: when the queue is finished (`rt:__unload()`), pollers see None
 and end; the asyncio loop first lets the requests in flight finish, then
@@ -30,6 +51,10 @@ import resty_ffi
 
 DEFAULT_THREADS = 4
 BATCH = 64
+
+# What a handler may answer in one piece (anything else iterable streams).
+_WHOLE = (bytes, bytearray, memoryview, str)
+CANCELLED = "resty_ffi: cancelled: nobody waits for the answer any more"
 
 
 def _describe(exc):
@@ -52,53 +77,240 @@ def _answer(name, task, rsp):
 
 
 def _is_async(handler):
-    return (inspect.iscoroutinefunction(handler)
-            or inspect.iscoroutinefunction(getattr(handler, "__call__", None)))
+    return any(inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f)
+               for f in (handler, getattr(handler, "__call__", None)))
+
+
+def _is_iterator(rsp):
+    return (rsp is not None and not isinstance(rsp, _WHOLE)
+            and hasattr(type(rsp), "__next__"))
+
+
+def _is_async_iterator(rsp):
+    return hasattr(type(rsp), "__anext__")
+
+
+def _close(name, it):
+    """close() a sync iterator that has one (GeneratorExit at its yield)."""
+    close = getattr(it, "close", None)
+    if close is None:
+        return
+    try:
+        close()
+    except BaseException as exc:  # a generator that yields on close, ...
+        print("%s: closing the stream's generator raised %s" % (
+            name, _describe(exc)), file=sys.stderr)
+
+
+async def _aclose(name, ait):
+    """aclose() an async iterator that has one."""
+    aclose = getattr(ait, "aclose", None)
+    if aclose is None:
+        return
+    try:
+        await aclose()
+    except BaseException as exc:
+        print("%s: closing the stream's async generator raised %s" % (
+            name, _describe(exc)), file=sys.stderr)
+
+
+def _stream_sync(name, task, it):
+    """Sends the items of sync iterator `it` as chunks of `task`'s answer,
+    on this (handler) thread, then ends the task."""
+    try:
+        for item in it:
+            if task.respond_chunk(item) == 1:  # blocks while the window is full
+                _close(name, it)
+                task.respond(1, CANCELLED)
+                return
+    except BaseException as exc:  # from the generator, or a bad item
+        _close(name, it)
+        _fail(name, task, exc)
+        return
+    task.respond(0)
+
+
+async def _on_loop(it):
+    """A sync iterator returned by an async handler, iterated on the loop
+    (it must not block); closed with the stream."""
+    try:
+        for item in it:
+            yield item
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
 
 
 def _thread_name(index, module):
     return ("py%d-%s" % (index, module.rsplit(".", 1)[-1]))[:15]
 
 
-def _sync_worker(handler, tq, name, index):
-    resty_ffi.name_thread(_thread_name(index, name))
-    while True:
-        task = resty_ffi.poll(tq)
-        if task is None:
-            return
-        try:
-            rsp = handler(task.req)
-            if inspect.isawaitable(rsp):
-                raise TypeError("the handler returned an awaitable; declare it "
-                                "`async def` so the loader runs it on asyncio")
-        except BaseException as exc:  # the runtime keeps serving
-            _fail(name, task, exc)
-            continue
-        _answer(name, task, rsp)
-        del task
+class SyncRuntime:
+    """A sync handler served by `threads` threads polling the queue; async
+    iterators it returns go to an asyncio loop started on first need."""
 
-
-class AsyncRunner:
-    """An asyncio loop in its own thread, woken by the queue's ready fd."""
-
-    def __init__(self, handler, tq, name):
+    def __init__(self, handler, tq, name, threads):
         self.handler = handler
         self.tq = tq
         self.name = name
+        self.threads = threads
+        self.lock = threading.Lock()
+        self.running = threads
+        self.loop = None  # an AsyncRunner for async iterators
+
+    def start(self):
+        for i in range(self.threads):
+            threading.Thread(target=self._worker, args=(i,), daemon=True,
+                             name=_thread_name(i, self.name)).start()
+
+    def _worker(self, index):
+        resty_ffi.name_thread(_thread_name(index, self.name))
+        try:
+            self._serve()
+        finally:
+            with self.lock:
+                self.running -= 1
+                last = self.running == 0
+            if last and self.loop is not None:
+                self.loop.finish_soon()
+
+    def _serve(self):
+        name = self.name
+        while True:
+            task = resty_ffi.poll(self.tq)
+            if task is None:
+                return
+            try:
+                rsp = self.handler(task.req)
+                if inspect.isawaitable(rsp):
+                    raise TypeError("the handler returned an awaitable; declare "
+                                    "it `async def` so the loader runs it on "
+                                    "asyncio")
+            except BaseException as exc:  # the runtime keeps serving
+                _fail(name, task, exc)
+                continue
+            if _is_async_iterator(rsp):
+                self._async_loop().submit(task, rsp)
+            elif _is_iterator(rsp):
+                _stream_sync(name, task, rsp)
+            else:
+                _answer(name, task, rsp)
+            del task, rsp
+
+    def _async_loop(self):
+        with self.lock:
+            if self.loop is None:
+                self.loop = AsyncRunner(None, self.tq, self.name, serve=False)
+                self.loop.start()
+            return self.loop
+
+
+class Streams:
+    """The streams one asyncio loop produces for one queue.
+
+    One reader of the queue's space fd per queue (an eventfd read by two
+    loops would lose wake-ups): on readable it wakes every producer that
+    waits for window room (they offer again; readiness may be spurious)
+    and cancels the asyncio task of every stream nobody waits for any more
+    (the core also signals the fd when a stream is cancelled), so a
+    generator awaiting its next item sees CancelledError at once.
+    Loop thread only.
+    """
+
+    def __init__(self, loop, tq, name):
+        self.loop = loop
+        self.name = name
+        self.fd = resty_ffi.queue_space_fd(tq)
+        self.live = {}       # resty_ffi.Task -> the asyncio task serving it
+        self.waiting = []    # futures of producers waiting for room
+        loop.add_reader(self.fd, self._space)
+
+    def _space(self):
+        try:
+            os.read(self.fd, 8)
+        except BlockingIOError:
+            pass
+        waiting, self.waiting = self.waiting, []
+        for fut in waiting:
+            if not fut.done():
+                fut.set_result(None)
+        for task in [t for t in self.live if t.cancelled]:
+            self.live.pop(task).cancel()
+
+    async def stream(self, task, ait):
+        """Sends the items of async iterator `ait` as chunks of `task`'s
+        answer, then ends the task. Runs as (part of) an asyncio task of
+        its own, which `_space` cancels when the stream is."""
+        me = asyncio.current_task()
+        self.live[task] = me
+        name = self.name
+        try:
+            async for item in ait:
+                rc = task.try_respond_chunk(item)
+                while rc == 2:  # window full: wait for room, offer again
+                    fut = self.loop.create_future()
+                    self.waiting.append(fut)
+                    await fut
+                    rc = task.try_respond_chunk(item)
+                if rc == 1:
+                    raise asyncio.CancelledError()
+        except asyncio.CancelledError as exc:
+            self.live.pop(task, None)
+            if task.cancelled:  # ours: nobody waits any more
+                if hasattr(me, "uncancel") and me.cancelling():
+                    me.uncancel()
+                await _aclose(name, ait)
+                if not task.answered:
+                    task.respond(1, CANCELLED)
+                return
+            await _aclose(name, ait)
+            _fail(name, task, exc)
+            return
+        except BaseException as exc:  # from the generator, or a bad item
+            self.live.pop(task, None)
+            await _aclose(name, ait)
+            _fail(name, task, exc)
+            return
+        self.live.pop(task, None)
+        task.respond(0)
+
+
+class AsyncRunner:
+    """An asyncio loop in its own thread, woken by the queue's ready fd
+    (with `serve`; without, it only runs the streams handed to `submit`)."""
+
+    def __init__(self, handler, tq, name, serve=True):
+        self.handler = handler
+        self.tq = tq
+        self.name = name
+        self.serve = serve
         self.loop = asyncio.new_event_loop()
         self.inflight = set()
         self.finishing = False
-        self.fd = resty_ffi.queue_fd(tq)
+        self.fd = resty_ffi.queue_fd(tq) if serve else None
+        self.streams = Streams(self.loop, tq, name)
 
     def start(self):
         threading.Thread(target=self._run_loop, daemon=True,
-                         name=_thread_name(0, self.name)).start()
+                         name=_thread_name(0 if self.serve else 99, self.name)
+                         ).start()
+
+    def submit(self, task, ait):
+        """From another thread: stream `ait` as `task`'s answer."""
+        self.loop.call_soon_threadsafe(
+            self._spawn_one, self.streams.stream(task, ait))
+
+    def finish_soon(self):
+        """From another thread: stop once the streams in flight end."""
+        self.loop.call_soon_threadsafe(self._finish)
 
     def _run_loop(self):
-        resty_ffi.name_thread(_thread_name(0, self.name))
+        resty_ffi.name_thread(_thread_name(0 if self.serve else 99, self.name))
         asyncio.set_event_loop(self.loop)
-        self.loop.add_reader(self.fd, self._ready)
-        self.loop.call_soon(self._ready)
+        if self.serve:
+            self.loop.add_reader(self.fd, self._ready)
+            self.loop.call_soon(self._ready)
         try:
             self.loop.run_forever()
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
@@ -125,9 +337,12 @@ class AsyncRunner:
 
     def _spawn(self, tasks):
         for task in tasks:
-            fut = self.loop.create_task(self._serve(task))
-            self.inflight.add(fut)
-            fut.add_done_callback(self._done)
+            self._spawn_one(self._serve(task))
+
+    def _spawn_one(self, coro):
+        fut = self.loop.create_task(coro)
+        self.inflight.add(fut)
+        fut.add_done_callback(self._done)
 
     def _done(self, fut):
         self.inflight.discard(fut)
@@ -141,11 +356,18 @@ class AsyncRunner:
 
     async def _serve(self, task):
         try:
-            rsp = await self.handler(task.req)
+            rsp = self.handler(task.req)
+            if inspect.isawaitable(rsp):
+                rsp = await rsp
         except BaseException as exc:  # CancelledError too: answer, go on
             _fail(self.name, task, exc)
             return
-        _answer(self.name, task, rsp)
+        if _is_async_iterator(rsp):
+            await self.streams.stream(task, rsp)
+        elif _is_iterator(rsp):
+            await self.streams.stream(task, _on_loop(rsp))
+        else:
+            _answer(self.name, task, rsp)
 
 
 def start(handler, tq, name):
@@ -158,6 +380,4 @@ def start(handler, tq, name):
             or not 1 <= threads <= 256):
         raise ValueError("handler.threads must be an int in 1..256, got %r"
                          % (threads,))
-    for i in range(threads):
-        threading.Thread(target=_sync_worker, args=(handler, tq, name, i),
-                         daemon=True, name=_thread_name(i, name)).start()
+    SyncRuntime(handler, tq, name, threads).start()
