@@ -271,19 +271,10 @@ local function cancel_gc(c)
     lib.resty_ffi_grpc_cancel(c[0])
 end
 
-local function guard()
-    local id = lib.resty_ffi_grpc_call_id()
-    return id, ffi_gc(ffi_new("double[1]", id), cancel_gc)
+local function guard(id)
+    return ffi_gc(ffi_new("double[1]", id), cancel_gc)
 end
 
--- After a call: the runtime answered (nothing to cancel), or the bridge
--- gave up waiting (rc nil: timed out...): the runtime must stop the call.
-local function settle(id, g, ok, rc)
-    ffi_gc(g, nil)
-    if not ok and rc == nil then
-        lib.resty_ffi_grpc_cancel(id)
-    end
-end
 
 local stream_mt = {}
 stream_mt.__index = stream_mt
@@ -393,19 +384,20 @@ end
 -- opts: timeout (deadline, seconds), metadata (table), response_metadata
 -- (true: also return the response's headers and trailers).
 function conn_mt.unary(self, path, tbl, opts)
-    local id, g = guard()
+    local id = lib.resty_ffi_grpc_call_id()
     local head, wait = call_head(self, self._unary, id, path, opts)
     if not head then
-        ffi_gc(g, nil)
         return false, wait
     end
     local body, err = json_encode(tbl == nil and {} or tbl)
     if not body then
-        ffi_gc(g, nil)
         return false, "resty.ffi.grpc: cannot encode the table: " .. err
     end
+    -- a wait that times out cancels the task in the core, which the
+    -- runtime sees: only a killed coroutine needs its guard
+    local g = guard(id)
     local ok, res, msg = rt:call(head .. body, wait)
-    settle(id, g, ok, res)
+    ffi_gc(g, nil)
     if not ok then
         return failure(res, msg)
     end
@@ -424,15 +416,19 @@ end
 -- conn:new_stream(path [, opts]) -> true, stream | false, err
 -- opts as for unary (timeout covers the whole stream).
 function conn_mt.new_stream(self, path, opts)
-    local id, g = guard()
+    local id = lib.resty_ffi_grpc_call_id()
     local head, wait = call_head(self, self._stream, id, path, opts)
     if not head then
-        ffi_gc(g, nil)
         return false, wait
     end
+    local g = guard(id)
     local ok, res, msg = rt:call(head, wait)
     if not ok then
-        settle(id, g, ok, res)
+        if res == nil then
+            -- the bridge gave up: the stream may open after all
+            lib.resty_ffi_grpc_cancel(id)
+        end
+        ffi_gc(g, nil)
         return failure(res, msg)
     end
     -- the guard becomes the stream's: collected, it closes the stream

@@ -16,6 +16,7 @@ use prost_reflect::{DynamicMessage, MethodDescriptor};
 use tonic::client::Grpc;
 use tonic::{Request, Status};
 
+use crate::abi::TaskHandle;
 use crate::codec::{self, DynamicCodec};
 use crate::conn::{self, Conn};
 use crate::error::Error;
@@ -160,7 +161,7 @@ pub fn method(path: &str, unary: bool) -> Result<MethodDescriptor, Error> {
 }
 
 /// One unary call; the answer's bytes.
-pub async fn unary(req: &[u8]) -> Result<Vec<u8>, Error> {
+pub async fn unary(req: &[u8], task: TaskHandle) -> Result<Vec<u8>, Error> {
     let head = Head::parse(req)?;
     let m = method(head.path, true)?;
     let msg: DynamicMessage = codec::from_json(&m.input(), head.body)?;
@@ -174,7 +175,7 @@ pub async fn unary(req: &[u8]) -> Result<Vec<u8>, Error> {
             .map_err(|e| Status::unavailable(crate::error::chain(&e)))?;
         grpc.unary(request, pq, DynamicCodec::new(m.output())).await
     };
-    let mut watch = crate::cancel::watch(head.call);
+    let mut watch = crate::cancel::watch(head.call, Some(task));
     let timed = async {
         match deadline {
             Some(d) => tokio::time::timeout(d, call)

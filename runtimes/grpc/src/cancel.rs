@@ -1,11 +1,15 @@
 //! Cancelling calls whose Lua side gave up, so the server sees the call
 //! end (RST_STREAM) instead of working for nobody.
 //!
-//! Each unary call and each stream carries an id Lua took from [`new_id`]
-//! before posting it. When the Lua side stops waiting for the answer (its
-//! wait timed out, or the coroutine was killed and its guard collected),
-//! it calls [`cancel`] with that id, directly through FFI: it never blocks,
-//! so it works from a GC finalizer in any phase.
+//! Two ways reach a call. The core marks a task cancelled when its Lua
+//! side stops waiting (the wait timed out, the worker exits) and signals
+//! the queue's space fd: the queue's loop then [`sweep`]s the unary calls
+//! in flight and ends those whose task says so. A coroutine that is killed
+//! (ngx.thread.kill, its request ended) never tells the core: for that,
+//! each unary call and each stream carries an id Lua took from [`new_id`]
+//! and keeps in a guard; when the guard is collected, Lua calls [`cancel`]
+//! with that id, directly through FFI (it never blocks, so it works from a
+//! GC finalizer in any phase).
 //!
 //! Guarantees: a unary call registered with [`watch`] ends as soon as it is
 //! cancelled (its tonic future is dropped, which resets the HTTP/2 stream);
@@ -21,12 +25,14 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::oneshot;
 
+use crate::abi::TaskHandle;
+
 /// Early cancels kept for calls not started yet (oldest forgotten first).
 pub const MAX_EARLY: usize = 4096;
 
 enum Slot {
-    /// a unary call in flight; sending ends it
-    Running(oneshot::Sender<()>),
+    /// a unary call in flight (sending ends it), and its task
+    Running(oneshot::Sender<()>, Option<TaskHandle>),
     /// cancelled before it started
     Cancelled,
 }
@@ -58,8 +64,9 @@ pub struct Watch {
     rx: Option<oneshot::Receiver<()>>,
 }
 
-/// Registers call `id` as running (id 0: a watch that never fires).
-pub fn watch(id: u64) -> Watch {
+/// Registers call `id` of `task` as running (id 0: a watch that never
+/// fires).
+pub fn watch(id: u64, task: Option<TaskHandle>) -> Watch {
     if id == 0 {
         return Watch { id, rx: None };
     }
@@ -72,8 +79,35 @@ pub fn watch(id: u64) -> Watch {
             rx: Some(rx),
         };
     }
-    r.slots.insert(id, Slot::Running(tx));
+    // asked under the lock a sweep takes: a cancel before this is seen
+    // here, one after it finds the slot in its sweep
+    if task.is_some_and(|t| t.cancelled()) {
+        return Watch {
+            id: 0,
+            rx: Some(rx),
+        };
+    }
+    r.slots.insert(id, Slot::Running(tx, task));
     Watch { id, rx: Some(rx) }
+}
+
+/// Ends the unary calls in flight whose task the core marks cancelled
+/// (after the queue's space fd said some task was).
+pub fn sweep() {
+    let mut r = lock();
+    let gone: Vec<u64> = r
+        .slots
+        .iter()
+        .filter_map(|(&id, slot)| match slot {
+            Slot::Running(_, Some(task)) if task.cancelled() => Some(id),
+            _ => None,
+        })
+        .collect();
+    for id in gone {
+        if let Some(Slot::Running(tx, _)) = r.slots.remove(&id) {
+            let _ = tx.send(());
+        }
+    }
 }
 
 impl Watch {
@@ -92,7 +126,7 @@ impl Drop for Watch {
     fn drop(&mut self) {
         if self.id != 0 {
             let mut r = lock();
-            if let Some(Slot::Running(_)) = r.slots.get(&self.id) {
+            if let Some(Slot::Running(..)) = r.slots.get(&self.id) {
                 r.slots.remove(&self.id);
             }
         }
@@ -111,7 +145,7 @@ pub fn cancel(id: u64) {
         return;
     }
     match r.slots.remove(&id) {
-        Some(Slot::Running(tx)) => {
+        Some(Slot::Running(tx, _)) => {
             let _ = tx.send(());
         }
         _ => {
@@ -168,7 +202,7 @@ mod tests {
     fn cancel_reaches_running_and_queued_calls_and_leaves_nothing_behind() {
         let before = len();
         let a = new_id();
-        let mut w = watch(a);
+        let mut w = watch(a, None);
         assert!(!fired(&mut w), "not cancelled yet");
         cancel(a);
         assert!(fired(&mut w), "a running call is cancelled");
@@ -176,12 +210,13 @@ mod tests {
 
         let b = new_id();
         cancel(b); // still queued
-        let mut w = watch(b);
+        let mut w = watch(b, None);
         assert!(fired(&mut w), "a call cancelled while queued ends at once");
         drop(w);
 
         let c = new_id();
-        drop(watch(c)); // finished normally
+        drop(watch(c, None)); // finished normally
+        sweep(); // no task to ask about: nothing happens
         assert_eq!(len(), before, "finished and cancelled calls are gone");
 
         let d = new_id();
@@ -189,7 +224,7 @@ mod tests {
         assert!(unless_cancelled(d, || ()).is_none());
         assert_eq!(unless_cancelled(new_id(), || 7), Some(7));
 
-        let mut w = watch(0);
+        let mut w = watch(0, None);
         cancel(0);
         assert!(!fired(&mut w), "id 0 cannot be cancelled");
 
