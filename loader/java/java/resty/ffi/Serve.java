@@ -227,7 +227,10 @@ final class Serve {
                         + rsp.getClass().getName()));
             }
         } catch (Throwable t) {
-            fail(task, t);
+            if (!task.answered()) {
+                fail(task, t);
+            }
+            // else: answered meanwhile (Stages gave up on the stage)
         }
     }
 
