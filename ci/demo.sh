@@ -48,10 +48,23 @@ base=http://127.0.0.1:$port
 show "$base/rust" -d 'bytes from curl'
 show "$base/go?text=gopher"
 show "$base/parallel"
-echo "\$ curl -N $base/go-stream   # chunks as they are made, with arrival times"
-start=$(date +%s.%N)
-curl -sSN --max-time 30 "$base/go-stream" | while IFS= read -r line; do
-    awk -v s="$start" -v n="$(date +%s.%N)" -v l="$line" 'BEGIN { printf "  +%.2fs  %s\n", n - s, l }'
+# a stream: each line with its arrival time (blank lines, SSE's event
+# separators, left out)
+show_stream() {
+    echo "\$ curl -N $1   # chunks as they are made, with arrival times"
+    local start
+    start=$(date +%s.%N)
+    curl -sSN --max-time 30 "$1" | while IFS= read -r line; do
+        [ -n "$line" ] || continue
+        awk -v s="$start" -v n="$(date +%s.%N)" -v l="$line" 'BEGIN { printf "  +%.2fs  %s\n", n - s, l }'
+    done
+}
+show_stream "$base/go-stream"
+# streams of optional demo parts (demo.d/*.streams: a PATH per line)
+cat "$stage"/demo.d/*.streams 2>/dev/null | sed "s#@PORT@#$port#g" |
+while read -r path; do
+    show_stream "$base$path"
+    echo
 done
 cat "$stage"/demo.d/*.locations 2>/dev/null | sed "s#@PORT@#$port#g" |
 while read -r path body; do

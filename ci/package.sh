@@ -1,5 +1,14 @@
 #!/usr/bin/env bash
-# Builds the Debian package: target/debian/resty-ffi_<version>_amd64.deb.
+# Builds the Debian package: target/debian/resty-ffi_<version>~deb<N>_amd64.deb.
+#
+#   ci/package.sh                 for the Debian the host runs
+#   ci/package.sh --debian 13|12  for that release, compiled inside a cached
+#                                 debootstrap root of it (ci/debian-root.sh
+#                                 --kind build) with the host's Rust
+#                                 toolchain and cargo home bind-mounted, so
+#                                 the Python loader links that release's
+#                                 libpython (PYO3_PYTHON) and the libraries
+#                                 need no newer glibc than it has
 #
 # Everything goes where Debian's nginx-lua looks by default, so an
 # nginx.conf needs no lua_package_path, lua_package_cpath or
@@ -10,16 +19,40 @@
 #   /usr/share/java/resty-ffi.jar        the Java API, to compile runtimes against
 #   /usr/share/doc/resty-ffi/            README, docs, copyright
 # Built with dpkg-deb (a plain, well-kept tool) from a staged root.
-# RESTY_FFI_SKIP_BUILD=1 packages what target/release already holds.
+# Dependencies are named for the release: the libpython the Python loader
+# is linked against (read from the library itself), the glibc its symbols
+# need. RESTY_FFI_SKIP_BUILD=1 packages what is already built (the host's
+# target/release, or ci/debian-build.sh's target/debian<N>-release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+host_release=$(cut -d. -f1 /etc/debian_version)
+release=$host_release
+while [ $# -gt 0 ]; do
+    case $1 in
+        --debian) release=$2; shift 2 ;;
+        *) echo "package: unknown argument $1 (--debian 12|13)" >&2; exit 2 ;;
+    esac
+done
+case $release in
+    12) py=3.11; libnode=libnode108 ;;
+    13) py=3.13; libnode=libnode115 ;;
+    *) echo "package: Debian $release is not supported (12 or 13)" >&2; exit 2 ;;
+esac
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)~deb$release
 arch=$(dpkg --print-architecture)
 multiarch=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)
 
-if [ "${RESTY_FFI_SKIP_BUILD:-0}" != 1 ]; then
-    cargo build --release --workspace
+if [ "$release" = "$host_release" ]; then
+    release_dir=target/release
+    if [ "${RESTY_FFI_SKIP_BUILD:-0}" != 1 ]; then
+        cargo build --release --workspace
+    fi
+else
+    release_dir=target/debian$release-release
+    if [ "${RESTY_FFI_SKIP_BUILD:-0}" != 1 ]; then
+        bash ci/debian-build.sh --debian "$release" >&2
+    fi
 fi
 
 out=target/debian
@@ -38,9 +71,9 @@ cp -r lua/. "$share/"
 required=(libresty_ffi.so libffi_python3.so libffi_java.so libffi_nodejs.so
           libffi_grpc.so libffi_echo.so resty-ffi.jar)
 for f in "${required[@]}"; do
-    [ -f "target/release/$f" ] || { echo "package: target/release/$f is missing" >&2; exit 1; }
+    [ -f "$release_dir/$f" ] || { echo "package: $release_dir/$f is missing" >&2; exit 1; }
 done
-for so in target/release/lib*.so; do
+for so in "$release_dir"/lib*.so; do
     install -m 0644 "$so" "$lib/"
     # release builds keep line tables for profiling; the package need not
     if command -v strip >/dev/null 2>&1; then
@@ -52,7 +85,7 @@ done
 ln -sf libffi_python3.so "$lib/libresty_ffi_python.so"
 ln -sf libffi_java.so "$lib/libresty_ffi_java.so"
 mkdir -p "$stage/usr/share/java"
-install -m 0644 target/release/resty-ffi.jar "$stage/usr/share/java/resty-ffi.jar"
+install -m 0644 "$release_dir/resty-ffi.jar" "$stage/usr/share/java/resty-ffi.jar"
 
 cp README.md "$doc/"
 [ -d docs ] && cp -r docs "$doc/"
@@ -65,9 +98,20 @@ License: BSD-2-Clause
 EOF
 
 installed_kib=$(du -sk "$stage/usr" | cut -f1)
-# the Node.js loader is built for one libnode (Debian 12: libnode108)
-libnode=$(grep -ao 'libnode\.so\.1[0-9][0-9]' target/release/libffi_nodejs.so | head -n1 | sed 's/\.so\.//')
-[ -n "$libnode" ] || { echo "package: no libnode.so.N named in libffi_nodejs.so" >&2; exit 1; }
+# the libpython the Python loader is linked against, the libnode the
+# Node.js loader opens (it names libnode.so.N), and the newest glibc symbol
+# version any library uses
+libpython=$(objdump -p "$lib/libffi_python3.so" | sed -n 's/^ *NEEDED *\(libpython[0-9.]*\)\.so.*/\1/p')
+libnode_built=$(grep -ao 'libnode\.so\.1[0-9][0-9]' "$lib/libffi_nodejs.so" | head -n1 | sed 's/\.so\.//')
+for got in "$libpython:libpython$py" "$libnode_built:$libnode"; do
+    [ "${got%%:*}" = "${got#*:}" ] || {
+        echo "package: the loaders were built for ${got%%:*}, not Debian $release's ${got#*:} (another PYO3_PYTHON or libnode-dev?)" >&2
+        exit 1
+    }
+done
+glibc=$(objdump -T "$lib"/*.so | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n1)
+# ffi_java's JVM and ffi_nodejs's libnode (that release's Node) are found
+# at run time: recommended, not required
 recommends="default-jre-headless, $libnode"
 cat > "$stage/DEBIAN/control" <<EOF
 Package: resty-ffi
@@ -77,7 +121,7 @@ Maintainer: resty-ffi developers <resty-ffi@localhost>
 Section: httpd
 Priority: optional
 Installed-Size: $installed_kib
-Depends: libc6 (>= 2.36), libgcc-s1, libnginx-mod-http-lua, lua-resty-core, lua-cjson, libpython3.11
+Depends: libc6 (>= $glibc), libgcc-s1, libnginx-mod-http-lua, lua-resty-core, lua-cjson, $libpython
 Recommends: $recommends, python3-cffi
 Suggests: nginx-light | nginx
 Description: call Python, Java, Node.js, Rust and Go from nginx-lua without blocking

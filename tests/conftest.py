@@ -8,9 +8,19 @@ import harness
 
 
 @pytest.fixture(scope="session")
-def stage():
+def debian_root():
+    """The Debian root RESTY_FFI_DEBIAN names, with the package installed
+    (None: nginx and the libraries are the host's)."""
+    root = harness.suite_root()
+    yield root
+    if root:
+        root.close()
+
+
+@pytest.fixture(scope="session")
+def stage(debian_root):
     release = harness.build_all()
-    s = harness.Stage()
+    s = harness.Stage(debian_root)
     # every library the workspace builds (core, loaders, runtimes)
     for name in sorted(os.listdir(release)):
         if name.startswith("lib") and name.endswith(".so"):

@@ -6,6 +6,14 @@ Workers load libraries, Lua files and interpreters as the unprivileged
 worker user (nginx's default when started as root), so everything is staged
 into a world-readable temporary folder first: the checkout itself may sit
 under /root, which that user cannot enter.
+
+RESTY_FFI_DEBIAN=13 (or 12) runs the nginx-facing suites inside a Debian
+root of that release instead (see DebianRoot): its own nginx, lua module,
+lua-resty-core, Python and JVM, with the resty-ffi package built for it
+(ci/package.sh --debian N) installed by apt, so the Lua files and libraries
+under test are the ones the package put there. nginx runs chrooted and is
+driven from outside over loopback; the host's /tmp is bound into the root,
+so the stage and nginx prefixes have the same paths on both sides.
 """
 
 import os
@@ -25,6 +33,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # default Debian's nginx with the dynamic lua module.
 NGINX = os.environ.get("RESTY_FFI_NGINX") or shutil.which("nginx") or "/usr/sbin/nginx"
 MODULES = "/usr/lib/nginx/modules"
+HOST_RELEASE = int(open("/etc/debian_version").read().split(".")[0])
+# RESTY_FFI_DEBIAN=N: run nginx inside a Debian N root (None: the host's)
+DEBIAN = int(os.environ["RESTY_FFI_DEBIAN"]) if os.environ.get("RESTY_FFI_DEBIAN") else None
+# what each release's packages give: the Python the loader embeds, the
+# default JDK's major version, libnode's Node major
+RELEASES = {12: {"codename": "bookworm", "python": "3.11", "java": 17, "node": 18,
+                 "libnode": "libnode108"},
+            13: {"codename": "trixie", "python": "3.13", "java": 21, "node": 20,
+                 "libnode": "libnode115"}}
+TARGET = RELEASES[DEBIAN or HOST_RELEASE]
+PYTHON_VERSION = TARGET["python"]
+PYTHON = "/usr/bin/python" + PYTHON_VERSION
+JAVA_MAJOR = TARGET["java"]
+# the package's library folder (Debian's nginx-lua cpath)
+PACKAGE_LIB = "/usr/lib/x86_64-linux-gnu/lua/5.1"
 
 
 def lua_compiled_in(binary=NGINX):
@@ -34,7 +57,9 @@ def lua_compiled_in(binary=NGINX):
     return bool(re.search(r"--add-module=\S*lua", out))
 
 
-def load_module_lines():
+def load_module_lines(root=None):
+    if root:    # the root's own module configuration, as its users have it
+        return "include /etc/nginx/modules-enabled/*.conf;"
     if lua_compiled_in():
         return ""
     return ("load_module %s/ndk_http_module.so;\n"
@@ -56,20 +81,31 @@ def build_all():
 
 
 class Stage:
-    """A world-readable folder with lib/ (shared libraries) and lua/."""
+    """A world-readable folder with lib/ (shared libraries) and lua/.
 
-    def __init__(self):
+    With a DebianRoot, lua/ holds only the tests' own modules (resty-ffi's
+    come from the package, on the root's default path) and a library the
+    package installed is linked, not copied: lib/X.so -> the package's X.so.
+    """
+
+    def __init__(self, root=None):
+        self.root = root
         self.dir = tempfile.mkdtemp(prefix="resty-ffi-stage-")
         os.chmod(self.dir, 0o755)
         self.lib = os.path.join(self.dir, "lib")
         self.lua = os.path.join(self.dir, "lua")
         os.makedirs(self.lib)
-        shutil.copytree(os.path.join(ROOT, "lua"), self.lua)
+        if root is None:
+            shutil.copytree(os.path.join(ROOT, "lua"), self.lua)
         shutil.copytree(os.path.join(ROOT, "tests", "lua"), self.lua, dirs_exist_ok=True)
         self.world_readable()
 
     def add_lib(self, path, name=None):
         dest = os.path.join(self.lib, name or os.path.basename(path))
+        packaged = PACKAGE_LIB + "/" + os.path.basename(path)
+        if self.root and os.path.exists(self.root.path(packaged)):
+            os.symlink(packaged, dest)
+            return dest
         shutil.copy(path, dest)
         os.chmod(dest, 0o755)
         return dest
@@ -86,10 +122,124 @@ class Stage:
                 os.chmod(os.path.join(top, d), 0o755)
             for f in files:
                 p = os.path.join(top, f)
-                os.chmod(p, os.stat(p).st_mode | 0o444)
+                if not os.path.islink(p):   # links into a DebianRoot
+                    os.chmod(p, os.stat(p).st_mode | 0o444)
 
     def remove(self):
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def sh(*cmd, **kw):
+    """Runs a command, returns its stdout; raises with its stderr on failure."""
+    p = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if p.returncode != 0:
+        raise RuntimeError("%s exited %d:\n%s" % (" ".join(cmd), p.returncode, p.stderr[-4000:]))
+    return p.stdout
+
+
+_packages = {}
+
+
+def debian_package(release):
+    """The .deb for Debian `release` (ci/package.sh [--debian N]), built
+    once per test session. The host's release packages target/release
+    (built by build_all); another release compiles in its build root unless
+    RESTY_FFI_SKIP_BUILD=1, which takes that root's last build."""
+    if release not in _packages:
+        if release == HOST_RELEASE:
+            build_all()
+            env = dict(os.environ, RESTY_FFI_SKIP_BUILD="1")
+            out = sh("bash", os.path.join(ROOT, "ci", "package.sh"), env=env)
+        else:
+            out = sh("bash", os.path.join(ROOT, "ci", "package.sh"), "--debian", str(release))
+        _packages[release] = out.strip().splitlines()[-1]
+    return _packages[release]
+
+
+class DebianRoot:
+    """A throwaway Debian root: an overlay over a cached clean root
+    (ci/debian-root.sh --debian N --kind K), so whatever a test installs or
+    writes vanishes with it and the cache stays clean. Needs root (mount,
+    chroot). `binds` are host folders bound at the same path inside
+    (read-only unless listed in `writable`). Use as a context manager or
+    call close()."""
+
+    def __init__(self, release, kind="run", binds=(), writable=()):
+        self.release = release
+        base = sh("bash", os.path.join(ROOT, "ci", "debian-root.sh"),
+                  "--debian", str(release), "--kind", kind).strip().splitlines()[-1]
+        self.work = tempfile.mkdtemp(prefix="resty-ffi-root-", dir="/var/tmp")
+        self.dir = os.path.join(self.work, "merged")
+        for d in ("upper", "overlay-work", "merged"):
+            os.makedirs(os.path.join(self.work, d))
+        self.mounts = []
+        try:
+            self._mount(["-t", "overlay", "overlay", "-o",
+                         "lowerdir=%s,upperdir=%s/upper,workdir=%s/overlay-work"
+                         % (base, self.work, self.work)], self.dir)
+            self._mount(["-t", "proc", "proc"], self.path("/proc"))
+            for src in binds:
+                dest = self.path(src)
+                os.makedirs(dest, exist_ok=True)
+                self._mount(["--bind", src], dest)
+                if src not in writable:
+                    subprocess.run(["mount", "-o", "remount,bind,ro", dest], check=True)
+        except Exception:
+            self.close()
+            raise
+
+    def _mount(self, args, dest):
+        subprocess.run(["mount"] + args + [dest], check=True)
+        self.mounts.append(dest)
+
+    def path(self, inside):
+        """The host path of `inside` (an absolute path in the root)."""
+        return os.path.join(self.dir, inside.lstrip("/"))
+
+    def run(self, *cmd, **kw):
+        """Runs cmd chrooted in the root; returns stdout."""
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        return sh("chroot", self.dir, *cmd, env=env, **kw)
+
+    def install(self, deb):
+        """apt install of a .deb (its dependencies are already in the root)."""
+        shutil.copy(deb, self.path("/var/tmp/resty-ffi.deb"))
+        self.run("apt-get", "install", "-y", "-qq", "/var/tmp/resty-ffi.deb")
+
+    def close(self):
+        for m in reversed(self.mounts):
+            if subprocess.run(["umount", m], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", m], check=False)
+        self.mounts = []
+        with open("/proc/mounts") as f:
+            still = [line.split()[1] for line in f if line.split()[1].startswith(self.work)]
+        # never remove a folder with a host folder still bound into it
+        if not still:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def suite_root():
+    """The root RESTY_FFI_DEBIAN asks the suites to run in (None without
+    it): the suite kind (with a venv made by that release's Python), the
+    package for that release installed, the host's /tmp bound in (stages
+    and nginx prefixes), and Temurin 25 where the host has it (the Java
+    suite's JAVA_HOME cases)."""
+    if DEBIAN is None:
+        return None
+    binds = ["/tmp"] + [d for d in ("/usr/lib/jvm/temurin-25-jdk-amd64",) if os.path.isdir(d)]
+    root = DebianRoot(DEBIAN, "suite", binds=binds, writable=["/tmp"])
+    try:
+        root.install(debian_package(DEBIAN))
+    except Exception:
+        root.close()
+        raise
+    return root
 
 
 def terminate(proc, timeout):
@@ -229,7 +379,7 @@ class Nginx:
         with open(self.conf, "w") as f:
             f.write(CONF.format(
                 user=user, workers=workers, prefix=self.prefix,
-                load_modules=load_module_lines(),
+                load_modules=load_module_lines(stage.root),
                 stage=stage.dir, port=self.port, log_level=log_level,
                 shutdown_timeout=shutdown_timeout,
                 main=textwrap.indent(textwrap.dedent(main), ""),
@@ -254,8 +404,11 @@ class Nginx:
         self.stop()
 
     def start(self):
+        argv = [NGINX, "-p", self.prefix, "-c", self.conf, "-g", "daemon off;"]
+        if self.stage.root:    # the root's nginx; chroot execs it, same pid
+            argv = ["chroot", self.stage.root.dir, "/usr/sbin/nginx"] + argv[1:]
         self.proc = subprocess.Popen(
-            [NGINX, "-p", self.prefix, "-c", self.conf, "-g", "daemon off;"],
+            argv,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.time() + 15
         while time.time() < deadline:

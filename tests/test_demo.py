@@ -1,8 +1,8 @@
 """The demo (README's first command) runs and shows every language answering.
 
 Runs `bash ci/demo.sh` with the build the suite made, and checks that nginx
-answered from Rust, Go (plain and streaming), Python, Java, Node.js and
-gRPC, and served /metrics.
+answered from Rust, Go (plain and streaming), Python (plain and SSE
+streaming), Java, Node.js and gRPC, and served /metrics.
 """
 
 import os
@@ -30,3 +30,8 @@ def test_the_demo_shows_every_language_answering(stage):
     stamps = [float(t) for t, i in re.findall(r"\+(\d+\.\d+)s\s+(\d):token", out)]
     assert len(stamps) == 5, out[-3000:]
     assert stamps[-1] - stamps[0] >= 0.3, stamps
+    # the Python SSE example: a token per event, arriving over time
+    stamps = [float(t) for t in re.findall(r'\+(\d+\.\d+)s\s+data: \{"token": ', out)]
+    assert len(stamps) == 28, out[-3000:]
+    assert stamps[-1] - stamps[0] >= 0.5, stamps
+    assert re.search(r"\+\d+\.\d+s\s+event: done", out), out[-3000:]

@@ -383,6 +383,8 @@ def test_reload_and_quit_stay_prompt_with_node_loaded(n_nginx):
         assert call(n, cfg, b"w") == (200, b"late:w")
     after = [harness.rss_kib(p) for p in old]
     print("worker RSS (KiB) before / with Node loaded:", before, after)
+    # Node 18 with a small handler: about 50 MiB more per worker
+    assert max(after) - min(before) < 150 * 1024, (before, after)
     assert n.worker_pids() == old
     n.reload()
     assert harness.wait_until(lambda: not set(n.worker_pids()) & set(old), 5), \
@@ -400,6 +402,25 @@ def test_reload_and_quit_stay_prompt_with_node_loaded(n_nginx):
     assert took < 5, took
     assert n.proc.returncode == 0
     assert "exited on signal" not in n.error_log(), n.error_log()[-3000:]
+
+
+def test_loading_in_init_worker_starts_node_before_requests(n_nginx):
+    n = n_nginx(http="""
+        init_worker_by_lua_block {
+            require "resty_ffi"
+            local rt, err = ngx.load_ffi("ffi_nodejs", "handler,upper,early: ")
+            if not rt then
+                ngx.log(ngx.ERR, "init_worker load failed: ", err)
+            end
+        }
+    """)
+    assert harness.wait_until(lambda: n.worker_pids(), 5)
+    pid = n.worker_pids()[0]
+    assert harness.wait_until(lambda: "node" in harness.thread_names(pid), 10)
+    t0 = time.time()
+    assert call(n, "handler,upper,early: ", b"x") == (200, b"early: X")
+    assert time.time() - t0 < 0.5
+    assert "init_worker load failed" not in n.error_log()
 
 
 def test_two_workers_each_start_their_own_node(n_nginx):

@@ -1,5 +1,6 @@
 """The Python loader (libffi_python3.so) against a real nginx and the real
-CPython it embeds (Debian's python3.11), with workers running as `nobody`.
+CPython it embeds (the release's: python3.11 on Debian 12, python3.13 on
+Debian 13), with workers running as `nobody`.
 
 Runtimes under test are the examples in examples/python and small modules
 each test writes into a world-readable folder of the stage.
@@ -456,7 +457,8 @@ def test_import_errors_and_missing_functions_fail_load_clearly_and_nginx_keeps_s
         ("venv=/nonexistent/venv:" + moddir + "/fine,init", "libffi_init returned 4",
          "ffi_python3: venv '/nonexistent/venv': venv /nonexistent/venv does not exist"),
         ("venv=" + moddir + ":" + moddir + "/fine,init", "libffi_init returned 4",
-         "no lib/python3.11/site-packages in it: the loader embeds /usr/bin/python3.11"),
+         "no lib/python%s/site-packages in it: the loader embeds %s"
+         % (harness.PYTHON_VERSION, harness.PYTHON)),
     ]
     if os.geteuid() == 0:   # workers run as nobody, who cannot enter /root
         cases.append(("venv=/root:" + moddir + "/fine,init", "libffi_init returned 4",
@@ -514,13 +516,13 @@ def test_interpreter_is_debians_python_with_its_stdlib_in_a_nobody_worker(py_ngi
     status, got = call(n, "venv=%s:%s/where,init" % (VENV, moddir))
     assert status == 200, got + n.error_log().encode()[-2000:]
     info = json.loads(got)
-    assert info["exe"] == "/usr/bin/python3.11"
+    assert info["exe"] == harness.PYTHON
     assert info["prefix"] == "/usr"
     if os.geteuid() == 0:
         assert info["uid"] != 0          # the worker runs as nobody
     assert info["ssl"].startswith("OpenSSL")   # extension modules load
     assert info["sqlite"]
-    assert info["venv_first"] == [VENV + "/lib/python3.11/site-packages"]
+    assert info["venv_first"] == [VENV + "/lib/python%s/site-packages" % harness.PYTHON_VERSION]
 
 
 # ---- examples -----------------------------------------------------------

@@ -10,6 +10,7 @@ tell when the generator saw its cancellation.
 
 import concurrent.futures
 import http.client
+import json
 import re
 import socket
 import threading
@@ -19,7 +20,7 @@ import urllib.parse
 import pytest
 
 import harness
-from test_python import moddir, pystage, write_module  # noqa: F401 (fixtures)
+from test_python import VENV, moddir, pystage, write_module  # noqa: F401 (fixtures)
 
 STREAM = harness.loader_locations("ffi_python3") + r"""
 location /stream {
@@ -396,6 +397,85 @@ def test_a_small_window_holds_the_generator_back_and_nothing_is_lost(gen_nginx, 
     assert [int(l) for l in got] == list(range(1, 301)), body[-300:]
 
 
+MIXED = '''
+import asyncio, time
+
+async def agen(n):
+    try:
+        for i in range(1, n + 1):
+            await asyncio.sleep(0.002)
+            yield b"%08d\\n" % i
+    except asyncio.CancelledError:
+        print("mixed agen cancelled at %.6f" % time.time())
+        raise
+
+def sgen(n):
+    try:
+        for i in range(1, n + 1):
+            yield b"%08d\\n" % i
+    except GeneratorExit:
+        print("mixed sgen closed at %.6f" % time.time())
+        raise
+
+def sync_handler(req):          # a sync handler returning an async iterator
+    return agen(int(req.split(b":")[1]))
+
+async def async_handler(req):   # an async handler returning a sync iterator
+    await asyncio.sleep(0)
+    return sgen(int(req.split(b":")[1]))
+
+def init_sync(cfg, tq):
+    return sync_handler
+
+def init_async(cfg, tq):
+    return async_handler
+'''
+
+
+@pytest.mark.parametrize("init,seen", [("init_sync", "mixed agen cancelled"),
+                                       ("init_async", "mixed sgen closed")])
+def test_handlers_may_return_iterators_of_the_other_kind(nginx, pystage, moddir, init, seen):  # noqa: F811
+    write_module(moddir, "pymixed", MIXED)
+    n = nginx(STREAM)
+    n.cfgs = {"m": moddir + "/pymixed," + init}
+    status, body = n.get(stream_path(n, "m", "n:500", wc=4))
+    got = [l for l in body.decode().split("\n") if re.match(r"^\d{8}$", l)]
+    assert [int(l) for l in got] == list(range(1, 501)), body[-300:]
+    assert n.post("/call?cfg=" + q(n.cfgs["m"]), b"n:3") == (
+        200, b"00000001\n00000002\n00000003\n")
+    gone = hang_up_after(n.port, stream_path(n, "m", "n:100000000", wc=4), lines=3)
+    pat = seen + r" at ([\d.]+)"
+    assert harness.wait_until(lambda: re.search(pat, n.error_log()), 5), n.error_log()[-2000:]
+    assert float(re.search(pat, n.error_log()).group(1)) - gone < 0.15
+    assert waiting_is_zero(n)
+    # unload: the runtime's threads (and the loop a sync handler started for
+    # its async iterators) end
+    assert n.get("/unload?cfg=" + q(n.cfgs["m"])) == (200, b"unloaded")
+    [pid] = n.worker_pids()
+    assert harness.wait_until(
+        lambda: not [t for t in harness.thread_names(pid) if t.startswith("py")], 5), \
+        harness.thread_names(pid)
+
+
+def test_quit_is_prompt_with_python_streams_open(gen_nginx):
+    n = gen_nginx
+    assert n.get(stream_path(n, "async", "tick:1:0"))[0] == 200
+    assert n.get(stream_path(n, "sync", "tick:1:0"))[0] == 200
+    socks = []
+    for style in ("async", "sync"):
+        s = socket.create_connection(("127.0.0.1", n.port), timeout=10)
+        s.sendall(b"GET " + stream_path(n, style, "tick:100000:10").encode()
+                  + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        buf = b""
+        while buf.count(b"\n") < 12:
+            buf += s.recv(4096)
+        socks.append(s)
+    took = n.quit(timeout=20)
+    assert took < 3, took
+    for s in socks:
+        s.close()
+
+
 COMPAT = '''
 import threading, time, resty_ffi
 from cffi import FFI
@@ -469,4 +549,46 @@ def test_compat_runtimes_stream_through_the_native_module_and_cffi(
     pat = r"compat %s cancelled after (\d+), \w+=(True|1)" % kind
     assert harness.wait_until(lambda: re.search(pat, n.error_log()), 5), n.error_log()[-1500:]
     assert int(re.search(pat, n.error_log()).group(1)) < 1000
+    assert waiting_is_zero(n)
+
+
+def sse_server(pystage):  # noqa: F811
+    with open(pystage.examples + "/nginx.conf") as f:
+        server = f.read().replace("/opt/resty-ffi/examples/python", pystage.examples)
+    return server.replace("/var/cache/resty-ffi/venv", VENV) + STREAM
+
+
+def test_the_sse_example_relays_tokens_as_made_and_stops_when_the_client_leaves(
+        nginx, pystage):  # noqa: F811
+    n = nginx(sse_server(pystage))
+    conn = http.client.HTTPConnection("127.0.0.1", n.port, timeout=30)
+    t0 = time.time()
+    conn.request("GET", "/python/sse?prompt=hi%20there")
+    r = conn.getresponse()
+    assert r.status == 200
+    assert r.getheader("Content-Type") == "text/event-stream"
+    stamps, buf = [], b""
+    while True:
+        data = r.read1(65536)
+        if not data:
+            break
+        buf += data
+        stamps.append((time.time() - t0, buf.count(b"\n\n")))
+    conn.close()
+    events = buf.decode().split("\n\n")
+    assert events[0] == 'event: start\ndata: {"prompt": "hi there"}', events[:2]
+    tokens = [json.loads(e[len("data: "):])["token"] for e in events if e.startswith("data: ")]
+    assert "".join(tokens).startswith("resty-ffi relays every token"), tokens
+    assert events[-2:] == ["event: done\ndata: {}", ""], events[-3:]
+    # one token each 50 ms: spread over time, not in one piece
+    t_first = next(t for t, e in stamps if e >= 2)
+    t_last = next(t for t, e in stamps if e >= len(tokens) + 1)
+    assert t_last - t_first > 0.04 * (len(tokens) - 1), (t_first, t_last)
+    assert len({e for _, e in stamps}) > len(tokens) / 2, "tokens were not flushed one by one"
+    # a client that leaves: the generator stops (CancelledError) at once
+    gone = hang_up_after(n.port, "/python/sse?prompt=bye", lines=6)
+    pat = r"sse: the client left after (\d+) tokens; generation stopped"
+    assert harness.wait_until(lambda: re.search(pat, n.error_log()), 3), n.error_log()[-2000:]
+    assert time.time() - gone < 0.5  # (logged through the dispatcher, polled)
+    assert int(re.search(pat, n.error_log()).group(1)) < len(tokens)
     assert waiting_is_zero(n)

@@ -5,10 +5,16 @@
  *   bench.Echo,init,threads=2   compat style: init(cfg, tq) starts poller
  *                               threads on the loader's API (Queue, Task:
  *                               JNI natives registered by the loader)
- *   bench.Echo,handler          handler style: a Function<byte[], byte[]>
+ *   bench.Echo,handler          handler style: a Function echoing the
+ *                               request; "!stream:N:SIZE" answers instead
+ *                               with an Iterator of N chunks of SIZE bytes
+ *                               (a new byte[] each, starting with its
+ *                               index), streamed by the loader (section 7)
  */
 package bench;
 
+import java.nio.charset.StandardCharsets;
+import java.util.Iterator;
 import java.util.function.Function;
 import resty.ffi.Queue;
 import resty.ffi.Task;
@@ -32,7 +38,34 @@ public class Echo {
         return 0;
     }
 
-    public static Function<byte[], byte[]> handler(String cfg) {
-        return req -> req;
+    public static Function<byte[], Object> handler(String cfg) {
+        return req -> req != null && req.length > 8 && req[0] == '!' ? stream(req) : req;
+    }
+
+    /** "!stream:N:SIZE": N chunks of SIZE bytes. */
+    static Iterator<byte[]> stream(byte[] req) {
+        String[] p = new String(req, StandardCharsets.US_ASCII).split(":");
+        int n = Integer.parseInt(p[1]);
+        int size = Integer.parseInt(p[2]);
+        return new Iterator<byte[]>() {
+            int i = 0;
+
+            @Override
+            public boolean hasNext() {
+                return i < n;
+            }
+
+            @Override
+            public byte[] next() {
+                i++;
+                byte[] b = new byte[size];
+                for (int k = 7, v = i; k >= 0 && v > 0; k--, v /= 10) {
+                    if (k < size) {
+                        b[k] = (byte) ('0' + v % 10);
+                    }
+                }
+                return b;
+            }
+        };
     }
 }

@@ -7,6 +7,13 @@ use thiserror::Error;
 pub enum Error {
     #[error("cannot load runtime library '{path}': {reason} (give a full path, or put it in LD_LIBRARY_PATH or lua_package_cpath)")]
     Open { path: String, reason: String },
+    #[error("cannot load runtime library '{path}': it was built against {dep}, which is not installed here{others}: install the package that provides {dep}, or use a build of the library made for this system")]
+    MissingDependency {
+        path: String,
+        dep: String,
+        /// " (this system has X, Y)" when other versions of dep are here.
+        others: String,
+    },
     #[error("runtime library '{path}' has no libffi_init: {reason} (a runtime must export `int libffi_init(char *cfg, void *tq)`)")]
     NoInit { path: String, reason: String },
     #[error("runtime library '{path}': libffi_init returned {rc}: {detail}")]

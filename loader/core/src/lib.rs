@@ -25,6 +25,7 @@ pub mod completion;
 pub mod error;
 pub mod handle;
 pub mod log;
+pub mod needed;
 pub mod queue;
 pub mod ready;
 pub mod runtime;

@@ -143,7 +143,24 @@ fn open_library(path: &str, flags: c_int) -> Result<Library, Error> {
     };
     // SAFETY: opening a library runs its constructors; loading the runtime
     // the user named is the point of this call.
-    unsafe { Library::open(Some(&target), flags) }.map_err(|e| open_err(e.to_string()))
+    unsafe { Library::open(Some(&target), flags) }.map_err(|e| {
+        let reason = e.to_string();
+        match crate::needed::missing_dependency(path, &reason) {
+            Some(dep) => {
+                let others = crate::needed::other_versions(&dep);
+                Error::MissingDependency {
+                    path: path.into(),
+                    others: if others.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (this system has {})", others.join(", "))
+                    },
+                    dep,
+                }
+            }
+            None => open_err(reason),
+        }
+    })
 }
 
 /// Copies `path` into a memfd and returns a path the dynamic linker can

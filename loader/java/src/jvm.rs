@@ -228,10 +228,27 @@ fn define_api(vm: &JavaVM) -> Result<GlobalRef, Error> {
             &[],
         )?
         .l()?;
-    for (name, bytes) in classes::CLASSES {
-        if let Err(e) = env.define_class(*name, &loader, bytes) {
+    // A class's supertypes must be defined before it (the system class
+    // loader cannot find ours): define in passes, each retrying what
+    // failed for want of a class defined later in the list.
+    let mut left: Vec<&(&str, &[u8])> = classes::CLASSES.iter().collect();
+    while !left.is_empty() {
+        let mut failed = Vec::new();
+        for c in &left {
+            if env.define_class(c.0, &loader, c.1).is_err() {
+                let _ = env.exception_clear();
+                failed.push(*c);
+            }
+        }
+        if failed.len() == left.len() {
+            let (name, bytes) = failed[0];
+            let e = match env.define_class(*name, &loader, bytes) {
+                Err(e) => e,
+                Ok(_) => continue,
+            };
             return Err(describe(&mut env, e, &format!("defining {name}")));
         }
+        left = failed;
     }
     let native = env.find_class("resty/ffi/Native")?;
     env.register_native_methods(&native, &natives::table())?;

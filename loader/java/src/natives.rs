@@ -8,6 +8,11 @@
 //! `IllegalArgumentException`); task handles are guarded by
 //! `resty.ffi.Task`, which passes each one to `respond` exactly once.
 //!
+//! Streaming: `chunk` / `tryChunk` read the `byte[]` in place (a JNI
+//! critical region, no JNI call inside it, released before anything can
+//! block) and the core copies it; only a chunk that must wait for window
+//! room is first copied out, so the blocking wait holds no critical region.
+//!
 //! Out of memory: a JNI call that allocates on the Java heap (a new
 //! `byte[]`) fails with an OutOfMemoryError pending; the native returns
 //! at once and Java sees the error thrown, making no further JNI call
@@ -18,11 +23,11 @@
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use jni::objects::{JByteArray, JClass, JString};
+use jni::objects::{JByteArray, JClass, JString, ReleaseMode};
 use jni::sys::{jboolean, jbyteArray, jint, jlong, JNI_FALSE, JNI_TRUE};
 use jni::{JNIEnv, NativeMethod};
 
-use crate::abi::{self, TaskRef};
+use crate::abi::{self, Chunk, TaskRef};
 
 /// Runs `body`; a panic throws RuntimeException and returns `dflt`.
 fn guarded<'l, R>(env: &mut JNIEnv<'l>, dflt: R, body: impl FnOnce(&mut JNIEnv<'l>) -> R) -> R {
@@ -194,6 +199,113 @@ extern "system" fn name_thread<'l>(mut env: JNIEnv<'l>, _: JClass<'l>, name: JSt
     })
 }
 
+fn chunk_code(c: Chunk) -> jint {
+    match c {
+        Chunk::Taken => 0,
+        Chunk::Cancelled => 1,
+        Chunk::Full => 2,
+        Chunk::Stale => -1,
+    }
+}
+
+/// Offers `data` as the next chunk of `t`'s answer; with `block`, waits
+/// while the stream's window is full (never [`Chunk::Full`] then).
+fn offer(env: &mut JNIEnv<'_>, t: &TaskRef, data: &JByteArray<'_>, block: bool) -> Chunk {
+    // SAFETY: no JNI call is made while the elements are held, and
+    // try_chunk never blocks (a short lock in the core, which copies).
+    let fast = match unsafe { env.get_array_elements_critical(data, ReleaseMode::NoCopyBack) } {
+        Ok(elems) => {
+            // SAFETY: i8 and u8 have the same size and alignment; the
+            // slice lives as long as `elems`.
+            let bytes =
+                unsafe { std::slice::from_raw_parts(elems.as_ptr().cast::<u8>(), elems.len()) };
+            Some(t.try_chunk(bytes))
+        }
+        Err(_) => None,
+    };
+    match fast {
+        Some(c) if c != Chunk::Full || !block => return c,
+        Some(_) => {}
+        None => {
+            let _ = env.exception_clear();
+        }
+    }
+    // the window is full: copy the bytes out, then wait in the core
+    let len = env.get_array_length(data).unwrap_or(0).max(0) as usize;
+    let mut buf = vec![0u8; len];
+    // SAFETY: i8 and u8 have the same size and alignment.
+    let ibuf = unsafe { &mut *(buf.as_mut_slice() as *mut [u8] as *mut [i8]) };
+    if env.get_byte_array_region(data, 0, ibuf).is_err() {
+        return Chunk::Stale;
+    }
+    t.chunks().offer(&buf, block)
+}
+
+fn chunk_native<'l>(env: &mut JNIEnv<'l>, task: jlong, data: JByteArray<'l>, block: bool) -> jint {
+    if data.is_null() {
+        let _ = env.throw_new(
+            "java/lang/NullPointerException",
+            "resty.ffi: a chunk is null",
+        );
+        return -1;
+    }
+    // SAFETY: the core validates the handle (a stale one is refused); the
+    // TaskRef is forgotten below, never answered here.
+    let Some(t) = (unsafe { TaskRef::from_handle(task) }) else {
+        return -1;
+    };
+    let c = offer(env, &t, &data, block);
+    let _ = t.into_handle();
+    chunk_code(c)
+}
+
+extern "system" fn chunk<'l>(
+    mut env: JNIEnv<'l>,
+    _: JClass<'l>,
+    task: jlong,
+    data: JByteArray<'l>,
+) -> jint {
+    guarded(&mut env, -1, |env| chunk_native(env, task, data, true))
+}
+
+extern "system" fn try_chunk<'l>(
+    mut env: JNIEnv<'l>,
+    _: JClass<'l>,
+    task: jlong,
+    data: JByteArray<'l>,
+) -> jint {
+    guarded(&mut env, -1, |env| chunk_native(env, task, data, false))
+}
+
+extern "system" fn cancelled<'l>(mut env: JNIEnv<'l>, _: JClass<'l>, task: jlong) -> jboolean {
+    guarded(&mut env, JNI_TRUE, |_| {
+        // SAFETY: the core looks any value up (a stale handle reads as
+        // cancelled); the TaskRef is forgotten below.
+        let Some(t) = (unsafe { TaskRef::from_handle(task) }) else {
+            return JNI_TRUE;
+        };
+        let c = t.cancelled();
+        let _ = t.into_handle();
+        if c {
+            JNI_TRUE
+        } else {
+            JNI_FALSE
+        }
+    })
+}
+
+extern "system" fn await_space<'l>(
+    mut env: JNIEnv<'l>,
+    _: JClass<'l>,
+    tq: jlong,
+    ms: jint,
+) -> jboolean {
+    guarded(&mut env, JNI_FALSE, |env| match checked_queue(env, tq) {
+        Some(tq) if abi::await_space(tq, ms) => JNI_TRUE,
+        _ => JNI_FALSE,
+    })
+}
+
 /// The table handed to RegisterNatives for `resty/ffi/Native`.
 pub fn table() -> Vec<NativeMethod> {
     let m = |name: &str, sig: &str, f: *mut c_void| NativeMethod {
@@ -218,6 +330,10 @@ pub fn table() -> Vec<NativeMethod> {
             "()J",
             out_of_memory_events as *mut c_void,
         ),
+        m("chunk", "(J[B)I", chunk as *mut c_void),
+        m("tryChunk", "(J[B)I", try_chunk as *mut c_void),
+        m("cancelled", "(J)Z", cancelled as *mut c_void),
+        m("awaitSpace", "(JI)Z", await_space as *mut c_void),
         m("log", "(ILjava/lang/String;)V", log_line as *mut c_void),
         m(
             "nameThread",

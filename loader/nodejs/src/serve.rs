@@ -46,6 +46,10 @@ use crate::{binding, host};
 /// Tasks taken per callback scope.
 const BATCH: usize = 64;
 
+/// The longest one loop turn serves tasks before the loop runs its timers
+/// and I/O again.
+const TURN: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// One served queue. Lives on Node's main thread, for the life of the
 /// process (a few hundred bytes per load; handles are closed at finish).
 struct Server {
@@ -230,25 +234,41 @@ impl Server {
         }
     }
 
+    /// Takes and runs tasks: a batch per callback scope, then, while calls
+    /// keep coming within the spin (a caller waiting on each answer before
+    /// it posts the next), more rounds in the same loop turn, bounded by
+    /// [`TURN`] so timers and I/O of the loop still run.
     fn pump(&'static self) {
         if self.watch.get().is_null() {
             return; // closed
         }
-        let Some(first) = abi::try_poll(self.tq).or_else(|| abi::poll_spin(self.tq)) else {
+        let Some(mut next) = abi::try_poll(self.tq).or_else(|| abi::poll_spin(self.tq)) else {
             return self.sleep();
         };
         let Some((resource, ctx, track)) = scope_parts() else {
             return;
         };
-        self.env.scope(resource, ctx, || {
-            self.run(first, track);
-            for _ in 1..BATCH {
-                match abi::try_poll(self.tq) {
-                    Some(t) => self.run(t, track),
-                    None => break,
+        let started = std::time::Instant::now();
+        loop {
+            self.env.scope(resource, ctx, || {
+                self.run(next, track);
+                for _ in 1..BATCH {
+                    match abi::try_poll(self.tq) {
+                        Some(t) => self.run(t, track),
+                        None => break,
+                    }
                 }
+            });
+            if started.elapsed() >= TURN {
+                break;
             }
-        });
+            // right after the answers: the spin counts as a poller, so the
+            // caller's next post finds one and spins for its answer too
+            match abi::poll_spin(self.tq) {
+                Some(t) => next = t,
+                None => return self.sleep(),
+            }
+        }
         self.start_idle();
     }
 

@@ -2,6 +2,8 @@
  * Test runtime (JDK 22+): the compat style calling the core's three C
  * functions through the JDK's FFM API, found process-wide with
  * dlsym(RTLD_DEFAULT, ...) because the core's symbols are global.
+ * A request "chunks:a,b,c" is answered in chunks through the core's
+ * resty_ffi_respond_chunk (found the same way), then "ffm: end".
  */
 package ffm;
 
@@ -39,6 +41,8 @@ public class Echo {
                 FunctionDescriptor.of(ADDRESS, ADDRESS, ADDRESS));
         MethodHandle respond = global(dlsym, "ngx_http_lua_ffi_respond",
                 FunctionDescriptor.ofVoid(ADDRESS, JAVA_INT, ADDRESS, JAVA_INT));
+        MethodHandle chunk = global(dlsym, "resty_ffi_respond_chunk",
+                FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, JAVA_INT));
         Thread t = new Thread(() -> {
             MemorySegment q = MemorySegment.ofAddress(tq);
             try (Arena a = Arena.ofConfined()) {
@@ -50,6 +54,19 @@ public class Echo {
                     }
                     MemorySegment req = (MemorySegment) getReq.invoke(task, lenp);
                     int len = lenp.get(JAVA_INT, 0);
+                    String text = len > 0 ? new String(req.reinterpret(len).toArray(JAVA_BYTE)) : "";
+                    if (text.startsWith("chunks:")) {
+                        for (String part : text.substring(7).split(",")) {
+                            MemorySegment c = a.allocateFrom(part);
+                            if ((int) chunk.invoke(task, c, part.length()) != 0) {
+                                break;
+                            }
+                        }
+                        MemorySegment end = ((MemorySegment) malloc.invoke(9L)).reinterpret(9);
+                        MemorySegment.copy(MemorySegment.ofArray("ffm: end\0".getBytes()), 0, end, 0, 9);
+                        respond.invoke(task, 0, end, 8);
+                        continue;
+                    }
                     MemorySegment rsp = ((MemorySegment) malloc.invoke((long) len + 6)).reinterpret(len + 6);
                     MemorySegment.copy(MemorySegment.ofArray("ffm: ".getBytes()), 0, rsp, 0, 5);
                     if (len > 0) {

@@ -35,7 +35,8 @@ final class Boot {
         System.setErr(new PrintStream(new LineStream(Log.ERROR), true));
         // initialised now, while there is memory: a class whose initialiser
         // fails for want of heap stays unusable for good
-        for (Class<?> c : new Class<?>[] {Task.class, Queue.class, Serve.class, Stages.class, Log.class, Native.class}) {
+        for (Class<?> c : new Class<?>[] {Task.class, Queue.class, Serve.class, Stages.class, Log.class, Native.class,
+                Streams.class, Window.class, PullStream.class, PushStream.class}) {
             try {
                 Class.forName(c.getName(), true, c.getClassLoader());
             } catch (ClassNotFoundException e) {

@@ -40,6 +40,25 @@ final class Native {
      */
     static native long outOfMemoryEvents();
 
+    /**
+     * Offers data as the next chunk of a live task's answer (copied):
+     * 0 taken, 1 nobody reads any more, -1 answered already. Blocks while
+     * the stream's window is full.
+     */
+    static native int chunk(long task, byte[] data);
+
+    /** As chunk, never blocking: 2 when the window is full and data was NOT taken. */
+    static native int tryChunk(long task, byte[] data);
+
+    /** True once nobody waits for the task's answer (or it was answered). */
+    static native boolean cancelled(long task);
+
+    /**
+     * Waits up to timeoutMs for queue tq's space fd (a stream of it made
+     * room or was cancelled) and resets it; true when it was readable.
+     */
+    static native boolean awaitSpace(long tq, int timeoutMs);
+
     /** Writes one line to nginx's error.log at level (see Log). */
     static native void log(int level, String msg);
 

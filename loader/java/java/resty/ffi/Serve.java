@@ -20,6 +20,17 @@
  * block, at the price of a hand-over per call (waking a parked carrier
  * thread). On an older JDK the setting is reported and ignored.
  *
+ * Streaming: a handler (or its stage) may answer with an Iterator<byte[]>,
+ * a Stream<byte[]> or a Flow.Publisher<byte[]>, each element one chunk (see
+ * Streams). An Iterator or Stream a handler returns is pulled on the
+ * thread that ran the handler (the poller, or its virtual thread), which
+ * waits there while the reader is a window behind; as with a sync handler
+ * that blocks, another thread polls meanwhile. One that a stage completes
+ * with is pulled on a stream thread (js<N>-<Class>, a cached pool; a
+ * virtual thread with -Dresty.ffi.executor=virtual), never on the thread
+ * that completed the stage. A Publisher is subscribed where it is returned
+ * and holds no thread (see PushStream).
+ *
  * Errors: an exception (or a failed stage) answers rc 1 with
  * "ExceptionClass: message" (Throwable.toString()) and logs the stack
  * trace; the runtime keeps serving. The queue finishing (rt:__unload())
@@ -43,6 +54,7 @@ import java.util.concurrent.CompletionStage;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.Executor;
 import java.util.concurrent.Executors;
+import java.util.concurrent.Flow;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.locks.LockSupport;
 import java.util.function.Function;
@@ -77,6 +89,10 @@ final class Serve {
     private final String noRoomLine;
     /** The stages this runtime waits on, watched for being lost to a full heap. */
     private final Stages stages = Stages.create();
+    /** Where streams of this queue wait for room without blocking. */
+    private final Window window;
+    /** Pulls the streams stages complete with (created on first use). */
+    private volatile Executor streamThreads;
 
     private Serve(Function<byte[], Object> handler, boolean async, Queue queue, String name, ClassLoader loader) {
         this.handler = handler;
@@ -85,6 +101,7 @@ final class Serve {
         this.name = name;
         this.loader = loader;
         this.noRoomLine = "ffi_java: " + name + ": a handler or poller failed and no memory is left to describe it:";
+        this.window = new Window(queue.address(), name);
     }
 
     private static Executor virtualExecutor() {
@@ -180,17 +197,20 @@ final class Serve {
     private void dispatch(Task task) {
         try {
             if (VIRTUAL != null && !async) {
-                VIRTUAL.execute(() -> handle(task));
+                VIRTUAL.execute(() -> handle(task, true));
             } else {
-                handle(task);
+                handle(task, false);
             }
         } catch (Throwable e) {
             fail(task, e);
         }
     }
 
-    /** Calls the handler and answers task, now or when its stage completes. Never throws. */
-    private void handle(Task task) {
+    /**
+     * Calls the handler and answers task, now or when its stage completes
+     * (virtual: this is a virtual thread). Never throws.
+     */
+    private void handle(Task task, boolean virtual) {
         try {
             Object rsp = handler.apply(task.request());
             if (rsp instanceof CompletionStage) {
@@ -199,7 +219,7 @@ final class Serve {
             } else if (async && rsp == null) {
                 fail(task, new NullPointerException("the async handler returned null instead of a CompletionStage"));
             } else {
-                answer(task, rsp);
+                answer(task, rsp, true, virtual);
             }
         } catch (Throwable e) {
             fail(task, e);
@@ -211,26 +231,87 @@ final class Serve {
         if (e != null) {
             fail(task, e);
         } else {
-            answer(task, v);
+            answer(task, v, false, false);
         }
     }
 
-    /** Never throws; a task answered already is left alone. */
-    private void answer(Task task, Object rsp) {
+    /**
+     * Answers task with rsp, or streams it (here: pull an Iterator or
+     * Stream on this thread, a virtual one if virtual). Never throws; a
+     * task answered already is left alone.
+     */
+    private void answer(Task task, Object rsp, boolean here, boolean virtual) {
         try {
             if (rsp == null || rsp instanceof byte[]) {
                 if (!task.answered()) {
                     task.respond(0, (byte[]) rsp);
                 }
+            } else if (rsp instanceof Flow.Publisher) {
+                new PushStream(task, this, window).start((Flow.Publisher<?>) rsp);
+            } else if (Streams.isStream(rsp)) {
+                if (here) {
+                    new PullStream(task, rsp, this, virtual ? window : null).run();
+                } else {
+                    PullStream p = new PullStream(task, rsp, this, VIRTUAL != null ? window : null);
+                    streamThreads().execute(p::run);
+                }
             } else {
-                fail(task, new ClassCastException("resty.ffi: a response must be byte[] or null, got "
-                        + rsp.getClass().getName()));
+                fail(task, new ClassCastException("resty.ffi: a response must be byte[], null, an Iterator<byte[]>,"
+                        + " a Stream<byte[]> or a Flow.Publisher<byte[]>, got " + rsp.getClass().getName()));
             }
         } catch (Throwable t) {
             if (!task.answered()) {
                 fail(task, t);
             }
             // else: answered meanwhile (Stages gave up on the stage)
+        }
+    }
+
+    /** The executor pulling streams that stages complete with. */
+    private Executor streamThreads() {
+        Executor e = streamThreads;
+        if (e != null) {
+            return e;
+        }
+        synchronized (this) {
+            if (streamThreads == null) {
+                if (VIRTUAL != null) {
+                    streamThreads = VIRTUAL;
+                } else {
+                    AtomicInteger ids = new AtomicInteger();
+                    streamThreads = Executors.newCachedThreadPool(r -> {
+                        String n = "js" + ids.getAndIncrement() + "-" + name;
+                        Thread t = new Thread(() -> {
+                            try {
+                                Native.nameThread(n);
+                            } catch (Throwable noRoom) {
+                                // keeps the JVM's name
+                            }
+                            r.run();
+                        }, n);
+                        t.setDaemon(true);
+                        t.setUncaughtExceptionHandler(ENDED);
+                        t.setContextClassLoader(loader);
+                        return t;
+                    });
+                }
+            }
+            return streamThreads;
+        }
+    }
+
+    /** A stream ended: rc 0 (nil), or rc 1 with error. Never throws. */
+    void end(Task task, Throwable error) {
+        if (error != null) {
+            fail(task, error);
+            return;
+        }
+        try {
+            if (!task.answered()) {
+                task.respond(0, null);
+            }
+        } catch (Throwable t) {
+            // answered by another thread meanwhile
         }
     }
 
@@ -258,7 +339,7 @@ final class Serve {
     }
 
     /** Logs "ffi_java: name: what" and e's stack trace, as far as memory allows. Never throws. */
-    private void logQuietly(Throwable e, String what) {
+    void logQuietly(Throwable e, String what) {
         try {
             Log.error("ffi_java: " + name + ": " + what + Boot.stackTrace(e));
             return;

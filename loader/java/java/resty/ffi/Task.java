@@ -3,6 +3,10 @@
  * IllegalStateException, and so does reading the request after the answer
  * (the core frees it then). Thread-safe: any thread may answer.
  *
+ * Streaming: chunk(data) sends a part of the answer before the final
+ * respond() (Lua reads it with st:recv(); a plain call gets the parts
+ * joined); cancelled() tells whether anybody still reads.
+ *
  * Out of memory: a Task is one small object (no AtomicLong beside it), and
  * fail(rc, Throwable) answers without needing the Java heap: when there is
  * no room left for Throwable.toString(), the class name and message are
@@ -102,6 +106,46 @@ public final class Task {
     /** Answers rc and "name: message" joined natively (no heap needed). */
     void failNatively(int rc, String name, String message) {
         Native.respondError(take(), rc, name, message);
+    }
+
+    /**
+     * Sends data (copied) as the next chunk of a streaming answer; end the
+     * answer with respond() as always (its body, if any, is the last
+     * chunk). Returns 0 when taken, 1 when nobody reads any more (the
+     * stream was closed, the call timed out, the client went away): stop
+     * producing and answer the task. Blocks while the reader is a window
+     * (1 MiB or 64 chunks by default) behind, in native code: call it from
+     * a platform thread (a virtual thread would pin its carrier). Throws
+     * IllegalStateException once the task is answered.
+     */
+    public int chunk(byte[] data) {
+        int r = offer(data, true);
+        if (r < 0) {
+            throw new IllegalStateException("resty.ffi: the task is already answered");
+        }
+        return r;
+    }
+
+    /** True once nobody waits for the answer any more, or it was answered. */
+    public boolean cancelled() {
+        long t = handle;
+        return t == 0 || Native.cancelled(t);
+    }
+
+    /**
+     * A chunk for the loader's streams: 0 taken, 1 nobody reads, 2 the
+     * window is full and data was NOT taken (only without block), -1
+     * answered already. Never throws for an answered task.
+     */
+    int offer(byte[] data, boolean block) {
+        if (data == null) {
+            throw new NullPointerException("resty.ffi: a chunk is null");
+        }
+        long t = handle;
+        if (t == 0) {
+            return -1;
+        }
+        return block ? Native.chunk(t, data) : Native.tryChunk(t, data);
     }
 
     /** True once answered. */
