@@ -305,10 +305,13 @@ def test_a_full_heap_answers_out_of_memory_and_the_runtime_serves_again(
         status, got, took = nt_call(n, cfg, b"fill:%d:1500" % size)
         assert status == 502 and got.startswith(OOM), (size, got, n.error_log()[-3000:])
         print("fill from %d B: answered in %.2f s: %s" % (size, took, got))
-        # while the heap stays full, calls are answered, with the error at once
+        # while the heap stays full, calls are answered, or get the error
+        # as soon as the JVM gives up allocating (each failed allocation
+        # costs full collections of a heap of tiny objects: seconds on a
+        # busy machine) or oomGrace after that for a stage
         status, got, took = nt_call(n, cfg, b"echo")
         assert (status, got) == (200, b"echo") or (status == 502 and got.startswith(OOM)), got
-        assert took < 5, took
+        assert took < 15, took
         # once the runtime lets go of its heap, the same pollers serve again
         assert harness.wait_until(lambda: nt_call(n, cfg, b"echo")[:2] == (200, b"echo"), 20), \
             n.error_log()[-3000:]

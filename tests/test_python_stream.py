@@ -398,6 +398,85 @@ def test_a_small_window_holds_the_generator_back_and_nothing_is_lost(gen_nginx, 
     assert [int(l) for l in got] == list(range(1, 301)), body[-300:]
 
 
+MIXED = '''
+import asyncio, time
+
+async def agen(n):
+    try:
+        for i in range(1, n + 1):
+            await asyncio.sleep(0.002)
+            yield b"%08d\\n" % i
+    except asyncio.CancelledError:
+        print("mixed agen cancelled at %.6f" % time.time())
+        raise
+
+def sgen(n):
+    try:
+        for i in range(1, n + 1):
+            yield b"%08d\\n" % i
+    except GeneratorExit:
+        print("mixed sgen closed at %.6f" % time.time())
+        raise
+
+def sync_handler(req):          # a sync handler returning an async iterator
+    return agen(int(req.split(b":")[1]))
+
+async def async_handler(req):   # an async handler returning a sync iterator
+    await asyncio.sleep(0)
+    return sgen(int(req.split(b":")[1]))
+
+def init_sync(cfg, tq):
+    return sync_handler
+
+def init_async(cfg, tq):
+    return async_handler
+'''
+
+
+@pytest.mark.parametrize("init,seen", [("init_sync", "mixed agen cancelled"),
+                                       ("init_async", "mixed sgen closed")])
+def test_handlers_may_return_iterators_of_the_other_kind(nginx, pystage, moddir, init, seen):  # noqa: F811
+    write_module(moddir, "pymixed", MIXED)
+    n = nginx(STREAM)
+    n.cfgs = {"m": moddir + "/pymixed," + init}
+    status, body = n.get(stream_path(n, "m", "n:500", wc=4))
+    got = [l for l in body.decode().split("\n") if re.match(r"^\d{8}$", l)]
+    assert [int(l) for l in got] == list(range(1, 501)), body[-300:]
+    assert n.post("/call?cfg=" + q(n.cfgs["m"]), b"n:3") == (
+        200, b"00000001\n00000002\n00000003\n")
+    gone = hang_up_after(n.port, stream_path(n, "m", "n:100000000", wc=4), lines=3)
+    pat = seen + r" at ([\d.]+)"
+    assert harness.wait_until(lambda: re.search(pat, n.error_log()), 5), n.error_log()[-2000:]
+    assert float(re.search(pat, n.error_log()).group(1)) - gone < 0.15
+    assert waiting_is_zero(n)
+    # unload: the runtime's threads (and the loop a sync handler started for
+    # its async iterators) end
+    assert n.get("/unload?cfg=" + q(n.cfgs["m"])) == (200, b"unloaded")
+    [pid] = n.worker_pids()
+    assert harness.wait_until(
+        lambda: not [t for t in harness.thread_names(pid) if t.startswith("py")], 5), \
+        harness.thread_names(pid)
+
+
+def test_quit_is_prompt_with_python_streams_open(gen_nginx):
+    n = gen_nginx
+    assert n.get(stream_path(n, "async", "tick:1:0"))[0] == 200
+    assert n.get(stream_path(n, "sync", "tick:1:0"))[0] == 200
+    socks = []
+    for style in ("async", "sync"):
+        s = socket.create_connection(("127.0.0.1", n.port), timeout=10)
+        s.sendall(b"GET " + stream_path(n, style, "tick:100000:10").encode()
+                  + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        buf = b""
+        while buf.count(b"\n") < 12:
+            buf += s.recv(4096)
+        socks.append(s)
+    took = n.quit(timeout=20)
+    assert took < 3, took
+    for s in socks:
+        s.close()
+
+
 COMPAT = '''
 import threading, time, resty_ffi
 from cffi import FFI

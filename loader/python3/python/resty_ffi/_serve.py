@@ -37,7 +37,9 @@ stay sent and the error ends the stream.
 
 Shutdown: when the queue is finished (`rt:__unload()`), pollers see None
 and end; the asyncio loop first lets the requests in flight finish, then
-stops and closes. Threads are named `py<i>-<module>` (see top -H).
+stops and closes; so does the loop a sync handler started for async
+iterators, once its threads ended. Threads are named `py<i>-<module>`
+(that loop: `py99-<module>`; see top -H).
 """
 
 import asyncio
@@ -52,7 +54,7 @@ import resty_ffi
 DEFAULT_THREADS = 4
 BATCH = 64
 
-# What a handler may answer in one piece (anything else iterable streams).
+# What a handler answers in one piece (an iterator that is none of these streams).
 _WHOLE = (bytes, bytearray, memoryview, str)
 CANCELLED = "resty_ffi: cancelled: nobody waits for the answer any more"
 
