@@ -40,7 +40,9 @@ local get_phase = ngx.get_phase
 
 -- Phases where grpc.load/loadfile yield while the runtime compiles (the
 -- others, init_worker included, wait for the compile thread).
-local CAN_YIELD = { rewrite = true, access = true, content = true, timer = true }
+local CAN_YIELD = {
+    rewrite = true, access = true, content = true, timer = true,
+}
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -130,7 +132,8 @@ local function compile(src, is_file, includes)
         if not r then
             return nil, err
         end
-        local ok, rc, msg = r:call("P" .. is_file .. "\t" .. (inc or "") .. "\n" .. src,
+        local ok, rc, msg = r:call("P" .. is_file .. "\t" .. (inc or "")
+                                   .. "\n" .. src,
                                    _M.NO_DEADLINE_WAIT)
         if ok then
             return true
@@ -212,8 +215,9 @@ end
 -- Checks a timeout in seconds: true, or nil and why not.
 local function check_seconds(t, what)
     if type(t) ~= "number" or not (t > 0 and t <= MAX_SECONDS) then
-        return nil, "resty.ffi.grpc: " .. what .. " must be a number of seconds above 0 "
-                    .. "and at most " .. MAX_SECONDS .. " (a year), got " .. tostring(t)
+        return nil, "resty.ffi.grpc: " .. what .. " must be a number of "
+                    .. "seconds above 0 and at most " .. MAX_SECONDS
+                    .. " (a year), got " .. tostring(t)
     end
     return true
 end
@@ -233,12 +237,14 @@ end
 -- Checks that md is a table of strings by strings: true, or nil and why not.
 local function check_meta(md, what)
     if type(md) ~= "table" then
-        return nil, "resty.ffi.grpc: " .. what .. " must be a table of strings, got " .. type(md)
+        return nil, "resty.ffi.grpc: " .. what .. " must be a table of "
+                    .. "strings, got " .. type(md)
     end
     for k, v in pairs(md) do
         if type(k) ~= "string" or type(v) ~= "string" then
-            return nil, "resty.ffi.grpc: " .. what .. " must be a table of strings, got "
-                        .. type(k) .. " " .. tostring(k) .. " = " .. type(v)
+            return nil, "resty.ffi.grpc: " .. what .. " must be a table of "
+                        .. "strings, got " .. type(k) .. " " .. tostring(k)
+                        .. " = " .. type(v)
         end
     end
     return true
@@ -378,7 +384,8 @@ local function call_head(self, prefix, id, path, opts)
             flags = "m"
         end
     end
-    return prefix .. id .. "\t" .. ms .. "\t" .. flags .. "\t" .. path .. "\n" .. md .. "\n",
+    return prefix .. id .. "\t" .. ms .. "\t" .. flags .. "\t" .. path .. "\n"
+               .. md .. "\n",
            wait_for(deadline)
 end
 
