@@ -783,6 +783,16 @@ def ratio(base, v):
     return "%.1fx" % (base / v)
 
 
+def vs(r, base):
+    """r's req/s over base's: the median of the per-round ratios when both
+    were measured round by round (the runs of one round ran back to back,
+    so the machine's drift cancels), else the ratio of the medians."""
+    a, b = r.get("runs_rps"), base.get("runs_rps")
+    if a and b and len(a) == len(b):
+        return statistics.median(x / y for x, y in zip(a, b) if y)
+    return r["rps"] / base["rps"]
+
+
 def find(records, **kw):
     for r in records:
         if all(r.get(k) == v for k, v in kw.items()):
@@ -865,7 +875,8 @@ def report(run, mach, stage_runtimes):
     if thr:
         L += ["## 4. Throughput (wrk, 512 B answers)", "",
               "Median of %d wrk run(s) each (req/s of every run in results.json, "
-              "`runs_rps`)." % a.wrk_runs, "",
+              "`runs_rps`); the ratios are medians of each round's ratio (one "
+              "round runs every location back to back)." % a.wrk_runs, "",
               "| workers | connections | location | req/s | vs plain Lua | vs %s | CPU µs/req | errors |"
               % BASELINE, "|---:|---:|---|---:|---:|---:|---:|---:|"]
         for workers in sorted({r["workers"] for r in thr}):
@@ -877,8 +888,8 @@ def report(run, mach, stage_runtimes):
                         continue
                     L.append("| %d | %d | %s | %.0f | %s | %s | %s | %d |" % (
                         workers, conns, r["runtime"], r["rps"],
-                        "%.0f%%" % (100 * r["rps"] / plain["rps"]) if plain else "-",
-                        "%.2fx" % (r["rps"] / proxy["rps"]) if proxy else "-",
+                        "%.0f%%" % (100 * vs(r, plain)) if plain else "-",
+                        "%.2fx" % vs(r, proxy) if proxy else "-",
                         fmt(r["cpu_us_per_request"]), r["errors"]))
         L.append("")
     busy = [r for r in run.records if r["bench"] == "throughput" and r.get("busy")]
@@ -893,8 +904,8 @@ def report(run, mach, stage_runtimes):
                          connections=r["connections"])
             qr, qp = (find(thr, runtime=n, workers=r["workers"], connections=r["connections"])
                       for n in (r["runtime"], "plain"))
-            ratio_busy = r["rps"] / plain["rps"] if plain else None
-            ratio_quiet = qr["rps"] / qp["rps"] if qr and qp else None
+            ratio_busy = vs(r, plain) if plain else None
+            ratio_quiet = vs(qr, qp) if qr and qp else None
             L.append("| %d | %d | %s | %.0f | %s | %s | %s | %s |" % (
                 r["workers"], r["connections"], r["runtime"], r["rps"],
                 "%.0f%%" % (100 * ratio_busy) if ratio_busy else "-",
@@ -999,7 +1010,7 @@ def targets(run):
             rust = find(thr, runtime="rust-echo", busy=False, **q)
             if not (plain and rust):
                 continue
-            v = rust["rps"] / plain["rps"]
+            v = vs(rust, plain)
             check("wrk -c%d %d worker(s): Rust call >= %.0f%% of plain Lua"
                   % (conns, workers, 100 * goal), v, goal, "%.0f%%" % (100 * v))
             d = rust["cpu_us_per_request"] - plain["cpu_us_per_request"]
@@ -1008,14 +1019,14 @@ def targets(run):
             bplain = find(thr, runtime="plain", busy=True, **q)
             brust = find(thr, runtime="rust-echo", busy=True, **q)
             if bplain and brust:
-                b = brust["rps"] / bplain["rps"] / v
+                b = vs(brust, bplain) / v
                 check("wrk -c%d %d worker(s), one CPU busy: ratio within 10%% of quiet"
                       % (conns, workers), b, 0.9, "%.2f of quiet" % b)
     plain = find(thr, runtime="plain", busy=False, workers=1, connections=64)
     rust = find(thr, runtime="rust-echo", busy=False, workers=1, connections=64)
     proxy = find(thr, runtime=BASELINE, busy=False, workers=1, connections=64)
     if proxy and rust:
-        v = rust["rps"] / proxy["rps"]
+        v = vs(rust, proxy)
         check("wrk -c64 1 worker: Rust call >= 2x proxy", v, 2, "%.2fx" % v)
     for mode in ("sequential", "concurrent"):
         lua = find(recs, bench="grpc-" + mode, runtime="lua-grpc")

@@ -17,7 +17,8 @@
 #   /usr/lib/x86_64-linux-gnu/lua/5.1/   libresty_ffi.so, the loaders and runtimes,
 #                                        plus lua-resty-ffi's loader names as links
 #   /usr/share/java/resty-ffi.jar        the Java API, to compile runtimes against
-#   /usr/share/doc/resty-ffi/            README, docs, copyright
+#                                        (a link to resty-ffi-<version>.jar)
+#   /usr/share/doc/resty-ffi/            README, docs, copyright, changelog.gz
 # Built with dpkg-deb (a plain, well-kept tool) from a staged root.
 # Dependencies are named for the release: the libpython the Python loader
 # is linked against (read from the library itself), the glibc its symbols
@@ -46,6 +47,8 @@ multiarch=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-li
 if [ "$release" = "$host_release" ]; then
     release_dir=target/release
     if [ "${RESTY_FFI_SKIP_BUILD:-0}" != 1 ]; then
+        # what building needs (README, "Building"), as the other commands do
+        bash ci/setup.sh
         cargo build --release --workspace
     fi
 else
@@ -77,25 +80,40 @@ for so in "$release_dir"/lib*.so; do
     install -m 0644 "$so" "$lib/"
     # release builds keep line tables for profiling; the package need not
     if command -v strip >/dev/null 2>&1; then
-        strip --strip-debug "$lib/$(basename "$so")"
+        strip --strip-unneeded "$lib/$(basename "$so")"
     fi
 done
 # lua-resty-ffi's names for our loaders, for code that bypasses our Lua
 # layer's aliases (resty_ffi.lua resolves them by itself)
 ln -sf libffi_python3.so "$lib/libresty_ffi_python.so"
 ln -sf libffi_java.so "$lib/libresty_ffi_java.so"
+# Java policy: name-version.jar, and the plain name as a link to it
 mkdir -p "$stage/usr/share/java"
-install -m 0644 "$release_dir/resty-ffi.jar" "$stage/usr/share/java/resty-ffi.jar"
+jar_version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+install -m 0644 "$release_dir/resty-ffi.jar" "$stage/usr/share/java/resty-ffi-$jar_version.jar"
+ln -sf "resty-ffi-$jar_version.jar" "$stage/usr/share/java/resty-ffi.jar"
 
 cp README.md "$doc/"
 [ -d docs ] && cp -r docs "$doc/"
-cat > "$doc/copyright" <<EOF
+# a native package's changelog, in Debian's format, pointing at
+# CHANGELOG.md (shipped next to it) for what changed
+maintainer="resty-ffi developers <maintainers@users.noreply.r-seed-1f0d516b.example>"
+when=$(date -R -u -d "@${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}")
+cp CHANGELOG.md "$doc/"
+printf 'resty-ffi (%s) unstable; urgency=medium\n\n  * See CHANGELOG.md in this folder.\n\n -- %s  %s\n' \
+    "$version" "$maintainer" "$when" | gzip -9n > "$doc/changelog.gz"
+{
+    cat <<EOF
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: resty-ffi
 
 Files: *
+Copyright: $(sed -n 's/^Copyright (c) //p' LICENSE)
 License: BSD-2-Clause
 EOF
+    # the license text, after its title and copyright lines
+    sed -n '/^Redistribution/,$p' LICENSE | sed 's/^$/./; s/^/ /'
+} > "$doc/copyright"
 
 installed_kib=$(du -sk "$stage/usr" | cut -f1)
 # the libpython the Python loader is linked against, the libnode the
@@ -117,18 +135,19 @@ cat > "$stage/DEBIAN/control" <<EOF
 Package: resty-ffi
 Version: $version
 Architecture: $arch
-Maintainer: resty-ffi developers <resty-ffi@localhost>
+Maintainer: $maintainer
 Section: httpd
 Priority: optional
 Installed-Size: $installed_kib
-Depends: libc6 (>= $glibc), libgcc-s1, libnginx-mod-http-lua, lua-resty-core, lua-cjson, $libpython
+Depends: libc6 (>= $glibc), libgcc-s1, libnginx-mod-http-lua | openresty, lua-resty-core | openresty, lua-cjson | openresty, $libpython
 Recommends: $recommends, python3-cffi
 Suggests: nginx-light | nginx
 Description: call Python, Java, Node.js, Rust and Go from nginx-lua without blocking
  resty-ffi lets OpenResty / nginx-lua code call runtimes written in
- Python, Java, JavaScript, Rust or Go in-process: a Lua coroutine hands a request to the
- runtime's own threads and yields; the answer resumes it. Works with
- Debian's stock nginx and libnginx-mod-http-lua: nothing is recompiled.
+ Python, Java, JavaScript, Rust or Go in-process: a Lua coroutine hands a
+ request to the runtime's own threads and yields; the answer resumes it.
+ Works with Debian's stock nginx and libnginx-mod-http-lua: nothing is
+ recompiled.
  Runtimes written for lua-resty-ffi load unchanged (ngx.load_ffi).
  .
  This package holds the core, the Python, Java and Node.js loaders, the gRPC

@@ -5,7 +5,7 @@ set -euo pipefail
 
 need_pkgs=(nginx-light libnginx-mod-http-lua lua-resty-core lua-cjson
            lua-messagepack wrk python3.11 python3.11-venv libpython3.11-dev
-           curl openssl)
+           curl openssl lua-check g++ dpkg-dev lintian)
 missing=()
 for p in "${need_pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -16,8 +16,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
-# Debian starts the packaged nginx on port 80; the project starts its own.
-if command -v systemctl >/dev/null 2>&1; then
+# Debian starts the packaged nginx on port 80. The project starts its own
+# nginx on free loopback ports and never needs that one stopped; a machine
+# that wants it stopped (a CI box) says RESTY_FFI_STOP_NGINX=1.
+if [ "${RESTY_FFI_STOP_NGINX:-0}" = 1 ] && command -v systemctl >/dev/null 2>&1; then
     systemctl stop nginx >/dev/null 2>&1 || true
 fi
 

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# The test command: sets up the machine, then runs the Rust unit tests and
-# the suites that drive a real nginx; then the core, Python and Java suites
-# again inside a Debian 13 root, against its nginx 1.26 / lua-nginx-module
-# 0.10.28 / lua-resty-core 0.1.31 / Python 3.13 / OpenJDK 21 and the package
-# built for it (RESTY_FFI_DEBIAN, tests/harness.py). The Debian 13 package
-# is built first, in its cached build root (ci/package.sh --debian 13), so
-# the time that takes shows on its own; tests/test_package.py installs it
-# (and the host's Debian 12 package) into clean roots of each release.
+# The test command: sets up the machine, checks the Lua with luacheck
+# (.luacheckrc), then runs the Rust unit tests and the suites that drive a
+# real nginx; then the core, Python and Java suites again inside a Debian 13
+# root, against its nginx 1.26 / lua-nginx-module 0.10.28 / lua-resty-core
+# 0.1.31 / Python 3.13 / OpenJDK 21 and the package built for it
+# (RESTY_FFI_DEBIAN, tests/harness.py). The Debian 13 package is built
+# first, in its cached build root (ci/package.sh --debian 13), so the time
+# that takes shows on its own; tests/test_package.py installs it (and the
+# host's Debian 12 package) into clean roots of each release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ci/setup.sh
+luacheck -q .
 cargo build --release --workspace
 cargo test --release --workspace
 t0=$(date +%s)

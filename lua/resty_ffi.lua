@@ -32,6 +32,7 @@ local load_ffi = resty_ffi.loader(function(call)
     end
 end)
 
-ngx.load_ffi = load_ffi
+-- lua-resty-ffi's API is a field of ngx: setting it is the point
+ngx.load_ffi = load_ffi -- luacheck: ignore 142
 
 return resty_ffi

@@ -352,6 +352,13 @@ location /par {
         ngx.print("good=", good, " elapsed=", ngx.now() - t0)
     }
 }
+location /name {
+    content_by_lua_block {
+        require "resty_ffi"
+        local rt = assert(ngx.load_ffi("@LOADER@", ngx.req.get_uri_args().cfg))
+        ngx.print(rt:__stats().name)
+    }
+}
 location /plain {
     content_by_lua_block { ngx.print("plain") }
 }
@@ -515,6 +522,18 @@ def rss_kib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def logged(log, text):
+    """How many times lines containing `text` were logged: those written,
+    plus the repeats the core collapsed into "(repeated N times ...)"."""
+    n = 0
+    for line in log.splitlines():
+        if text not in line:
+            continue
+        m = re.search(r" \(repeated ([\d,]+) times? in the last (?:second|\d+ seconds)\)$", line)
+        n += int(m.group(1).replace(",", "")) if m else 1
+    return n
 
 
 def wait_until(cond, timeout, step=0.05):

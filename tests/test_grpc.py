@@ -187,7 +187,7 @@ def test_protobuf_json_mapping_round_trips_every_field_kind(run, servers):
         "i32": -5, "i64": "-9007199254740993", "u64": "18446744073709551615",
         "d": 1.5, "b": True, "s": "héllo", "raw": "AAH/", "color": "GREEN",
         "inner": {"label": "in", "values": [1, 2, 3]},
-        "inners": [{"label": "a"}, {"label": "b", "values": [7]}],
+        "inners": [{"label": "a", "values": {}}, {"label": "b", "values": [7]}],
         "nums": ["1", "-2", "9223372036854775807"], "counts": {"x": 1, "y": 2},
         "id": 42, "at": "2024-01-02T03:04:05.500Z", "took": "1.500s", "maybe": "here",
     }
@@ -199,9 +199,44 @@ def test_empty_lua_tables_fit_lists_maps_and_messages(run, servers):
         local ok, res = conn:unary("/resty.test.Probe/Echo",
                                    { nums = {}, inners = {}, counts = {}, inner = {} })
         assert(ok, res)
-        return { res.inner ~= nil, res.nums == nil, res.counts == nil }
+        return { res.inner ~= nil, next(res.nums) == nil, next(res.counts) == nil }
     """, addr=servers["plain"].addr)
     assert res == [True, True, True]
+
+
+def test_decoded_messages_carry_default_values_as_lua_protobuf_does(run, servers):
+    res = run("""
+        local ok, conn = grpc.connect(args.addr)
+        local ok, s = conn:new_stream("/routeguide.RouteGuide/RecordRoute")
+        assert(ok, s)
+        for i = 1, 3 do   -- off the feature grid: feature_count stays 0
+            assert(s:send({ latitude = i * 1000, longitude = 0 }))
+        end
+        assert(s:close_send())
+        local ok, summary = s:recv()
+        assert(ok, summary)
+        s:close()
+        local ok, empty = conn:unary("/resty.test.Probe/Echo", {})
+        assert(ok, empty)
+        return {
+            summary = summary,
+            sum = summary.point_count + summary.feature_count + summary.elapsed_time,
+            empty = empty,
+            nils = { empty.inner == nil, empty.at == nil, empty.maybe == nil,
+                     empty.name == nil, empty.id == nil },
+            lists = { type(empty.nums), #empty.nums, type(empty.counts) },
+        }
+    """, addr=servers["plain"].addr)
+    assert res["summary"] == {"point_count": 3, "feature_count": 0, "distance": 2,
+                              "elapsed_time": 0}
+    assert res["sum"] == 3
+    # scalars, enums, lists and maps at their defaults; message fields,
+    # oneof members and wrappers stay nil
+    assert res["empty"] == {"i32": 0, "i64": "0", "u64": "0", "d": 0, "b": False, "s": "",
+                            "raw": "", "color": "COLOR_UNSPECIFIED", "inners": {},
+                            "nums": {}, "counts": {}}
+    assert res["nils"] == [True] * 5
+    assert res["lists"] == ["table", 0, "table"]
 
 
 def test_grpc_load_compiles_source_text_with_imports(run, servers, grpc_stage):
@@ -280,7 +315,8 @@ def test_server_client_and_bidi_streaming(run, servers):
         return out
     """, addr=servers["plain"].addr)
     assert res["list"] == ["feature-0-0", "feature-0-1", "feature-1-0", "feature-1-1"]
-    assert res["summary"] == {"point_count": 3, "feature_count": 3, "distance": 10000}
+    assert res["summary"] == {"point_count": 3, "feature_count": 3, "distance": 10000,
+                              "elapsed_time": 0}
     assert res["after_end"] == [True, True]
     assert res["chat"] == ["echo: note-1", "echo: note-2", "echo: note-3"]
     assert res["chat_end"] == [True, True]
@@ -655,3 +691,273 @@ def test_python_grpcio_helloworld_server(run, grpc_stage):
         srv.stop()
     assert res["msgs"] == ["Hello py%d from grpcio!" % i for i in range(1, 21)]
     assert res["served_by"] == "grpcio"
+
+
+def test_absurd_timeouts_and_options_are_refused_with_clear_errors_not_panics(run, servers):
+    res = run("""
+        local rows = {}
+        local absurd = { 1e300, math.huge, -math.huge, 0/0, 0, -1, 3.2e7 }
+        for _, v in ipairs(absurd) do
+            local ok, rc, err = grpc.connect(args.addr, { connect_timeout = v })
+            rows[#rows + 1] = { "connect_timeout", tostring(v), ok, err }
+            ok, rc, err = grpc.connect(args.addr, { timeout = v })
+            rows[#rows + 1] = { "timeout", tostring(v), ok, err }
+        end
+        local ok, conn, err = grpc.connect(args.addr, { connect_timeout = 31536000,
+                                                        timeout = 31536000 })
+        assert(ok, err)
+        for _, v in ipairs(absurd) do
+            local ok, err = conn:unary("/helloworld.Greeter/SayHello", { name = "x" },
+                                       { timeout = v })
+            rows[#rows + 1] = { "call timeout", tostring(v), ok, err }
+        end
+        local out = { rows = rows }
+        local _, _, err = grpc.connect(args.addr, { metadata = { "not", "a", "map" } })
+        out.md_list = err
+        _, _, err = grpc.connect(args.addr, { metadata = { ["x-n"] = 5 } })
+        out.md_number = err
+        _, err = conn:unary("/helloworld.Greeter/SayHello", {}, { metadata = { ["x-t"] = {} } })
+        out.call_md = err
+        _, _, err = grpc.connect(args.addr, { host = "" })
+        out.empty_host = err
+        _, _, err = grpc.connect(args.addr, { ca = "not a certificate" })
+        out.bad_ca = err
+        -- a tiny connect timeout is taken (rounded up to 1 ms)
+        local ok, rc, err = grpc.connect(args.addr, { connect_timeout = 1e-300 })
+        out.tiny = ok or err
+        -- the longest allowed deadline works
+        local ok, res = conn:unary("/helloworld.Greeter/SayHello", { name = "year" })
+        out.year = ok and res.message
+        return out
+    """, addr=servers["plain"].addr)
+    assert len(res["rows"]) == 21, res
+    for what, value, ok, err in res["rows"]:
+        assert ok is False, (what, value)
+        assert "must be a number of seconds above 0 and at most 31536000 (a year)" in err, \
+            (what, value, err)
+        assert err.endswith("got " + value), (what, value, err)
+    for k in ("md_list", "md_number", "call_md"):
+        assert "metadata must be a table of strings" in res[k], res
+    assert "ffi_grpc: bad target" in res["empty_host"], res
+    assert "ffi_grpc:" in res["bad_ca"], res
+    assert res["tiny"] is True or "cannot connect" in res["tiny"], res
+    assert res["year"] == "Hello year!"
+    log = run.nginx.error_log()
+    assert "panicked" not in log and "dropped before it was answered" not in log, log[-3000:]
+
+
+ENDED = """
+    -- how the server saw the tagged calls end, once `want` holds (or 5 s)
+    local function ended(conn, tag, want)
+        local e
+        for _ = 1, 100 do
+            local ok, res = conn:unary("/resty.test.Probe/Ended", { tag = tag })
+            assert(ok, res)
+            e = res
+            if want(e) then break end
+            ngx.sleep(0.05)
+        end
+        return e
+    end
+"""
+
+
+def test_calls_the_lua_side_gave_up_on_are_cancelled_on_the_server(run, servers):
+    res = run(ENDED + """
+        local tag = "cancel-" .. ngx.now() .. "-" .. ngx.worker.pid()
+        local ok, conn = grpc.connect(args.addr)
+        collectgarbage("collect")
+        local out = { streams0 = select(2, grpc.open_count()) }
+        local cancelled = function(e) return e.cancelled >= 1 end
+
+        -- control: a call that runs to its end counts as finished
+        assert(conn:unary("/resty.test.Probe/Sleep", { ms = 10, tag = tag .. "-done" }))
+        out.done = ended(conn, tag .. "-done", function(e) return e.finished >= 1 end)
+
+        -- the Lua wait times out (no gRPC deadline)
+        local saved = grpc.NO_DEADLINE_WAIT
+        grpc.NO_DEADLINE_WAIT = 0.3
+        local t0 = ngx.now()
+        local ok1, err1 = conn:unary("/resty.test.Probe/Sleep", { ms = 5000, tag = tag .. "-wait" })
+        -- a stream whose recv times out
+        local ok, s = conn:new_stream("/resty.test.Probe/Ticks")
+        local first, second, err2
+        if ok then
+            s:send({ count = 100, interval_ms = 400, tag = tag .. "-stream" })
+            s:close_send()
+            _, first = s:recv()
+            second, err2 = s:recv()
+        end
+        grpc.NO_DEADLINE_WAIT = saved
+        out.wait = { ok1, err1 }
+        out.stream = { first and first.n, second, err2, s and s.closed }
+
+        -- the coroutine making the call is killed
+        local th = ngx.thread.spawn(function()
+            return conn:unary("/resty.test.Probe/Sleep", { ms = 5000, tag = tag .. "-kill" })
+        end)
+        ngx.sleep(0.2)
+        out.killed = ngx.thread.kill(th) and true
+        th = nil   -- the thread object is its coroutine: drop it too
+        collectgarbage("collect")
+        collectgarbage("collect")
+
+        out.wait_end = ended(conn, tag .. "-wait", cancelled)
+        out.stream_end = ended(conn, tag .. "-stream", cancelled)
+        out.kill_end = ended(conn, tag .. "-kill", cancelled)
+        ngx.update_time()
+        out.took = ngx.now() - t0
+        collectgarbage("collect")
+        out.streams = select(2, grpc.open_count())
+        return out
+    """, addr=servers["plain"].addr)
+    assert res["done"] == {"started": 1, "finished": 1, "cancelled": 0}, res
+    assert res["wait"][0] is False and "timed out" in res["wait"][1], res
+    assert res["stream"][0] == 0 and res["stream"][1] is False, res
+    assert "timed out" in res["stream"][2] and res["stream"][3] is True, res
+    assert res["killed"] is True, res
+    for k in ("wait_end", "stream_end", "kill_end"):
+        assert res[k] == {"started": 1, "finished": 0, "cancelled": 1}, (k, res)
+    # all three were cancelled well before the server would have finished them
+    assert res["took"] < 4.5, res
+    assert res["streams"] == res["streams0"], res
+
+
+DEEP = r"""
+    local deep = {}
+    -- messages nested 4,000 deep, an option value nested 10,000 deep (each
+    -- overflowed the worker's stack), and 90 deep, which compiles
+    function deep.messages(n)
+        return 'syntax = "proto3"; package d' .. n .. '; '
+               .. string.rep("message M { ", n) .. string.rep("} ", n)
+    end
+    function deep.option(n)
+        return 'syntax = "proto3"; package o; import "google/protobuf/descriptor.proto"; '
+               .. 'message V { V v = 1; } extend google.protobuf.FileOptions { V deep = 50000; } '
+               .. 'option (deep) = ' .. string.rep("{ v: ", n) .. string.rep("} ", n) .. ';'
+    end
+    function deep.try()
+        local grpc = require "resty.ffi.grpc"
+        local out = {}
+        for _, c in ipairs({ { "messages", 4000 }, { "option", 10000 },
+                             { "messages", 90 } }) do
+            local ok, err = grpc.load(deep[c[1]](c[2]))
+            out[#out + 1] = { c[1] .. " " .. c[2], ok or false, err or "" }
+        end
+        local ok, err = grpc.loadfile(DEEP_FILE)
+        out[#out + 1] = { "file", ok or false, err }
+        return out
+    end
+"""
+
+
+def big_proto(path, messages):
+    """A .proto of `messages` messages with ten fields each (~100 B a field)."""
+    with open(path, "w") as f:
+        f.write('syntax = "proto3";\npackage big;\n')
+        for i in range(messages):
+            f.write("message Message%d {\n" % i)
+            for j in range(1, 11):
+                f.write("  string a_rather_long_field_name_number_%d_of_message_%d = %d;\n"
+                        % (j, i, j))
+            f.write("}\n")
+        f.write("service Big { rpc Call (Message0) returns (Message1); }\n")
+    return os.path.getsize(path)
+
+
+def test_deep_protos_are_refused_with_an_error_in_every_phase_and_the_worker_lives(
+        stage, grpc_stage):
+    deep_file = os.path.join(stage.dir, "deep.proto")
+    with open(deep_file, "w") as f:
+        f.write('syntax = "proto3"; package f; ' + "message M { " * 3000 + "} " * 3000)
+    os.chmod(deep_file, 0o644)
+    init = "local DEEP_FILE = %r\n" % deep_file + DEEP + """
+        local cjson = require "cjson"
+        ngx.shared.results:set("init_worker", cjson.encode(deep.try()))
+        ngx.shared.results:set("pid", ngx.worker.pid())
+    """
+    http = """
+    lua_shared_dict results 1m;
+    init_worker_by_lua_block { %s }
+    """ % init
+    server = """
+    location /deep {
+        content_by_lua_block {
+            local DEEP_FILE = %r
+            %s
+            ngx.print(require("cjson").encode({ content = deep.try(),
+                                                init_worker = ngx.shared.results:get("init_worker"),
+                                                same_worker = ngx.shared.results:get("pid") == ngx.worker.pid() }))
+        }
+    }
+    """ % (deep_file, DEEP)
+    with harness.Nginx(stage, server, http=http, workers=1) as n:
+        status, body = n.get("/deep")
+        assert status == 200, n.error_log()[-3000:]
+        res = json.loads(body)
+        assert res["same_worker"] is True, res
+        for phase in ("content", "init_worker"):
+            rows = res[phase] if phase == "content" else json.loads(res[phase])
+            assert [r[0] for r in rows] == ["messages 4000", "option 10000", "messages 90",
+                                            "file"], rows
+            for name, ok, err in rows:
+                if name == "messages 90":
+                    assert ok is True, (phase, name, err)
+                    continue
+                assert ok is False, (phase, name)
+                assert "nested deeper than 100 levels" in err, (phase, name, err)
+            assert "deep.proto:1: nested deeper" in rows[3][2], rows[3]
+        log = n.error_log()
+        assert "signal" not in log and "overflow" not in log, log[-3000:]
+
+
+def test_a_large_proto_loaded_from_a_request_does_not_block_the_worker(stage, grpc_stage):
+    path = os.path.join(stage.dir, "big.proto")
+    size = big_proto(path, 2900)  # ~1.9 MB, as the report that found it
+    os.chmod(path, 0o644)
+    server = """
+    location /load {
+        content_by_lua_block {
+            local grpc = require "resty.ffi.grpc"
+            local t0 = ngx.now()
+            local ok, err = grpc.loadfile(%r)
+            ngx.update_time()
+            ngx.print(require("cjson").encode({ ok = ok, err = err, took = ngx.now() - t0 }))
+        }
+    }
+    location /ping { content_by_lua_block { ngx.print("pong") } }
+    """ % path
+    http = """
+    init_worker_by_lua_block {
+        -- the same file in init_worker, where nothing can yield: it still loads
+        local ok, err = require("resty.ffi.grpc").loadfile(%r)
+        ngx.shared.results:set("init", ok and "ok" or err)
+    }
+    lua_shared_dict results 1m;
+    """ % path
+    with harness.Nginx(stage, server + """
+    location /init { content_by_lua_block { ngx.print(ngx.shared.results:get("init")) } }
+    """, http=http, workers=1) as n:
+        assert n.get("/init") == (200, b"ok"), n.error_log()[-2000:]
+        got = {}
+
+        def load():
+            got["load"] = json.loads(n.get("/load", timeout=60)[1])
+            got["load_end"] = time.monotonic()
+
+        t = threading.Thread(target=load)
+        t.start()
+        time.sleep(0.05)
+        pings = []
+        while t.is_alive() and len(pings) < 200:
+            t0 = time.monotonic()
+            assert n.get("/ping") == (200, b"pong")
+            pings.append(time.monotonic())
+            time.sleep(0.02)
+        t.join(60)
+    assert got["load"]["ok"] is True, got
+    # the worker answered pings while the load was running: the compile
+    # happens off its event loop (the file is in the pool already, from
+    # init_worker, so the request compiles it again only to find it there)
+    assert got["load"]["took"] > 0.2, (size, got)
+    assert len([p for p in pings if p < got["load_end"] - 0.1]) >= 2, (size, got, len(pings))

@@ -305,10 +305,13 @@ def test_a_full_heap_answers_out_of_memory_and_the_runtime_serves_again(
         status, got, took = nt_call(n, cfg, b"fill:%d:1500" % size)
         assert status == 502 and got.startswith(OOM), (size, got, n.error_log()[-3000:])
         print("fill from %d B: answered in %.2f s: %s" % (size, took, got))
-        # while the heap stays full, calls are answered, with the error at once
+        # while the heap stays full, calls are answered, or get the error
+        # as soon as the JVM gives up allocating (each failed allocation
+        # costs full collections of a heap of tiny objects: seconds on a
+        # busy machine) or oomGrace after that for a stage
         status, got, took = nt_call(n, cfg, b"echo")
         assert (status, got) == (200, b"echo") or (status == 502 and got.startswith(OOM)), got
-        assert took < 5, took
+        assert took < 15, took
         # once the runtime lets go of its heap, the same pollers serve again
         assert harness.wait_until(lambda: nt_call(n, cfg, b"echo")[:2] == (200, b"echo"), 20), \
             n.error_log()[-3000:]
@@ -582,3 +585,9 @@ def test_java_log_lines_are_written_by_nginx_at_their_level(j_nginx):
     assert re.search(r"\[warn\] \d+#\d+: (\*\d+ )?java-warn-line", log), log[-2000:]
     assert re.search(r"\[error\] \d+#\d+: (\*\d+ )?java-error-line", log), log[-2000:]
     assert "java-info-line" not in log, "below the error_log level"
+
+
+def test_metrics_name_a_java_runtime_by_loader_and_class_never_by_cfg(j_nginx):
+    n = j_nginx()
+    status, body = n.get("/name?cfg=" + q("t.NativeEcho,init,token=s3cret"))
+    assert (status, body) == (200, b"ffi_java:t.NativeEcho"), body

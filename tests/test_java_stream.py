@@ -114,7 +114,12 @@ def expected(n, size):
 
 @pytest.mark.parametrize("cfg", SHAPES, ids=IDS)
 def test_each_shape_streams_its_chunks_in_order_and_a_plain_call_gets_them_joined(js_nginx, cfg):
-    n = js_nginx()
+    # -Xcheck:jni: the JVM checks every JNI call of the chunk natives
+    n = js_nginx(java_opts="-Xcheck:jni")
+    # first (the runtime's window is set when it is loaded): a small window,
+    # so the producer waits for room over and over
+    lines = lines_of(n, cfg, "200:100:0", wb=300, wc=2)
+    assert numbered(lines) == expected(200, 100) and lines[-1] == "END ok", lines[-3:]
     lines = lines_of(n, cfg, "300:40:0")
     assert numbered(lines) == expected(300, 40), (lines[:5], n.error_log()[-2000:])
     assert lines[-1] == "END ok", lines[-3:]
@@ -123,6 +128,7 @@ def test_each_shape_streams_its_chunks_in_order_and_a_plain_call_gets_them_joine
     status, body = n.post("/call?cfg=" + q(cfg), b"10:12:0")
     tail = b"end" if cfg.endswith("compat") else b""
     assert (status, body) == (200, "".join(expected(10, 12)).encode() + tail), body
+    assert "WARNING in native method" not in n.error_log(), n.error_log()[-3000:]
 
 
 @pytest.mark.parametrize("cfg", SHAPES[:3] + SHAPES[-1:], ids=IDS[:3] + IDS[-1:])
@@ -277,3 +283,48 @@ def test_a_runtime_calling_resty_ffi_respond_chunk_itself_streams(js_nginx, jsta
     assert lines == ["one", "two", "three", "ffm: end", "", "END ok"], \
         (lines, n.error_log()[-2000:])
     assert n.post("/call?cfg=" + q("ffm.Echo,init"), b"chunks:a,b") == (200, b"abffm: end")
+
+
+def test_300_abandoned_streams_close_their_sources_and_leak_nothing(js_nginx):
+    n = js_nginx()
+    lines_of(n, "t.Streaming,stream", "3:8:0")
+    [pid] = n.worker_pids()
+    threads0 = len(harness.thread_names(pid))
+
+    def one(i):
+        read_some_then_hang_up(n.port, path("t.Streaming,stream", "100000:256:1"), want=2)
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(one, range(50)))
+    rss_warm = harness.rss_kib(pid)
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(one, range(250)))
+    # every source was closed (its onClose ran) ...
+    assert harness.wait_until(
+        lambda: n.error_log().count("java stream closed after") == 301, 20), \
+        n.error_log().count("java stream closed after")
+    assert "of 100000" in n.error_log() and "closed after 100000" not in n.error_log()
+    # ... and the pollers that pulled them went back or ended
+    assert harness.wait_until(lambda: len(harness.thread_names(pid)) <= threads0 + 4, 10), \
+        (threads0, harness.thread_names(pid))
+    growth_mib = (harness.rss_kib(pid) - rss_warm) / 1024
+    assert growth_mib < 20, growth_mib
+    assert n.worker_pids() == [pid]
+
+
+def test_quit_is_prompt_with_java_streams_open(js_nginx):
+    n = js_nginx()
+    lines_of(n, "t.Streaming,publisher", "1:8:0")
+    socks = []
+    for cfg in ("t.Streaming,iter", "t.Streaming,stream", "t.Streaming,publisher"):
+        s = socket.create_connection(("127.0.0.1", n.port), timeout=10)
+        s.sendall(b"GET " + path(cfg, "100000:16:50").encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        buf = b""
+        while len(numbered(buf.decode(errors="replace").split("\n"))) < 2:
+            buf += s.recv(4096)
+        socks.append(s)
+    took = n.quit(timeout=20)
+    for s in socks:
+        s.close()
+    assert took < 3, took
+    assert "exited on signal" not in n.error_log()

@@ -228,7 +228,9 @@ def running(root, env, greeter):
     and its error.log must hold no alert or emerg."""
     work = root.path("/tmp/resty-ffi-pkg")
     os.makedirs(work, exist_ok=True)
-    os.chmod(work, 0o777)
+    # root's nginx reads its config from here: writable by root only
+    os.chown(work, 0, 0)
+    os.chmod(work, 0o755)
     port = harness.free_port()
     conf_text = CONF.format(port=port, env=env, greeter=greeter)
     assert "lua_package_path" not in conf_text and "lua_package_cpath" not in conf_text

@@ -263,7 +263,8 @@ function _M.stream_ffi()
         local chunk, cerr, rc = st:recv()
         if not chunk then
             if cerr then
-                return fail(502, "stream failed: " .. cerr .. " " .. tostring(rc))
+                return fail(502, "stream failed: " .. cerr .. " "
+                                 .. tostring(rc))
             end
             break
         end

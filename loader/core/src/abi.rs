@@ -851,6 +851,16 @@ pub unsafe extern "C" fn resty_ffi_log_attach(ch: *mut c_void, filter: c_int) {
     })
 }
 
+/// Milliseconds until collapsed or dropped log lines are to be summed up
+/// (the dispatcher wakes itself then and takes the summary lines), or -1
+/// when nothing is owed.
+#[no_mangle]
+pub extern "C" fn resty_ffi_log_roll_ms() -> c_int {
+    guard("resty_ffi_log_roll_ms", -1, || {
+        crate::log::roll_in_ms().map_or(-1, |ms| ms.min(c_int::MAX as u64) as c_int)
+    })
+}
+
 /// Sets nginx's error_log level: log lines above it are dropped at once.
 #[no_mangle]
 pub extern "C" fn resty_ffi_log_filter(filter: c_int) {

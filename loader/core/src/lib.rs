@@ -11,8 +11,9 @@
 //! - [`completion`]: a Lua VM's channel of answers to parked calls, and the
 //!   "is the dispatcher asleep" flag that folds many answers into one wake;
 //! - [`wake`]: the private unix socket that tells the nginx side to look;
-//! - [`log`]: the core's own log lines, rate-limited where a runtime could
-//!   repeat them;
+//! - [`log`]: log lines of runtimes and of the core, written by nginx;
+//! - [`log_limit`]: repeats collapsed and the rate bounded, so a flood of
+//!   lines does not flood error.log;
 //! - [`ready`]: an eventfd that tells event-loop runtimes tasks wait;
 //! - [`runtime`]: loading a runtime library and starting it;
 //! - [`spin`]: the bounded, self-disabling spin both sides use before parking;
@@ -25,6 +26,7 @@ pub mod completion;
 pub mod error;
 pub mod handle;
 pub mod log;
+pub mod log_limit;
 pub mod needed;
 pub mod queue;
 pub mod ready;

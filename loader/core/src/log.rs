@@ -7,8 +7,10 @@
 //! follow `nginx -s reopen`. The queue wakes the dispatcher like an answer
 //! does. Lines below the `error_log` level are dropped where they are made.
 //!
-//! Bounded: past [`MAX_LINES`] lines or [`MAX_BYTES`] bytes waiting, lines
-//! are dropped and counted ([`dropped`]), so a flood keeps memory flat.
+//! Bounded: identical lines are collapsed and the rate of the rest is
+//! bounded ([`crate::log_limit`]); past [`MAX_LINES`] lines or [`MAX_BYTES`]
+//! bytes waiting, lines are dropped too. Drops are counted ([`dropped`]),
+//! so a flood keeps memory and error.log flat.
 //! With no dispatcher attached (before the first load, while the worker
 //! exits, with `lua_code_cache off` between calls) a line goes straight to
 //! stderr, which nginx points at its error_log file, in nginx's line format:
@@ -19,6 +21,7 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::completion::Channel;
+use crate::log_limit::{Limiter, Verdict};
 use crate::spin::now_ns;
 
 /// nginx's levels, as `ngx.ERR` and friends.
@@ -45,6 +48,7 @@ static LINES: Mutex<Lines> = Mutex::new(Lines {
     bytes: 0,
 });
 static SINK: Mutex<Option<&'static Channel>> = Mutex::new(None);
+static LIMITER: Mutex<Option<Limiter>> = Mutex::new(None);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 /// Lines above this level (less severe) are dropped at once: the
 /// `error_log` level of the attached dispatcher's nginx.
@@ -58,7 +62,13 @@ fn sink() -> MutexGuard<'static, Option<&'static Channel>> {
     SINK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Lines dropped so far because the queue was full.
+/// Runs `f` on the process's limiter.
+fn with_limiter<T>(f: impl FnOnce(&mut Limiter) -> T) -> T {
+    let mut l = LIMITER.lock().unwrap_or_else(|e| e.into_inner());
+    f(l.get_or_insert_with(Limiter::default))
+}
+
+/// Lines dropped so far: over the rate, or because the queue was full.
 pub fn dropped() -> u64 {
     DROPPED.load(Ordering::Relaxed)
 }
@@ -70,6 +80,50 @@ pub fn log(level: i32, msg: &[u8]) {
         return;
     }
     let msg = &msg[..msg.len().min(MAX_LINE)];
+    let mut said = Vec::new();
+    let (verdict, owed_before) = with_limiter(|l| {
+        let now = now_ns();
+        let owed = l.owed_in(now).is_some();
+        (l.admit(now, level, msg, &mut said), owed)
+    });
+    for (level, line) in said {
+        emit(level, &line);
+    }
+    match verdict {
+        Verdict::Write => return emit(level, msg),
+        Verdict::Collapse => {}
+        Verdict::Drop => {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    if !owed_before {
+        // the window now has something to say when it ends: the dispatcher
+        // asks when (roll_in_ms) and comes back then
+        if let Some(ch) = *sink() {
+            ch.wake_if_asleep();
+        }
+    }
+}
+
+/// Milliseconds until the window of collapsed or dropped lines ends and
+/// has to be summed up (0: now), or None when it owes nothing.
+pub fn roll_in_ms() -> Option<u64> {
+    roll();
+    with_limiter(|l| l.owed_in(now_ns())).map(|ns| ns.div_ceil(1_000_000))
+}
+
+/// Ends the limiter's window if it is over, writing what it has to say
+/// (called as lines are taken, so a flood that stopped is still summed up).
+fn roll() {
+    let mut said = Vec::new();
+    with_limiter(|l| l.roll(now_ns(), &mut said));
+    for (level, line) in said {
+        emit(level, &line);
+    }
+}
+
+/// Queues one line for the dispatcher, or writes it to stderr without one.
+fn emit(level: i32, msg: &[u8]) {
     let Some(ch) = *sink() else {
         return write_stderr(level, msg);
     };
@@ -134,6 +188,7 @@ pub fn detach(ch: &Channel) {
 
 /// Takes the next waiting line.
 pub fn take() -> Option<(i32, Box<[u8]>)> {
+    roll();
     let mut l = lines();
     let line = l.q.pop_front()?;
     l.bytes -= line.1.len();

@@ -135,10 +135,16 @@ fn describe(py: Python<'_>, e: &PyErr) -> String {
     }
 }
 
-/// Logs the traceback through sys.stderr (error.log). Never PyErr_Print:
-/// for a SystemExit it calls Py_Exit, which would end the nginx worker.
+/// Logs the traceback as one error.log entry (resty_ffi._log joins its
+/// lines). Never PyErr_Print: for a SystemExit it calls Py_Exit, which
+/// would end the nginx worker.
 fn log_traceback(py: Python<'_>, e: &PyErr) {
-    e.display(py);
+    let logged = py
+        .import("resty_ffi._log")
+        .and_then(|m| m.call_method1("log_exception", (e.value(py),)));
+    if logged.is_err() {
+        e.display(py);
+    }
 }
 
 /// SystemExit and KeyboardInterrupt: exceptions user code raises to end

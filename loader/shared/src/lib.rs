@@ -1,6 +1,6 @@
 //! What every language loader (loader/python3, loader/java) shares, and
 //! nothing language-specific: the body of `libffi_init` (cfg as text,
-//! panics caught, the error logged and handed to the core), the task ABI
+//! panics caught, the error handed to the core), the task ABI
 //! in safe Rust ([`task`]), logging through nginx, thread names, and
 //! re-opening a loaded library with RTLD_GLOBAL.
 //!
@@ -39,9 +39,9 @@ pub trait InitError: Display {
 }
 
 /// The body of a loader's `libffi_init`: reads `cfg` (NULL: empty), runs
-/// `start(cfg, tq)` with panics caught, and on failure logs
-/// "`name`: error" at error level, hands the text to the core (so
-/// `load_ffi` returns it) and returns the error's code (never 0).
+/// `start(cfg, tq)` with panics caught, and on failure hands
+/// "`name`: error" to the core (so `load_ffi` returns it, and Lua logs it
+/// once) and returns the error's code (never 0).
 ///
 /// # Safety
 /// Per the runtime ABI: `cfg` is NULL or a NUL-terminated string valid
@@ -65,8 +65,8 @@ pub unsafe fn init<E: InitError>(
         Ok(Err(e)) => e,
         Err(panic) => E::from_panic(format!("panic: {}", panic_text(&*panic))),
     };
+    // Not logged here: Lua logs the load error once, with this text in it.
     let msg = format!("{name}: {err}");
-    log(ERR, &msg);
     report_init_error(&msg);
     match err.rc() {
         0 => 10,

@@ -171,8 +171,8 @@ end
 
 if C.resty_ffi_channel_vms(channel) == 2 and ngx.get_phase() ~= "init" then
     log(NOTICE, "resty_ffi: more than one Lua VM in this worker ",
-        "(lua_code_cache off?): runtimes are shared by all of them, and each VM's answers ",
-        "reach only that VM")
+        "(lua_code_cache off?): runtimes are shared by all of them, and ",
+        "each VM's answers reach only that VM")
 end
 
 return _M

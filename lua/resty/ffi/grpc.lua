@@ -3,8 +3,10 @@
 -- libffi_grpc.so (tonic on a tokio runtime of its own).
 --
 -- .proto files are compiled in Rust at run time (imports, well-known
--- types) by a direct, non-yielding FFI call, so grpc.load/loadfile work in
--- init_worker (and init) too. Messages cross as Lua tables in the protobuf
+-- types) on a thread with a stack of its own: from phases that can yield
+-- through the runtime (the request yields meanwhile), elsewhere by a direct
+-- FFI call that waits for it, so grpc.load/loadfile work in init_worker
+-- (and init) too. Messages cross as Lua tables in the protobuf
 -- JSON mapping (int64 as strings, bytes as base64, enums by name, proto
 -- field names). Calls go through the runtime's task queue and yield; they
 -- need a phase that can yield (rewrite, access, content, timer...).
@@ -34,6 +36,13 @@ local io_open = io.open
 local pairs = pairs
 local pcall = pcall
 local concat = table.concat
+local get_phase = ngx.get_phase
+
+-- Phases where grpc.load/loadfile yield while the runtime compiles (the
+-- others, init_worker included, wait for the compile thread).
+local CAN_YIELD = {
+    rewrite = true, access = true, content = true, timer = true,
+}
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -43,13 +52,15 @@ int resty_ffi_grpc_load(const char *src, int src_len, int is_file,
 int resty_ffi_grpc_conn_close(double id);
 int resty_ffi_grpc_stream_close(double id);
 int resty_ffi_grpc_open_count(int *conns, int *streams);
+double resty_ffi_grpc_call_id(void);
+int resty_ffi_grpc_cancel(double id);
 ]]
 
 -- The library; a path, a file name or a short name as resty.ffi.load takes.
 _M.LIB = "ffi_grpc"
 -- The runtime's cfg ("threads=N,spin_us=N": tokio worker threads, default 1;
--- how long the queue loop keeps looking for calls after activity before it
--- parks, default 50). Set before the first connect of the worker.
+-- how long the queue loop looks for the next call once the last one was
+-- answered, default 0). Set before the first connect or load of the worker.
 _M.CFG = nil
 -- resty.ffi.load options of the runtime (spin_us, max_queue...).
 _M.LOAD_OPTS = nil
@@ -57,6 +68,9 @@ _M.LOAD_OPTS = nil
 _M.NO_DEADLINE_WAIT = 3600
 -- Extra wait beyond a deadline before the bridge itself gives up.
 local GRACE = 5
+-- The longest timeout or deadline taken (seconds): a year. Longer ones are
+-- mistakes (math.huge, 1e300) that timers and grpc-timeout cannot hold.
+local MAX_SECONDS = 365 * 24 * 3600
 
 local STATUS = {
     [1] = "CANCELLED", [2] = "UNKNOWN", [3] = "INVALID_ARGUMENT",
@@ -80,7 +94,8 @@ local function library()
     end
     local ok, l = pcall(ffi.load, find_library(_M.LIB))
     if not ok then
-        return nil, "resty.ffi.grpc: cannot load " .. _M.LIB .. ": " .. tostring(l)
+        return nil, "resty.ffi.grpc: cannot load " .. _M.LIB .. ": "
+                    .. tostring(l)
     end
     lib = l
     return lib
@@ -110,6 +125,21 @@ local function compile(src, is_file, includes)
         return nil, "resty.ffi.grpc: includes must be a table of folders"
     end
     local inc = includes and concat(includes, ":") or nil
+    if CAN_YIELD[get_phase()] then
+        -- compile on the runtime's side while this request yields
+        local r
+        r, err = runtime()
+        if not r then
+            return nil, err
+        end
+        local ok, rc, msg = r:call("P" .. is_file .. "\t" .. (inc or "")
+                                   .. "\n" .. src,
+                                   _M.NO_DEADLINE_WAIT)
+        if ok then
+            return true
+        end
+        return nil, msg or rc
+    end
     if l.resty_ffi_grpc_load(src, #src, is_file, inc, err_buf, 4096) ~= 0 then
         return nil, ffi_string(err_buf)
     end
@@ -182,26 +212,54 @@ local function wait_for(deadline)
     return _M.NO_DEADLINE_WAIT
 end
 
+-- Checks a timeout in seconds: true, or nil and why not.
+local function check_seconds(t, what)
+    if type(t) ~= "number" or not (t > 0 and t <= MAX_SECONDS) then
+        return nil, "resty.ffi.grpc: " .. what .. " must be a number of "
+                    .. "seconds above 0 and at most " .. MAX_SECONDS
+                    .. " (a year), got " .. tostring(t)
+    end
+    return true
+end
+
 local function millis(t)
     if t == nil then
         return 0, nil
     end
-    if type(t) ~= "number" or t <= 0 then
-        return nil, "resty.ffi.grpc: timeout must be a positive number of seconds, got "
-                    .. tostring(t)
+    local ok, err = check_seconds(t, "timeout")
+    if not ok then
+        return nil, err
     end
     local ms = floor(t * 1000)
     return ms > 0 and ms or 1
+end
+
+-- Checks that md is a table of strings by strings: true, or nil and why not.
+local function check_meta(md, what)
+    if type(md) ~= "table" then
+        return nil, "resty.ffi.grpc: " .. what .. " must be a table of "
+                    .. "strings, got " .. type(md)
+    end
+    for k, v in pairs(md) do
+        if type(k) ~= "string" or type(v) ~= "string" then
+            return nil, "resty.ffi.grpc: " .. what .. " must be a table of "
+                        .. "strings, got " .. type(k) .. " " .. tostring(k)
+                        .. " = " .. type(v)
+        end
+    end
+    return true
 end
 
 local function encode_meta(md)
     if md == nil then
         return ""
     end
-    if type(md) ~= "table" then
-        return nil, "resty.ffi.grpc: metadata must be a table of strings"
+    local ok, err = check_meta(md, "metadata")
+    if not ok then
+        return nil, err
     end
-    local s, err = json_encode(md)
+    local s
+    s, err = json_encode(md)
     if not s then
         return nil, "resty.ffi.grpc: bad metadata: " .. err
     end
@@ -212,9 +270,18 @@ local function close_conn_gc(c)
     lib.resty_ffi_grpc_conn_close(c[0])
 end
 
-local function close_stream_gc(c)
-    lib.resty_ffi_grpc_stream_close(c[0])
+-- The finalizer of a call's guard: the call's id in a cdata that only the
+-- calling coroutine holds (and, once open, its stream). Collected while
+-- the call is in flight, the coroutine was killed (ngx.thread.kill, the
+-- request ended): the runtime cancels the call.
+local function cancel_gc(c)
+    lib.resty_ffi_grpc_cancel(c[0])
 end
+
+local function guard(id)
+    return ffi_gc(ffi_new("double[1]", id), cancel_gc)
+end
+
 
 local stream_mt = {}
 stream_mt.__index = stream_mt
@@ -231,6 +298,9 @@ function stream_mt.send(self, tbl)
     local ok, rc, res = rt:call(self._send .. body, self._wait)
     if ok then
         return true
+    end
+    if rc == nil then
+        self:close()
     end
     return failure(rc, res)
 end
@@ -251,6 +321,9 @@ function stream_mt.recv(self)
         end
         return true, t
     end
+    if rc == nil then
+        self:close()   -- the bridge gave up waiting: end the call
+    end
     return failure(rc, res)
 end
 
@@ -263,6 +336,9 @@ function stream_mt.close_send(self)
     if ok then
         return true
     end
+    if rc == nil then
+        self:close()
+    end
     return failure(rc, res)
 end
 
@@ -271,6 +347,7 @@ function stream_mt.close(self)
     if not self.closed then
         self.closed = true
         lib.resty_ffi_grpc_stream_close(self._gc[0])
+        ffi_gc(self._gc, nil)
     end
     return true
 end
@@ -278,12 +355,13 @@ end
 local conn_mt = {}
 conn_mt.__index = conn_mt
 
-local function call_head(self, prefix, path, opts)
+local function call_head(self, prefix, id, path, opts)
     if self.closed then
         return nil, "resty.ffi.grpc: connection is closed"
     end
     if type(path) ~= "string" then
-        return nil, "resty.ffi.grpc: path must be a string like /pkg.Service/Method"
+        return nil, "resty.ffi.grpc: path must be a string like "
+                    .. "/pkg.Service/Method"
     end
     local ms, md, flags, deadline = 0, "", "", self._timeout
     if opts ~= nil then
@@ -306,7 +384,8 @@ local function call_head(self, prefix, path, opts)
             flags = "m"
         end
     end
-    return prefix .. ms .. "\t" .. flags .. "\t" .. path .. "\n" .. md .. "\n",
+    return prefix .. id .. "\t" .. ms .. "\t" .. flags .. "\t" .. path .. "\n"
+               .. md .. "\n",
            wait_for(deadline)
 end
 
@@ -314,7 +393,8 @@ end
 -- opts: timeout (deadline, seconds), metadata (table), response_metadata
 -- (true: also return the response's headers and trailers).
 function conn_mt.unary(self, path, tbl, opts)
-    local head, wait = call_head(self, self._unary, path, opts)
+    local id = lib.resty_ffi_grpc_call_id()
+    local head, wait = call_head(self, self._unary, id, path, opts)
     if not head then
         return false, wait
     end
@@ -322,7 +402,11 @@ function conn_mt.unary(self, path, tbl, opts)
     if not body then
         return false, "resty.ffi.grpc: cannot encode the table: " .. err
     end
+    -- a wait that times out cancels the task in the core, which the
+    -- runtime sees: only a killed coroutine needs its guard
+    local g = guard(id)
     local ok, res, msg = rt:call(head .. body, wait)
+    ffi_gc(g, nil)
     if not ok then
         return failure(res, msg)
     end
@@ -341,22 +425,29 @@ end
 -- conn:new_stream(path [, opts]) -> true, stream | false, err
 -- opts as for unary (timeout covers the whole stream).
 function conn_mt.new_stream(self, path, opts)
-    local head, wait = call_head(self, self._stream, path, opts)
+    local id = lib.resty_ffi_grpc_call_id()
+    local head, wait = call_head(self, self._stream, id, path, opts)
     if not head then
         return false, wait
     end
+    local g = guard(id)
     local ok, res, msg = rt:call(head, wait)
     if not ok then
+        if res == nil then
+            -- the bridge gave up: the stream may open after all
+            lib.resty_ffi_grpc_cancel(id)
+        end
+        ffi_gc(g, nil)
         return failure(res, msg)
     end
-    local id = tonumber(res)
+    -- the guard becomes the stream's: collected, it closes the stream
     local s = setmetatable({
         closed = false,
         _send = "W" .. id .. "\n",
         _recv = "R" .. id,
         _close_send = "E" .. id,
         _wait = wait,
-        _gc = ffi_gc(ffi_new("double[1]", id), close_stream_gc),
+        _gc = g,
     }, stream_mt)
     return true, s
 end
@@ -382,7 +473,8 @@ local CONNECT_OPTS = {
 -- deadline of each call, s), metadata (sent with each call).
 function _M.connect(target, opts)
     if type(target) ~= "string" or target == "" then
-        return false, nil, "resty.ffi.grpc: target must be a string like host:port"
+        return false, nil, "resty.ffi.grpc: target must be a string like "
+                           .. "host:port"
     end
     local req = { target = target }
     if opts ~= nil then
@@ -398,6 +490,15 @@ function _M.connect(target, opts)
             if type(v) ~= want then
                 return false, nil, "resty.ffi.grpc: opts." .. k .. " must be a "
                                    .. want .. ", got " .. type(v)
+            end
+            local ok, err = true, nil
+            if want == "number" then
+                ok, err = check_seconds(v, "opts." .. k)
+            elseif k == "metadata" then
+                ok, err = check_meta(v, "opts.metadata")
+            end
+            if not ok then
+                return false, nil, err
             end
             req[k] = v
         end

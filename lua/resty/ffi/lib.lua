@@ -46,6 +46,7 @@ void resty_ffi_log_attach(void *ch, int filter);
 void resty_ffi_log_filter(int filter);
 void resty_ffi_log_detach(void *ch);
 int resty_ffi_log_take(char *buf, int cap, int *level);
+int resty_ffi_log_roll_ms(void);
 void *resty_ffi_channel_open(void);
 void resty_ffi_channel_close(void *ch);
 int resty_ffi_channel_vms(void *ch);

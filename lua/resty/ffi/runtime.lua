@@ -4,9 +4,10 @@
 -- A runtime is loaded once per worker and cache key (`lib .. "&" .. cfg`);
 -- the object's every method name is a call (resty.ffi.call), as in
 -- lua-resty-ffi, except the double-underscore ones: __unload, __queue_len,
--- __stats, __stream (resty.ffi.stream). Two loaders share this code: resty.ffi.load (our shapes, a
--- default timeout) and resty_ffi's ngx.load_ffi (lua-resty-ffi's shapes),
--- which differ only in the metatable, the cache and the default timeout.
+-- __stats, __stream (resty.ffi.stream). Two loaders share this code:
+-- resty.ffi.load (our shapes, a default timeout) and resty_ffi's
+-- ngx.load_ffi (lua-resty-ffi's shapes), which differ only in the
+-- metatable, the cache and the default timeout.
 
 local ffi = require "ffi"
 local lib = require "resty.ffi.lib"
@@ -43,6 +44,41 @@ _M.MAX_SPIN_US = MAX_SPIN_US
 local SLOW_LOAD = 0.1
 
 local msg_buf = ffi.new("char[?]", 1024)
+
+-- Loaders whose cfg starts with what they load (a Python module, a Java
+-- class, a Node module), and whose first load starts an interpreter.
+local LOADERS = { ffi_python3 = true, ffi_java = true, ffi_nodejs = true }
+
+-- The library's short name: `/x/libffi_echo.so`, `ffi_echo.so` and
+-- `ffi_echo` are all `ffi_echo`; lua-resty-ffi's loader names are ours.
+local function short_name(lib_name)
+    local base = lib_name:match("([^/]*)$")
+    base = lib.ALIASES[base] or base
+    base = base:gsub("%.so[%.%d]*$", ""):gsub("^lib", "")
+    return base
+end
+
+-- The name a runtime has in stats and metrics when opts.name gives none:
+-- the library's short name, and for a loader the module or class it loads
+-- (`ffi_python3:app.render`). Never any other part of cfg: it holds paths
+-- that change on every deploy, and the free text after them often holds
+-- DSNs and tokens.
+local function default_name(lib_name, cfg)
+    local short = short_name(lib_name)
+    if not LOADERS[short] or not cfg then
+        return short
+    end
+    local target = cfg:match("^[^,]*")
+    if short == "ffi_python3" then
+        target = target:gsub("^venv=[^:]*:", "")
+    end
+    target = target:match("([^/]*)$"):gsub("%?$", ""):gsub("[^%w_.%-]", "_")
+    if target == "" then
+        return short
+    end
+    return short .. ":" .. target:sub(1, 100)
+end
+_M.default_name = default_name
 
 local function unload(self)
     local st = state_of[self]
@@ -190,21 +226,27 @@ local function load(lib_name, cfg, opts, meta, cache, default_timeout)
                                         opts.poll_spin_us or -1, msg_buf, 1024)
     ngx.update_time()
     local took = ngx.now() - t0
+    local name = opts.name ~= nil and tostring(opts.name)
+                 or default_name(lib_name, cfg)
     if took >= SLOW_LOAD then
-        log(WARN, "resty_ffi: loading ", key, " took ",
-            string.format("%.3f", took), " s: the worker ",
-            "serves nothing while a runtime's libffi_init runs (start threads ",
-            "and return)")
+        local advice
+        if LOADERS[short_name(lib_name)] then
+            advice = "the first load of a loader starts its interpreter: "
+                     .. "load it in init_worker_by_lua"
+        else
+            advice = "libffi_init should start threads and return"
+        end
+        log(WARN, "resty_ffi: loading ", name, " took ",
+            string.format("%.3f", took), " s, during which the worker ",
+            "served nothing (", advice, ")")
     end
     if rt == nil then
         err = "resty_ffi: " .. ffi_string(msg_buf)
         log(ERR, err)
+        prometheus.load_failed(name)
         return nil, err
     end
-    if opts.name ~= nil then
-        local name = tostring(opts.name)
-        C.resty_ffi_runtime_set_name(rt, name, #name)
-    end
+    C.resty_ffi_runtime_set_name(rt, name, #name)
     if not dispatcher.running() and not channel.many_vms() then
         -- runtimes may log before any call parks: lines need a writer
         dispatcher.start()

@@ -29,6 +29,7 @@
 //!   optional `resty_ffi_log` (looked up at run time, so the runtime still
 //!   runs under lua-resty-ffi), then answer `logged`
 //! - `!flood:N:msg`    log N lines as fast as possible, then answer `flooded`
+//! - `!floodn:N:msg`   the same with N distinct lines (`msg 1`, `msg 2`...)
 //! - `!len:N:MS:text`  after MS ms answer `text` claiming length N (N may be
 //!   negative or larger than the buffer: the core must refuse it)
 //!
@@ -228,6 +229,13 @@ fn serve(task: Ptr, hung: &Mutex<Vec<Ptr>>) {
             let (n, msg) = split_once(rest, b':');
             for _ in 0..number(n).unwrap_or(0).max(0) {
                 log_line(5, msg);
+            }
+            respond(task, 0, Some(b"flooded"));
+        }
+        b"floodn" => {
+            let (n, msg) = split_once(rest, b':');
+            for i in 0..number(n).unwrap_or(0).max(0) {
+                log_line(5, &[msg, format!(" {i}").as_bytes()].concat());
             }
             respond(task, 0, Some(b"flooded"));
         }

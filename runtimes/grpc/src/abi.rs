@@ -11,6 +11,7 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 use std::os::fd::{AsRawFd, RawFd};
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::OnceLock;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
@@ -22,6 +23,7 @@ extern "C" {
     fn resty_ffi_task_try_poll(tq: *mut c_void) -> *mut c_void;
     fn resty_ffi_queue_fd(tq: *mut c_void) -> c_int;
     fn resty_ffi_queue_arm(tq: *mut c_void) -> c_int;
+    fn resty_ffi_queue_space_fd(tq: *mut c_void) -> c_int;
     fn resty_ffi_init_error(msg: *const c_char);
 }
 
@@ -73,13 +75,28 @@ impl Queue {
 
     /// The readiness fd registered with the current tokio runtime.
     pub fn watch(&self) -> Result<AsyncFd<QueueFd>, Error> {
-        let fd = QueueFd(self.fd()?);
-        // SAFETY: the core creates the eventfd once per queue and never
-        // closes it (queues live as long as the process), so it stays open
-        // and the same for the AsyncFd's whole life.
-        unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
-            .map_err(|e| Error::Init(format!("cannot watch the queue's fd: {}", e)))
+        watch_fd(self.fd()?, "readiness")
     }
+
+    /// The queue's space fd (readable after a task of the queue was
+    /// cancelled: its caller stopped waiting) registered with the current
+    /// tokio runtime.
+    pub fn watch_cancels(&self) -> Result<AsyncFd<QueueFd>, Error> {
+        // SAFETY: self.0 is a live queue.
+        let fd = unsafe { resty_ffi_queue_space_fd(self.0) };
+        if fd < 0 {
+            return Err(Error::Init("the core gave no space fd".into()));
+        }
+        watch_fd(fd, "space")
+    }
+}
+
+fn watch_fd(fd: RawFd, what: &str) -> Result<AsyncFd<QueueFd>, Error> {
+    // SAFETY: the core creates each eventfd once per queue and never
+    // closes it (queues live as long as the process), so it stays open and
+    // the same for the AsyncFd's whole life.
+    unsafe { AsyncFd::register_with_interest(QueueFd(fd), Interest::READABLE) }
+        .map_err(|e| Error::Init(format!("cannot watch the queue's {what} fd: {e}")))
 }
 
 /// The queue's eventfd, owned by the core (never closed here).
@@ -108,7 +125,44 @@ unsafe impl Send for Task {}
 // SAFETY: the request bytes are read-only until the answer.
 unsafe impl Sync for Task {}
 
+/// A task's handle kept to ask whether its caller still waits; any value
+/// is safe to ask about (the core checks it), so it may outlive the task.
+#[derive(Clone, Copy)]
+pub struct TaskHandle(usize);
+
+type CancelledFn = unsafe extern "C" fn(*mut c_void) -> c_int;
+
+impl TaskHandle {
+    /// Whether the caller stopped waiting (timed out, worker exiting) or
+    /// the task was answered already. The core's function is looked up at
+    /// run time (unit tests run without the core; a core without it
+    /// cancels nothing).
+    pub fn cancelled(self) -> bool {
+        static F: OnceLock<Option<CancelledFn>> = OnceLock::new();
+        let f = F.get_or_init(|| {
+            // SAFETY: looking up a symbol by a NUL-terminated name; when
+            // found it is the core's resty_ffi_task_cancelled, with this
+            // signature.
+            unsafe {
+                let p = libc::dlsym(libc::RTLD_DEFAULT, c"resty_ffi_task_cancelled".as_ptr());
+                (!p.is_null()).then(|| std::mem::transmute::<*mut c_void, CancelledFn>(p))
+            }
+        });
+        match f {
+            // SAFETY: the core takes any value here: it decodes handles
+            // and answers -1 for anything that is not one.
+            Some(f) => unsafe { f(self.0 as *mut c_void) != 0 },
+            None => false,
+        }
+    }
+}
+
 impl Task {
+    /// Its handle, for [`TaskHandle::cancelled`].
+    pub fn handle(&self) -> TaskHandle {
+        TaskHandle(self.0 as usize)
+    }
+
     /// The request bytes, valid until the task is answered.
     pub fn request(&self) -> &[u8] {
         let mut len: c_int = 0;
@@ -230,6 +284,9 @@ pub unsafe extern "C" fn libffi_init(cfg: *mut c_char, tq: *mut c_void) -> c_int
 /// `src` is a path; 0: `src` is the source itself. `includes` is a
 /// ':'-separated list of import folders (may be NULL). Returns 0, or -1 with
 /// the reason in `err`. Never blocks on the network; callable in any phase.
+/// The compiler runs on a thread of its own (see protos.rs); this waits for
+/// it, so a large file holds the caller for as long as it compiles (phases
+/// that can yield send a `P` task instead).
 ///
 /// # Safety
 /// `src` has `src_len` bytes; `includes` is NULL or NUL-terminated; `err`
@@ -246,18 +303,12 @@ pub unsafe extern "C" fn resty_ffi_grpc_load(
     // SAFETY: per this function's contract.
     let (src, includes) = unsafe { (bytes(src, src_len), bytes(includes, -1)) };
     guarded("resty_ffi_grpc_load", || {
-        let src = String::from_utf8_lossy(src);
-        let includes: Vec<String> = String::from_utf8_lossy(includes)
-            .split(':')
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect();
-        let done = if is_file != 0 {
-            crate::protos::load_file(&src, &includes)
-        } else {
-            crate::protos::load_source(&src, &includes)
+        let load = crate::protos::Load {
+            src: String::from_utf8_lossy(src).into_owned(),
+            is_file: is_file != 0,
+            includes: crate::protos::includes(&String::from_utf8_lossy(includes)),
         };
-        match done {
+        match crate::protos::compile(load) {
             Ok(()) => 0,
             Err(e) => {
                 write_err(&e.to_string(), err, err_len);
@@ -282,6 +333,24 @@ pub extern "C" fn resty_ffi_grpc_conn_close(id: f64) -> c_int {
 pub extern "C" fn resty_ffi_grpc_stream_close(id: f64) -> c_int {
     guarded("resty_ffi_grpc_stream_close", || {
         crate::stream::close(id as u64) as c_int
+    })
+}
+
+/// A fresh call id for a unary call or a new stream (see cancel.rs);
+/// 0 if this panicked (a call that cannot be cancelled).
+#[no_mangle]
+pub extern "C" fn resty_ffi_grpc_call_id() -> f64 {
+    catch_unwind(crate::cancel::new_id).unwrap_or(0) as f64
+}
+
+/// The Lua side gave up on call `id`: end it (RST_STREAM to the server),
+/// close its stream, or make it end as it starts. Never blocks; callable
+/// from a GC finalizer in any phase.
+#[no_mangle]
+pub extern "C" fn resty_ffi_grpc_cancel(id: f64) -> c_int {
+    guarded("resty_ffi_grpc_cancel", || {
+        crate::cancel::cancel(id as u64);
+        0
     })
 }
 

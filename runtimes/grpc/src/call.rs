@@ -2,10 +2,12 @@
 //! request built from the handle's defaults plus the call's own deadline
 //! and metadata.
 //!
-//! Wire format from Lua (one task): `U<conn>\t<timeout_ms>\t<flags>\t<path>\n`
-//! then the metadata JSON object (may be empty), `\n`, then the message
-//! JSON. cjson never writes a raw newline, so the two `\n` are unambiguous.
-//! Flag `m`: answer with the response metadata JSON, `\n`, the message.
+//! Wire format from Lua (one task):
+//! `U<conn>\t<call id>\t<timeout_ms>\t<flags>\t<path>\n` then the metadata
+//! JSON object (may be empty), `\n`, then the message JSON. cjson never
+//! writes a raw newline, so the two `\n` are unambiguous. Flag `m`: answer
+//! with the response metadata JSON, `\n`, the message. The call id is what
+//! Lua cancels the call by (cancel.rs).
 
 use std::time::Duration;
 
@@ -14,6 +16,7 @@ use prost_reflect::{DynamicMessage, MethodDescriptor};
 use tonic::client::Grpc;
 use tonic::{Request, Status};
 
+use crate::abi::TaskHandle;
 use crate::codec::{self, DynamicCodec};
 use crate::conn::{self, Conn};
 use crate::error::Error;
@@ -21,6 +24,8 @@ use crate::error::Error;
 /// The parsed header of a unary call or a new stream.
 pub struct Head<'a> {
     pub conn: u64,
+    /// the id Lua cancels the call by (0: none)
+    pub call: u64,
     pub timeout: Option<Duration>,
     pub flags: &'a str,
     pub path: &'a str,
@@ -49,18 +54,26 @@ impl<'a> Head<'a> {
     pub fn parse(req: &'a [u8]) -> Result<Head<'a>, Error> {
         let (line, rest) = split(req, b'\n');
         let (metadata, body) = split(rest, b'\n');
-        let mut fields = line.splitn(4, |&b| b == b'\t');
+        let mut fields = line.splitn(5, |&b| b == b'\t');
         let mut next = || {
             fields
                 .next()
                 .ok_or_else(|| Error::Request("short header".into()))
         };
         let conn = number(next()?)?;
+        let call = number(next()?)?;
         let ms = number(next()?)?;
+        if ms > crate::conn::MAX_SECONDS * 1000 {
+            return Err(Error::Request(format!(
+                "the call's timeout must be at most {} s (a year), got {ms} ms",
+                crate::conn::MAX_SECONDS
+            )));
+        }
         let flags = text(next()?)?;
         let path = text(next()?)?;
         Ok(Head {
             conn,
+            call,
             timeout: (ms > 0).then(|| Duration::from_millis(ms)),
             flags,
             path,
@@ -90,6 +103,14 @@ pub fn request<T>(
 
 pub fn path(p: &str) -> Result<PathAndQuery, Error> {
     PathAndQuery::try_from(p).map_err(|_| Error::UnknownMethod(p.to_string()))
+}
+
+/// What a call cancelled from Lua is answered with (nobody reads it: the
+/// Lua side gave up already).
+pub fn cancelled() -> Error {
+    Error::Status(Status::cancelled(
+        "the Lua side stopped waiting (its wait timed out or its request ended)",
+    ))
 }
 
 pub fn deadline_exceeded(d: Duration) -> Error {
@@ -140,7 +161,7 @@ pub fn method(path: &str, unary: bool) -> Result<MethodDescriptor, Error> {
 }
 
 /// One unary call; the answer's bytes.
-pub async fn unary(req: &[u8]) -> Result<Vec<u8>, Error> {
+pub async fn unary(req: &[u8], task: TaskHandle) -> Result<Vec<u8>, Error> {
     let head = Head::parse(req)?;
     let m = method(head.path, true)?;
     let msg: DynamicMessage = codec::from_json(&m.input(), head.body)?;
@@ -154,13 +175,21 @@ pub async fn unary(req: &[u8]) -> Result<Vec<u8>, Error> {
             .map_err(|e| Status::unavailable(crate::error::chain(&e)))?;
         grpc.unary(request, pq, DynamicCodec::new(m.output())).await
     };
-    let res = match deadline {
-        Some(d) => tokio::time::timeout(d, call)
-            .await
-            .map_err(|_| deadline_exceeded(d))?,
-        None => call.await,
-    }
-    .map_err(|s| deadline_status(s, deadline))?;
+    let mut watch = crate::cancel::watch(head.call, Some(task));
+    let timed = async {
+        match deadline {
+            Some(d) => tokio::time::timeout(d, call)
+                .await
+                .map_err(|_| deadline_exceeded(d))?,
+            None => call.await,
+        }
+        .map_err(|s| Error::from(deadline_status(s, deadline)))
+    };
+    // cancelled: the call's future is dropped, which resets its HTTP/2 stream
+    let res = tokio::select! {
+        r = timed => r?,
+        _ = watch.cancelled() => return Err(cancelled()),
+    };
     let mut out = Vec::with_capacity(128);
     if head.flags.contains('m') {
         out = crate::metadata::to_json(res.metadata());
@@ -176,18 +205,26 @@ mod tests {
 
     #[test]
     fn head_parses_header_metadata_and_body() {
-        let h = Head::parse(b"7\t1500\tm\t/a.B/C\n{\"k\":\"v\"}\n{\"x\":1}").unwrap();
-        assert_eq!((h.conn, h.flags, h.path), (7, "m", "/a.B/C"));
+        let h = Head::parse(b"7\t9\t1500\tm\t/a.B/C\n{\"k\":\"v\"}\n{\"x\":1}").unwrap();
+        assert_eq!((h.conn, h.call, h.flags, h.path), (7, 9, "m", "/a.B/C"));
         assert_eq!(h.timeout, Some(Duration::from_millis(1500)));
         assert_eq!(h.metadata, br#"{"k":"v"}"#);
         assert_eq!(h.body, br#"{"x":1}"#);
-        let h = Head::parse(b"1\t0\t\t/a.B/C\n\n").unwrap();
+        let h = Head::parse(b"1\t0\t0\t\t/a.B/C\n\n").unwrap();
         assert_eq!((h.timeout, h.metadata, h.body), (None, &b""[..], &b""[..]));
     }
 
     #[test]
     fn bad_headers_are_errors_not_panics() {
-        for bad in [&b""[..], b"x\t0\t\t/p\n\n", b"1\t0", b"1\t-5\t\t/p\n\n"] {
+        for bad in [
+            &b""[..],
+            b"x\t1\t0\t\t/p\n\n",
+            b"1\t1\t0",
+            b"1\t1\t-5\t\t/p\n\n",
+            b"1\t1\t1e+303\t\t/p\n\n",
+            b"1\t1\t31536000001\t\t/p\n\n",
+            b"1\t\t0\t\t/p\n\n",
+        ] {
             assert!(
                 Head::parse(bad).is_err(),
                 "{:?}",

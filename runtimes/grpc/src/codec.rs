@@ -1,6 +1,7 @@
 //! A tonic codec for prost-reflect's dynamic messages, and the protobuf
 //! JSON mapping that turns them into the JSON Lua tables cross as (int64 as
-//! strings, bytes as base64, enums by name, proto field names).
+//! strings, bytes as base64, enums by name, proto field names, fields
+//! without presence written even at their default value).
 
 use prost::Message;
 use prost_reflect::{
@@ -159,7 +160,14 @@ fn fix_empty_tables(value: &mut Value, desc: &MessageDescriptor) -> bool {
     changed
 }
 
-const SERIALIZE: SerializeOptions = SerializeOptions::new().use_proto_field_name(true);
+/// Fields without presence (proto3 scalars and enums, lists, maps) are
+/// written even when they hold their default, as lua-protobuf decodes
+/// proto3: `feature_count = 0` is there for arithmetic, a list is `{}`.
+/// Message fields, oneof members and `optional` fields that are not set
+/// stay out (nil), also as there.
+const SERIALIZE: SerializeOptions = SerializeOptions::new()
+    .use_proto_field_name(true)
+    .skip_default_fields(false);
 
 /// The message's JSON form.
 pub fn to_json(msg: &DynamicMessage, out: &mut Vec<u8>) -> Result<(), Error> {
@@ -207,7 +215,11 @@ mod tests {
         let msg = from_json(&d, br#"{"tags":{},"m":[],"raw":""}"#).unwrap();
         let mut out = Vec::new();
         to_json(&msg, &mut out).unwrap();
-        assert_eq!(out, b"{}");
+        let back: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            back,
+            serde_json::json!({"big": "0", "raw": "", "e": "Z", "m": {}, "tags": []})
+        );
         assert!(from_json(&d, b"[]").is_ok());
     }
 

@@ -59,12 +59,21 @@ fn lock() -> std::sync::MutexGuard<'static, Registry> {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-fn seconds(v: Option<f64>, what: &str) -> Result<Option<Duration>, Error> {
+/// The longest timeout or deadline taken, in seconds (a year): anything
+/// longer is a mistake (math.huge, 1e300), and durations that large make
+/// timers and the grpc-timeout header overflow.
+pub const MAX_SECONDS: u64 = 365 * 24 * 3600;
+
+/// A timeout in seconds: more than 0 (rounded up to 1 ms), at most
+/// [`MAX_SECONDS`]; NaN and infinities are refused.
+pub fn seconds(v: Option<f64>, what: &str) -> Result<Option<Duration>, Error> {
     match v {
         None => Ok(None),
-        Some(s) if s > 0.0 && s.is_finite() => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) if s > 0.0 && s <= MAX_SECONDS as f64 => Ok(Some(
+            Duration::from_secs_f64(s).max(Duration::from_millis(1)),
+        )),
         Some(s) => Err(Error::Request(format!(
-            "{what} must be a positive number of seconds, got {s}"
+            "{what} must be a number of seconds above 0 and at most {MAX_SECONDS} (a year), got {s}"
         ))),
     }
 }
@@ -185,4 +194,33 @@ pub fn close(id: u64) -> bool {
 /// Open handles.
 pub fn count() -> usize {
     lock().conns.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_are_bounded_and_never_panic() {
+        let ms = |v: f64| seconds(Some(v), "t").map(|d| d.map(|d| d.as_millis()));
+        assert_eq!(ms(2.5).unwrap(), Some(2500));
+        assert_eq!(ms(1e-300).unwrap(), Some(1));
+        assert_eq!(
+            ms(MAX_SECONDS as f64).unwrap(),
+            Some(MAX_SECONDS as u128 * 1000)
+        );
+        for bad in [
+            0.0,
+            -1.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            1e300,
+            3.2e7,
+        ] {
+            let e = ms(bad).err().unwrap().to_string();
+            assert!(e.contains("t must be a number of seconds above 0"), "{e}");
+        }
+        assert!(seconds(None, "t").unwrap().is_none());
+    }
 }

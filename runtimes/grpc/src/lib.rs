@@ -6,10 +6,12 @@
 //! Layout: `abi` (the C ABI and every `unsafe`), `runtime` (tokio and the
 //! queue loop), `protos` (descriptor pool), `codec` (dynamic messages and
 //! JSON), `conn` (channels and handles), `call` (unary calls), `stream`
-//! (streaming calls), `metadata`, `error`.
+//! (streaming calls), `cancel` (calls the Lua side gave up on), `metadata`,
+//! `error`.
 
 mod abi;
 mod call;
+mod cancel;
 mod codec;
 mod conn;
 mod error;

@@ -2,11 +2,15 @@
 //! protox (imports resolved from include folders, well-known types built
 //! in), and the method lookup every call starts with.
 //!
-//! Guarantees: loading is synchronous and never touches the network, so
-//! Lua may call it in any phase (init_worker too). A file already in the
-//! pool (same name) is skipped, so loading twice is cheap and harmless.
-//! Lookups take a read lock on a cache of methods; a load swaps the pool
-//! and clears that cache.
+//! Guarantees: loading never touches the network. [`compile`] runs it on a
+//! thread of its own with a large stack and waits for it, so Lua may call it
+//! in any phase (init_worker too) without the parser's recursion ever
+//! touching the worker's stack; [`compile_async`] is the same for phases
+//! that can yield. Every source is checked for nesting deeper than
+//! [`MAX_NESTING`] before it is parsed (protox recurses once per level), so
+//! no input can exhaust that stack. A file already in the pool (same name)
+//! is skipped, so loading twice is cheap and harmless. Lookups take a read
+//! lock on a cache of methods; a load swaps the pool and clears that cache.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -19,6 +23,69 @@ use protox::file::{
 };
 
 use crate::error::Error;
+
+/// How deep `{`, `[`, `(` and `<` may nest in a .proto (messages in
+/// messages, option values in option values). protoc stops nested message
+/// declarations at 32 levels; real files stay far below either.
+pub const MAX_NESTING: usize = 100;
+
+/// The compile thread's stack. protox and prost-reflect recurse once per
+/// level at a few KiB each: MAX_NESTING levels need well under 2 MiB; the
+/// rest is margin. Only the pages touched are ever mapped.
+const COMPILE_STACK: usize = 64 << 20;
+
+/// Where a source nests deeper than [`MAX_NESTING`]: the line of the first
+/// bracket beyond it. Comments and string literals are skipped.
+fn too_deep(src: &str) -> Option<usize> {
+    let b = src.as_bytes();
+    let (mut i, mut depth, mut line) = (0, 0usize, 1);
+    while i < b.len() {
+        match b[i] {
+            b'\n' => line += 1,
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i < b.len() && !(b[i] == b'*' && b.get(i + 1) == Some(&b'/')) {
+                    line += usize::from(b[i] == b'\n');
+                    i += 1;
+                }
+                i += 2;
+                continue;
+            }
+            q @ (b'"' | b'\'') => {
+                i += 1;
+                while i < b.len() && b[i] != q && b[i] != b'\n' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'{' | b'[' | b'(' | b'<' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Some(line);
+                }
+            }
+            b'}' | b']' | b')' | b'>' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+fn check_nesting(name: &str, src: &str) -> Result<(), protox::Error> {
+    match too_deep(src) {
+        None => Ok(()),
+        Some(line) => Err(protox::Error::new(format!(
+            "{name}:{line}: nested deeper than {MAX_NESTING} levels (messages, option values or \
+             brackets); flatten it"
+        ))),
+    }
+}
 
 #[derive(Default)]
 struct Pool {
@@ -40,6 +107,7 @@ struct SourceResolver {
 impl FileResolver for SourceResolver {
     fn open_file(&self, name: &str) -> Result<File, protox::Error> {
         if name == self.name {
+            check_nesting("the source given to grpc.load", &self.source)?;
             File::from_source(name, &self.source)
         } else {
             Err(protox::Error::file_not_found(name))
@@ -47,10 +115,34 @@ impl FileResolver for SourceResolver {
     }
 }
 
+/// An include folder whose files are checked for nesting before protox
+/// parses them.
+struct CheckedInclude {
+    dir: PathBuf,
+    inner: IncludeFileResolver,
+}
+
+impl FileResolver for CheckedInclude {
+    fn resolve_path(&self, path: &Path) -> Option<String> {
+        self.inner.resolve_path(path)
+    }
+
+    fn open_file(&self, name: &str) -> Result<File, protox::Error> {
+        // a file that cannot be read is left to protox, which names the error
+        if let Ok(src) = std::fs::read(self.dir.join(name)) {
+            check_nesting(name, &String::from_utf8_lossy(&src))?;
+        }
+        self.inner.open_file(name)
+    }
+}
+
 fn resolver(includes: &[PathBuf]) -> ChainFileResolver {
     let mut chain = ChainFileResolver::new();
     for inc in includes {
-        chain.add(IncludeFileResolver::new(inc.clone()));
+        chain.add(CheckedInclude {
+            dir: inc.clone(),
+            inner: IncludeFileResolver::new(inc.clone()),
+        });
     }
     chain.add(GoogleFileResolver::new());
     chain
@@ -70,9 +162,106 @@ fn add(compiler: &protox::Compiler, name: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// What to compile: a file (imports from its folder, then `includes`) or
+/// source text (imports from `includes`); the well-known types always.
+pub struct Load {
+    pub src: String,
+    pub is_file: bool,
+    pub includes: Vec<String>,
+}
+
+impl Load {
+    fn run(&self) -> Result<(), Error> {
+        if self.is_file {
+            load_file(&self.src, &self.includes)
+        } else {
+            load_source(&self.src, &self.includes)
+        }
+    }
+
+    fn name(&self) -> String {
+        if self.is_file {
+            self.src.clone()
+        } else {
+            "the source given to grpc.load".into()
+        }
+    }
+}
+
+/// A ':'-separated list of include folders.
+pub fn includes(list: &str) -> Vec<String> {
+    list.split(':')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// A `P` task's request: `<is_file 0|1>\t<includes>\n<path or source>`.
+pub fn parse_load(req: &[u8]) -> Result<Load, Error> {
+    let bad = || Error::Request("load: want <0|1>\\t<includes>\\n<source>".into());
+    let nl = req.iter().position(|&b| b == b'\n').ok_or_else(bad)?;
+    let head = std::str::from_utf8(&req[..nl]).map_err(|_| bad())?;
+    let (flag, includes) = head.split_once('\t').ok_or_else(bad)?;
+    Ok(Load {
+        src: String::from_utf8_lossy(&req[nl + 1..]).into_owned(),
+        is_file: match flag {
+            "0" => false,
+            "1" => true,
+            _ => return Err(bad()),
+        },
+        includes: self::includes(includes),
+    })
+}
+
+fn compile_thread() -> std::thread::Builder {
+    std::thread::Builder::new()
+        .name("ffi-grpc-protoc".into())
+        .stack_size(COMPILE_STACK)
+}
+
+fn thread_error(load: &Load, what: &str) -> Error {
+    Error::Proto {
+        name: load.name(),
+        reason: what.to_string(),
+    }
+}
+
+/// Compiles on a thread of its own (the stack the parser needs) and waits
+/// for it: for phases that cannot yield.
+pub fn compile(load: Load) -> Result<(), Error> {
+    std::thread::scope(|s| {
+        let t = compile_thread()
+            .spawn_scoped(s, || load.run())
+            .map_err(|e| thread_error(&load, &format!("cannot start the compile thread: {e}")))?;
+        t.join()
+            .unwrap_or_else(|_| Err(thread_error(&load, "the compiler panicked")))
+    })
+}
+
+/// As [`compile`], but the caller's task waits without blocking its
+/// thread: for loads made from phases that can yield.
+pub async fn compile_async(load: Load) -> Result<(), Error> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let name = load.name();
+    compile_thread()
+        .spawn(move || {
+            let _ = tx.send(load.run());
+        })
+        .map_err(|e| Error::Proto {
+            name: name.clone(),
+            reason: format!("cannot start the compile thread: {e}"),
+        })?;
+    rx.await.unwrap_or_else(|_| {
+        Err(Error::Proto {
+            name,
+            reason: "the compiler panicked".into(),
+        })
+    })
+}
+
 /// Compiles the file at `path`; imports are looked up in its folder, then
 /// in `includes`, then among the well-known types.
-pub fn load_file(path: &str, includes: &[String]) -> Result<(), Error> {
+pub(crate) fn load_file(path: &str, includes: &[String]) -> Result<(), Error> {
     let file = Path::new(path);
     let dir = file
         .parent()
@@ -99,7 +288,7 @@ pub fn load_file(path: &str, includes: &[String]) -> Result<(), Error> {
 /// Compiles a .proto given as text; imports come from `includes` and the
 /// well-known types. The source is named after its hash, so loading the
 /// same text twice is a no-op.
-pub fn load_source(source: &str, includes: &[String]) -> Result<(), Error> {
+pub(crate) fn load_source(source: &str, includes: &[String]) -> Result<(), Error> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     source.hash(&mut h);
     let name = format!("source-{:016x}.proto", h.finish());
@@ -162,6 +351,79 @@ mod tests {
         for bad in ["/unit.test.S/Nope", "unit.test.S/Call", "/nope.S/Call", ""] {
             let e = method(bad).err().unwrap().to_string();
             assert!(e.contains("unknown method"), "{e}");
+        }
+    }
+
+    fn nested(n: usize) -> String {
+        format!(
+            "syntax = \"proto3\"; package deep{n};\n{}{}",
+            "message M { ".repeat(n),
+            "} ".repeat(n)
+        )
+    }
+
+    #[test]
+    fn nesting_is_counted_outside_comments_and_strings() {
+        assert_eq!(too_deep(&nested(MAX_NESTING)), None);
+        assert_eq!(too_deep(&nested(MAX_NESTING + 1)), Some(2));
+        let braces = "{".repeat(MAX_NESTING + 1);
+        for quiet in [
+            format!("// {braces}\nmessage A {{}}"),
+            format!("/* {braces}\n{braces} */ message A {{}}"),
+            format!("option x = \"{braces}\\\"{braces}\";"),
+            format!("option x = '{braces}';"),
+            format!("{}{}", "{}".repeat(1000), "<>".repeat(1000)),
+        ] {
+            assert_eq!(too_deep(&quiet), None, "{quiet}");
+        }
+        let line3 = format!("a\n/* x\n */ {}", "[(<{".repeat(MAX_NESTING));
+        assert_eq!(too_deep(&line3), Some(3));
+    }
+
+    #[test]
+    fn deep_sources_are_refused_and_the_allowed_depth_compiles_on_a_small_stack() {
+        // test threads have 2 MiB stacks; the compile thread has its own
+        let load = |src: String| {
+            compile(Load {
+                src,
+                is_file: false,
+                includes: vec![],
+            })
+        };
+        load(nested(MAX_NESTING)).unwrap();
+        let e = load(nested(100_000)).err().unwrap().to_string();
+        assert!(e.contains("nested deeper than 100 levels"), "{e}");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let e = rt
+            .block_on(compile_async(Load {
+                src: nested(5000),
+                is_file: false,
+                includes: vec![],
+            }))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("cannot compile the source given to grpc.load"),
+            "{e}"
+        );
+        assert!(e.contains("nested deeper than 100 levels"), "{e}");
+    }
+
+    #[test]
+    fn load_tasks_parse_and_refuse_bad_heads() {
+        let l = parse_load(b"1\t/a:/b\n/x/y.proto").unwrap();
+        assert!(l.is_file);
+        assert_eq!(
+            (l.src.as_str(), l.includes),
+            ("/x/y.proto", vec!["/a".into(), "/b".into()])
+        );
+        let l = parse_load(b"0\t\nsyntax").unwrap();
+        assert!(!l.is_file && l.includes.is_empty());
+        for bad in [&b""[..], b"0", b"2\t\nx", b"0\nx"] {
+            assert!(parse_load(bad).is_err());
         }
     }
 

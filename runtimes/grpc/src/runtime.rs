@@ -15,8 +15,13 @@
 //! nothing clear (the caller, the server and this thread already share two
 //! CPUs); never on when the process may use one CPU only.
 //!
+//! Beside the loop, a task waits on the queue's space fd, which the core
+//! signals when a task's caller stopped waiting (timed out): it then ends
+//! those calls (cancel.rs), so their servers see them cancelled.
+//!
 //! Operations (first byte of a request): `C` connect, `U` unary call, `S`
-//! new stream, `W` send, `R` recv, `E` close_send.
+//! new stream, `W` send, `R` recv, `E` close_send, `P` compile a .proto
+//! (grpc.load from a phase that can yield).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -82,7 +87,12 @@ pub fn start(cfg: &str, queue: Queue) -> Result<(), Error> {
     };
     let _guard = rt.enter();
     let ready = queue.watch()?;
-    rt.spawn(serve(queue, ready, cfg.spin));
+    let cancels = queue.watch_cancels()?;
+    let sweeper = rt.spawn(sweep_on_cancels(cancels));
+    rt.spawn(async move {
+        serve(queue, ready, cfg.spin).await;
+        sweeper.abort();
+    });
     Ok(())
 }
 
@@ -93,6 +103,24 @@ struct Calls {
     in_flight: AtomicUsize,
     /// the last call in flight was answered
     idle: Notify,
+}
+
+/// Sweeps the calls in flight each time the core says a task of the
+/// queue was cancelled. Aborted when the queue's loop ends.
+async fn sweep_on_cancels(cancels: AsyncFd<QueueFd>) {
+    loop {
+        match cancels.readable().await {
+            Ok(mut guard) => {
+                clear_eventfd(cancels.get_ref());
+                guard.clear_ready();
+                crate::cancel::sweep();
+            }
+            Err(e) => {
+                eprintln!("ffi_grpc: waiting on the queue's space fd failed: {e}");
+                return;
+            }
+        }
+    }
 }
 
 async fn serve(queue: Queue, ready: AsyncFd<QueueFd>, spin: Duration) {
@@ -170,15 +198,22 @@ fn spin_for_next(queue: &Queue, spin: Duration) -> Option<Task> {
 
 async fn handle(task: Task, _in_flight: InFlight) {
     let req = task.request();
+    let handle = task.handle();
     let Some((&op, rest)) = req.split_first() else {
         return task.respond(100, Some(b"ffi_grpc: empty request"));
     };
     let done: Result<Option<Vec<u8>>, Error> = match op {
-        b'U' => crate::call::unary(rest).await.map(Some),
+        b'U' => crate::call::unary(rest, handle).await.map(Some),
         b'R' => crate::stream::recv(rest).await,
         b'W' => crate::stream::send(rest).await.map(|_| Some(Vec::new())),
         b'S' => crate::stream::open(rest).map(|id| Some(id.to_string().into_bytes())),
         b'E' => crate::stream::close_send(rest).map(|_| Some(Vec::new())),
+        b'P' => match crate::protos::parse_load(rest) {
+            Ok(load) => crate::protos::compile_async(load)
+                .await
+                .map(|_| Some(Vec::new())),
+            Err(e) => Err(e),
+        },
         b'C' => match serde_json::from_slice(rest) {
             Ok(opts) => crate::conn::connect(opts)
                 .await

@@ -9,10 +9,12 @@
 //! pressure); `recv` callers take messages in turn; `close` (also from
 //! Lua's GC, any phase: it never blocks) drops the stream from the
 //! registry and aborts the pump, which cancels the HTTP/2 stream. A task
-//! already waiting in `recv` then ends with the stream closed.
+//! already waiting in `recv` then ends with the stream closed. A stream's
+//! id is the call id Lua sent with `new_stream`, so a cancel (cancel.rs)
+//! closes it, even one that arrives before the stream was opened.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use prost_reflect::{DynamicMessage, MessageDescriptor};
@@ -46,8 +48,6 @@ fn registry() -> &'static Mutex<HashMap<u64, Arc<Stream>>> {
 fn lock() -> std::sync::MutexGuard<'static, HashMap<u64, Arc<Stream>>> {
     registry().lock().unwrap_or_else(|e| e.into_inner())
 }
-
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 fn get(id: u64) -> Result<Arc<Stream>, Error> {
     lock().get(&id).cloned().ok_or(Error::NoStream(id))
@@ -98,17 +98,34 @@ pub fn open(req: &[u8]) -> Result<u64, Error> {
                 .await;
         }
     });
-    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    lock().insert(
-        id,
-        Arc::new(Stream {
-            input: m.input(),
-            tx: Mutex::new(Some(out_tx)),
-            rx: tokio::sync::Mutex::new(in_rx),
-            pump: pump.abort_handle(),
-        }),
-    );
-    Ok(id)
+    let id = match head.call {
+        0 => crate::cancel::new_id(),
+        id => id,
+    };
+    let stream = Arc::new(Stream {
+        input: m.input(),
+        tx: Mutex::new(Some(out_tx)),
+        rx: tokio::sync::Mutex::new(in_rx),
+        pump: pump.abort_handle(),
+    });
+    let opened = crate::cancel::unless_cancelled(id, || match lock().entry(id) {
+        Entry::Vacant(e) => {
+            e.insert(stream);
+            true
+        }
+        Entry::Occupied(_) => false,
+    });
+    match opened {
+        Some(true) => Ok(id),
+        Some(false) => {
+            pump.abort();
+            Err(Error::Request(format!("stream id {id} is in use")))
+        }
+        None => {
+            pump.abort();
+            Err(call::cancelled())
+        }
+    }
 }
 
 /// Sends one message (`W<id>\n<json>`).

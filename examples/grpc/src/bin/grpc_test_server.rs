@@ -1,7 +1,8 @@
 //! The gRPC server the tests, the demo and the benchmark call: helloworld's
 //! Greeter, routeguide (all four kinds of call), the echo service and the
 //! test probe (every field type, chosen status codes, sleeps, metadata,
-//! slow streams), in plaintext, TLS or mTLS.
+//! slow streams, and how tagged calls ended: finished or cancelled by the
+//! client), in plaintext, TLS or mTLS.
 //!
 //! Usage: grpc_test_server [--listen ADDR] [--tls DIR [--mtls]] [--while-exists PATH]
 //!
@@ -11,8 +12,10 @@
 //! certificate signed by DIR/ca.pem. `--while-exists PATH` stops the
 //! server once PATH is gone (the demo ties it to its staging folder).
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use grpc_examples::echo::echo_server::{Echo, EchoServer};
@@ -21,7 +24,8 @@ use grpc_examples::helloworld::greeter_server::{Greeter, GreeterServer};
 use grpc_examples::helloworld::{HelloReply, HelloRequest};
 use grpc_examples::probe::probe_server::{Probe, ProbeServer};
 use grpc_examples::probe::{
-    Everything, FailRequest, MetadataReply, SleepRequest, Tick, TickRequest,
+    EndedReply, EndedRequest, Everything, FailRequest, MetadataReply, SleepRequest, Tick,
+    TickRequest,
 };
 use grpc_examples::routeguide::route_guide_server::{RouteGuide, RouteGuideServer};
 use grpc_examples::routeguide::{Feature, Point, Rectangle, RouteNote, RouteSummary};
@@ -211,7 +215,59 @@ impl Echo for Echoes {
     }
 }
 
-struct Probing;
+/// How the tagged Sleep and Ticks calls ended, by tag.
+#[derive(Clone, Default)]
+struct Endings(Arc<Mutex<HashMap<String, EndedReply>>>);
+
+impl Endings {
+    fn update(&self, tag: &str, f: impl FnOnce(&mut EndedReply)) {
+        if !tag.is_empty() {
+            f(self.0.lock().unwrap().entry(tag.to_string()).or_default());
+        }
+    }
+
+    /// Counts a tagged call as started; the guard counts how it ends.
+    fn start(&self, tag: String) -> Ending {
+        self.update(&tag, |e| e.started += 1);
+        Ending {
+            endings: self.clone(),
+            tag,
+            finished: false,
+        }
+    }
+}
+
+/// Dropped before `finished` is set: the call was cancelled (tonic drops
+/// a handler when its client resets the stream).
+struct Ending {
+    endings: Endings,
+    tag: String,
+    finished: bool,
+}
+
+impl Ending {
+    fn finish(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        let finished = self.finished;
+        self.endings.update(&self.tag, |e| {
+            if finished {
+                e.finished += 1
+            } else {
+                e.cancelled += 1
+            }
+        });
+    }
+}
+
+#[derive(Default)]
+struct Probing {
+    endings: Endings,
+}
 
 #[tonic::async_trait]
 impl Probe for Probing {
@@ -229,9 +285,17 @@ impl Probe for Probing {
     }
 
     async fn sleep(&self, req: Request<SleepRequest>) -> Result<Response<()>, Status> {
-        let ms = req.into_inner().ms.max(0) as u64;
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+        let r = req.into_inner();
+        let ending = self.endings.start(r.tag);
+        tokio::time::sleep(Duration::from_millis(r.ms.max(0) as u64)).await;
+        ending.finish();
         Ok(Response::new(()))
+    }
+
+    async fn ended(&self, req: Request<EndedRequest>) -> Result<Response<EndedReply>, Status> {
+        let tag = req.into_inner().tag;
+        let map = self.endings.0.lock().unwrap();
+        Ok(Response::new(map.get(&tag).cloned().unwrap_or_default()))
     }
 
     async fn metadata(&self, req: Request<()>) -> Result<Response<MetadataReply>, Status> {
@@ -259,13 +323,15 @@ impl Probe for Probing {
     ) -> Result<Response<Self::TicksStream>, Status> {
         let r = req.into_inner();
         let (tx, out) = channel_stream();
+        let ending = self.endings.start(r.tag);
         tokio::spawn(async move {
             for n in 0..r.count.clamp(0, 100_000) {
                 if tx.send(Ok(Tick { n })).await.is_err() {
-                    break;
+                    return; // the client is gone: `ending` counts a cancel
                 }
                 tokio::time::sleep(Duration::from_millis(r.interval_ms.max(0) as u64)).await;
             }
+            ending.finish();
         });
         Ok(Response::new(out))
     }
@@ -310,7 +376,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             features: features(),
         }))
         .add_service(EchoServer::new(Echoes))
-        .add_service(ProbeServer::new(Probing))
+        .add_service(ProbeServer::new(Probing::default()))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let gone = async {
                 match while_exists {

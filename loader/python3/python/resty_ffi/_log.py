@@ -10,8 +10,11 @@ level, so they carry nginx's format, obey the `error_log` level and follow
     2024/05/01 12:00:00 [notice] 123#123: ffi_python3: hello from Python
 
 stdout lines are logged at `notice`, stderr lines (tracebacks, warnings)
-at `error`. Partial lines are buffered per thread, so lines of concurrent
-threads never mix. `logging` records that reach no handler of the
+at `error`. What one write ending in a newline completes is one log entry
+(`print(multi_line_text)` too): its lines are joined with " | ", so a
+traceback is one entry, not one per line. Partial lines are buffered per
+thread, so lines of concurrent threads never mix. Uncaught exceptions of
+threads and tracebacks of load errors are one entry each as well. `logging` records that reach no handler of the
 application's (Python's "last resort") and records sent to
 `resty_ffi.LogHandler()` are logged at their own level (CRITICAL -> crit,
 ERROR -> error, WARNING -> warn, INFO -> info, DEBUG -> debug).
@@ -26,8 +29,22 @@ import resty_ffi
 CRIT, ERR, WARN, NOTICE, INFO, DEBUG = 3, 4, 5, 6, 7, 8
 
 
-def _emit(level, line):
-    resty_ffi.log(level, "ffi_python3: " + line.rstrip("\r"))
+# Complete lines pending in one thread's buffer are written anyway past
+# this size (a writer that never ends a line must not grow memory).
+_MAX_PENDING = 16384
+
+
+def _emit(level, text):
+    """Writes `text` as one entry; several lines are joined with " | "."""
+    if "\n" in text:
+        text = " | ".join(l.strip() for l in text.split("\n") if l.strip())
+    resty_ffi.log(level, "ffi_python3: " + text.rstrip("\r"))
+
+
+def log_exception(exc, level=ERR):
+    """Logs `exc` with its traceback as one entry."""
+    import traceback
+    _emit(level, "".join(traceback.format_exception(exc)).rstrip())
 
 
 class ErrorLogWriter(io.TextIOBase):
@@ -61,10 +78,15 @@ class ErrorLogWriter(io.TextIOBase):
         if not isinstance(s, str):
             raise TypeError("write() argument must be str, not %s" % type(s).__name__)
         buf = getattr(self._local, "buf", "") + s
-        *lines, rest = buf.split("\n")
-        self._local.buf = rest
-        for line in lines:
-            _emit(self._level, line)
+        if buf.endswith("\n"):
+            self._local.buf = ""
+            _emit(self._level, buf[:-1])
+        elif len(buf) > _MAX_PENDING and "\n" in buf:
+            done, _, rest = buf.rpartition("\n")
+            self._local.buf = rest
+            _emit(self._level, done)
+        else:
+            self._local.buf = buf
         return len(s)
 
     def flush(self):
@@ -93,8 +115,7 @@ class LogHandler(logging.Handler):
             level = INFO
         else:
             level = DEBUG
-        for line in msg.split("\n"):
-            _emit(level, line)
+        _emit(level, msg)
 
 
 def install():
@@ -104,3 +125,15 @@ def install():
     last_resort = LogHandler(logging.WARNING)
     logging.lastResort = last_resort
     resty_ffi.LogHandler = LogHandler
+
+    def excepthook(exc_type, exc, tb):
+        log_exception(exc)
+
+    def thread_excepthook(args):
+        if args.exc_type is not SystemExit:
+            name = args.thread.name if args.thread else "?"
+            import traceback
+            _emit(ERR, "exception in thread %s: %s" % (name, "".join(
+                traceback.format_exception(args.exc_value)).rstrip()))
+    sys.excepthook = excepthook
+    threading.excepthook = thread_excepthook

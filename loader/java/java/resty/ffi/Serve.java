@@ -260,7 +260,10 @@ final class Serve {
                         + " a Stream<byte[]> or a Flow.Publisher<byte[]>, got " + rsp.getClass().getName()));
             }
         } catch (Throwable t) {
-            fail(task, t);
+            if (!task.answered()) {
+                fail(task, t);
+            }
+            // else: answered meanwhile (Stages gave up on the stage)
         }
     }
 

@@ -8,16 +8,16 @@
  * So: every stage the loader waits on takes a slot here (a fixed array, no
  * allocation per call); one watcher thread per JVM learns of every
  * OutOfMemoryError of the JVM (JVMTI's ResourceExhausted event, counted by
- * the loader, plus the ones the loader's own code catches) and answers each
- * stage that was in flight when the first one of an episode happened and
- * is still unanswered -Dresty.ffi.oomGrace ms (default 3000) later, with
- * rc 1 and "java.lang.OutOfMemoryError: ...". A stage that completes later
- * still is ignored (its call is answered once). The watcher allocates
- * nothing while it looks and answers, so it works with the heap full.
+ * the loader, plus the ones the loader's own code catches), twenty times a
+ * second marks every stage in flight when one happened, and answers each
+ * marked stage still unanswered -Dresty.ffi.oomGrace ms (default 3000)
+ * after its mark, with rc 1 and "java.lang.OutOfMemoryError: ...". A stage
+ * that completes later still is ignored (its call is answered once). The
+ * watcher allocates nothing while it looks, marks and answers, so it works
+ * with the heap full.
  *
- * A stage started after that first error waits for the next episode. More
- * than SLOTS stages in flight at once: the others are not watched (they
- * are answered when they complete, as always).
+ * More than SLOTS stages in flight at once: the others are not watched
+ * (they are answered when they complete, as always).
  */
 package resty.ffi;
 
@@ -79,7 +79,6 @@ final class Stages {
 
     /** Watches task's stage from now until remove(task). Never throws. */
     void add(Task task) {
-        task.since = System.nanoTime();
         int start = hint.getAndIncrement();
         for (int k = 0; k < SLOTS; k++) {
             int i = (start + k) & (SLOTS - 1);
@@ -107,11 +106,21 @@ final class Stages {
         return true;
     }
 
-    /** Answers the stages in flight since before `since` (nanoTime). */
-    private void answerLost(long since) {
+    /**
+     * Marks the stages in flight now if the JVM ran out of memory since the
+     * last round (oom), and answers those marked GRACE_MS ago or earlier.
+     */
+    private void sweep(long now, boolean oom) {
         for (int i = 0; i < SLOTS; i++) {
             Task t = inFlight[i];
-            if (t != null && t.since - since < 0 && SLOT.compareAndSet(inFlight, i, t, (Task) null)) {
+            if (t == null) {
+                continue;
+            }
+            if (oom && !t.oomSeen) {
+                t.oomAt = now;
+                t.oomSeen = true;
+            } else if (t.oomSeen && now - t.oomAt >= GRACE_MS * 1_000_000L
+                    && SLOT.compareAndSet(inFlight, i, t, (Task) null)) {
                 try {
                     t.failNatively(1, Task.OOM_NAME, LOST);
                 } catch (Throwable e) {
@@ -128,25 +137,15 @@ final class Stages {
             // keeps the JVM's name
         }
         long seen = outOfMemoryEvents();
-        long episode = 0; // nanoTime of the first error not dealt with; 0: none
         while (true) {
             LockSupport.parkNanos(EVERY_NS);
             try {
                 long now = System.nanoTime();
                 long n = outOfMemoryEvents();
-                if (n != seen) {
-                    seen = n;
-                    if (episode == 0) {
-                        episode = now;
-                    }
-                }
-                if (episode != 0 && now - episode >= GRACE_MS * 1_000_000L) {
-                    for (Stages s : all) {
-                        s.answerLost(episode);
-                    }
-                    episode = 0;
-                }
+                boolean oom = n != seen;
+                seen = n;
                 for (Stages s : all) {
+                    s.sweep(now, oom);
                     if (s.finished && s.empty()) {
                         drop(s);
                     }

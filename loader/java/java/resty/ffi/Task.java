@@ -35,9 +35,11 @@ public final class Task {
 
     @SuppressWarnings("unused") // through HANDLE
     private volatile long handle;
-    /** Where Stages watches this task's stage (-1: not watched), and since when. */
+    /** Where Stages watches this task's stage (-1: not watched). */
     int slot = -1;
-    long since;
+    /** Set by Stages' watcher only: when it saw the JVM run out of memory while this stage ran. */
+    boolean oomSeen;
+    long oomAt;
 
     Task(long handle) {
         this.handle = handle;
