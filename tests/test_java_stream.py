@@ -300,15 +300,19 @@ def test_300_abandoned_streams_close_their_sources_and_leak_nothing(js_nginx):
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         list(pool.map(one, range(250)))
     # every source was closed (its onClose ran) ...
+    # (identical lines are collapsed by the core's log limit: count repeats)
     assert harness.wait_until(
-        lambda: n.error_log().count("java stream closed after") == 301, 20), \
-        n.error_log().count("java stream closed after")
+        lambda: harness.logged(n.error_log(), "java stream closed after") == 301, 20), \
+        harness.logged(n.error_log(), "java stream closed after")
     assert "of 100000" in n.error_log() and "closed after 100000" not in n.error_log()
     # ... and the pollers that pulled them went back or ended
     assert harness.wait_until(lambda: len(harness.thread_names(pid)) <= threads0 + 4, 10), \
         (threads0, harness.thread_names(pid))
     growth_mib = (harness.rss_kib(pid) - rss_warm) / 1024
-    assert growth_mib < 20, growth_mib
+    # the JVM's young generation grows toward its cap (-Xmx256m) as garbage
+    # accrues (20-50 MiB seen); leaking each stream's unread window (up to
+    # 1 MiB) would be ~250 MiB
+    assert growth_mib < 100, growth_mib
     assert n.worker_pids() == [pid]
 
 
