@@ -53,6 +53,10 @@ type SetMode = unsafe extern "C" fn(JvmtiEnv, c_int, c_int, *mut c_void, ...) ->
 type SetCallbacks = unsafe extern "C" fn(JvmtiEnv, *const c_void, jint) -> c_int;
 type AddCapabilities = unsafe extern "C" fn(JvmtiEnv, *const [u32; 4]) -> c_int;
 
+/// # Safety
+/// Called only by the JVM (JVMTI ResourceExhausted) with the event's
+/// arguments, none of which it reads; the body cannot unwind into the JVM
+/// (catch_unwind).
 unsafe extern "C" fn resource_exhausted(
     _jvmti: JvmtiEnv,
     _jni: *mut c_void,

@@ -111,6 +111,10 @@ fn fail_text(f: napi::Fail) -> String {
 
 // ---- lua-resty-ffi's API -------------------------------------------------
 
+/// # Safety
+/// Called only by Node through N-API, on the thread that owns `raw`, with
+/// that call's live callback info; `guarded` keeps panics and errors from
+/// crossing into Node (they become JS exceptions).
 unsafe extern "C" fn poll_task(raw: RawEnv, info: CallbackInfo) -> RawValue {
     guarded(raw, "poll_task", |env| {
         let ([tq], _, _) = env.args::<1>(info).map_err(fail_text)?;
@@ -133,6 +137,10 @@ fn task_of(env: Env, v: Value) -> Option<TaskRef> {
     unsafe { TaskRef::from_handle(h as i64) }
 }
 
+/// # Safety
+/// Called only by Node through N-API, on the thread that owns `raw`, with
+/// that call's live callback info; `guarded` keeps panics and errors from
+/// crossing into Node (they become JS exceptions).
 unsafe extern "C" fn get_req(raw: RawEnv, info: CallbackInfo) -> RawValue {
     guarded(raw, "get_req", |env| {
         let ([t], _, _) = env.args::<1>(info).map_err(fail_text)?;
@@ -146,6 +154,10 @@ unsafe extern "C" fn get_req(raw: RawEnv, info: CallbackInfo) -> RawValue {
     })
 }
 
+/// # Safety
+/// Called only by Node through N-API, on the thread that owns `raw`, with
+/// that call's live callback info; `guarded` keeps panics and errors from
+/// crossing into Node (they become JS exceptions).
 unsafe extern "C" fn get_req_buf(raw: RawEnv, info: CallbackInfo) -> RawValue {
     guarded(raw, "get_req_buf", |env| {
         let ([t], _, _) = env.args::<1>(info).map_err(fail_text)?;
@@ -159,6 +171,10 @@ unsafe extern "C" fn get_req_buf(raw: RawEnv, info: CallbackInfo) -> RawValue {
     })
 }
 
+/// # Safety
+/// Called only by Node through N-API, on the thread that owns `raw`, with
+/// that call's live callback info; `guarded` keeps panics and errors from
+/// crossing into Node (they become JS exceptions).
 unsafe extern "C" fn respond(raw: RawEnv, info: CallbackInfo) -> RawValue {
     guarded(raw, "respond", |env| {
         let ([t, rc, rsp], _, _) = env.args::<3>(info).map_err(fail_text)?;
@@ -234,6 +250,10 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// # Safety
+/// Called only by Node through N-API, on the thread that owns `raw`, with
+/// that call's live callback info; `guarded` keeps panics and errors from
+/// crossing into Node (they become JS exceptions).
 unsafe extern "C" fn log(raw: RawEnv, info: CallbackInfo) -> RawValue {
     guarded(raw, "log", |env| {
         let ([level, msg], _, _) = env.args::<2>(info).map_err(fail_text)?;
@@ -249,6 +269,10 @@ unsafe extern "C" fn log(raw: RawEnv, info: CallbackInfo) -> RawValue {
 
 // ---- the bootstrap's ------------------------------------------------------
 
+/// # Safety
+/// Called only by Node through N-API, on the thread that owns `raw`, with
+/// that call's live callback info; `guarded` keeps panics and errors from
+/// crossing into Node (they become JS exceptions).
 unsafe extern "C" fn setup(raw: RawEnv, info: CallbackInfo) -> RawValue {
     guarded(raw, "_setup", |env| {
         let ([load, track, on_space], _, _) = env.args::<3>(info).map_err(fail_text)?;
@@ -270,6 +294,11 @@ unsafe extern "C" fn setup(raw: RawEnv, info: CallbackInfo) -> RawValue {
 /// On the main thread, for each submitted job: calls the bootstrap's
 /// `load(id, module, reload, func, rest, tq)`, which reports through
 /// `_loaded`.
+///
+/// # Safety
+/// Called only by Node through N-API, on the thread that owns `raw`, with
+/// that call's live callback info; `guarded` keeps panics and errors from
+/// crossing into Node (they become JS exceptions).
 unsafe extern "C" fn run_job(raw: RawEnv, _js: RawValue, _ctx: *mut c_void, data: *mut c_void) {
     if data.is_null() {
         return;
@@ -309,6 +338,10 @@ unsafe extern "C" fn run_job(raw: RawEnv, _js: RawValue, _ctx: *mut c_void, data
     }
 }
 
+/// # Safety
+/// Called only by Node through N-API, on the thread that owns `raw`, with
+/// that call's live callback info; `guarded` keeps panics and errors from
+/// crossing into Node (they become JS exceptions).
 unsafe extern "C" fn loaded(raw: RawEnv, info: CallbackInfo) -> RawValue {
     guarded(raw, "_loaded", |env| {
         let ([id, rc, text], _, _) = env.args::<3>(info).map_err(fail_text)?;
@@ -327,6 +360,10 @@ unsafe extern "C" fn loaded(raw: RawEnv, info: CallbackInfo) -> RawValue {
     })
 }
 
+/// # Safety
+/// Called only by Node through N-API, on the thread that owns `raw`, with
+/// that call's live callback info; `guarded` keeps panics and errors from
+/// crossing into Node (they become JS exceptions).
 unsafe extern "C" fn serve_fn(raw: RawEnv, info: CallbackInfo) -> RawValue {
     guarded(raw, "_serve", |env| {
         let ([tq, handler, name], _, _) = env.args::<3>(info).map_err(fail_text)?;
@@ -341,6 +378,10 @@ unsafe extern "C" fn serve_fn(raw: RawEnv, info: CallbackInfo) -> RawValue {
     })
 }
 
+/// # Safety
+/// Called only by Node through N-API, on the thread that owns `raw`, with
+/// that call's live callback info; `guarded` keeps panics and errors from
+/// crossing into Node (they become JS exceptions).
 unsafe extern "C" fn answer_fn(raw: RawEnv, info: CallbackInfo) -> RawValue {
     guarded(raw, "_answer", |env| {
         let ([id, v], _, _) = env.args::<2>(info).map_err(fail_text)?;
@@ -351,6 +392,10 @@ unsafe extern "C" fn answer_fn(raw: RawEnv, info: CallbackInfo) -> RawValue {
     })
 }
 
+/// # Safety
+/// Called only by Node through N-API, on the thread that owns `raw`, with
+/// that call's live callback info; `guarded` keeps panics and errors from
+/// crossing into Node (they become JS exceptions).
 unsafe extern "C" fn chunk_fn(raw: RawEnv, info: CallbackInfo) -> RawValue {
     guarded(raw, "_chunk", |env| {
         let ([id, v], _, _) = env.args::<2>(info).map_err(fail_text)?;
@@ -360,6 +405,10 @@ unsafe extern "C" fn chunk_fn(raw: RawEnv, info: CallbackInfo) -> RawValue {
     })
 }
 
+/// # Safety
+/// Called only by Node through N-API, on the thread that owns `raw`, with
+/// that call's live callback info; `guarded` keeps panics and errors from
+/// crossing into Node (they become JS exceptions).
 unsafe extern "C" fn fail_fn(raw: RawEnv, info: CallbackInfo) -> RawValue {
     guarded(raw, "_fail", |env| {
         let ([id, e], _, _) = env.args::<2>(info).map_err(fail_text)?;

@@ -116,6 +116,9 @@ fn run(args: Vec<String>, tx: SyncSender<Result<(), String>>) {
     );
 }
 
+/// # Safety
+/// Called once by the C++ host with the `data` handed to it in `run` (a
+/// leaked Box it takes back) and a NUL-terminated `msg` or NULL.
 unsafe extern "C" fn on_ready(data: *mut c_void, ok: c_int, msg: *const c_char) {
     let _ = std::panic::catch_unwind(|| {
         // SAFETY: data is the Box made in `run`, taken back once here.
@@ -133,6 +136,10 @@ unsafe extern "C" fn on_ready(data: *mut c_void, ok: c_int, msg: *const c_char) 
 }
 
 /// `process.exit(code)` in Node's main thread: see the module doc.
+///
+/// # Safety
+/// Called once by the C++ host with the `data` handed to it in `run` (a
+/// leaked Box it takes back) and a NUL-terminated `msg` or NULL.
 unsafe extern "C" fn on_exit(code: c_int) {
     let code = if code == 2 { 1 } else { code };
     // The log queue's lines are written by this worker's dispatcher, which

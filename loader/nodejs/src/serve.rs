@@ -153,6 +153,9 @@ pub fn start(env: Env, tq: usize, handler: Value, name: String) -> Result<(), St
     Ok(())
 }
 
+/// # Safety
+/// Called only by libuv on Node's thread with the `data` given at
+/// registration: the leaked `Server`, which lives for the process.
 unsafe extern "C" fn on_readable(data: *mut c_void) {
     // SAFETY: data is the leaked Server (see start), used on its thread.
     let server = unsafe { &*(data as *const Server) };
@@ -163,6 +166,9 @@ unsafe extern "C" fn on_readable(data: *mut c_void) {
     guard(server);
 }
 
+/// # Safety
+/// Called only by libuv on Node's thread with the `data` given at
+/// registration: the leaked `Server`, which lives for the process.
 unsafe extern "C" fn on_space(data: *mut c_void) {
     // SAFETY: as for on_readable.
     let server = unsafe { &*(data as *const Server) };
@@ -200,6 +206,9 @@ unsafe extern "C" fn on_space(data: *mut c_void) {
     }
 }
 
+/// # Safety
+/// Called only by libuv on Node's thread with the `data` given at
+/// registration: the leaked `Server`, which lives for the process.
 unsafe extern "C" fn on_idle(data: *mut c_void) {
     // SAFETY: as for on_readable.
     let server = unsafe { &*(data as *const Server) };
