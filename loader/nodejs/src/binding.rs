@@ -296,9 +296,9 @@ unsafe extern "C" fn setup(raw: RawEnv, info: CallbackInfo) -> RawValue {
 /// `_loaded`.
 ///
 /// # Safety
-/// Called only by Node through N-API, on the thread that owns `raw`, with
-/// that call's live callback info; `guarded` keeps panics and errors from
-/// crossing into Node (they become JS exceptions).
+/// Called only by N-API's thread-safe function on Node's main thread, with
+/// the `data` passed to `submit` (a Box taken back once here, or NULL at
+/// teardown); panics are caught and finish the job with an error.
 unsafe extern "C" fn run_job(raw: RawEnv, _js: RawValue, _ctx: *mut c_void, data: *mut c_void) {
     if data.is_null() {
         return;

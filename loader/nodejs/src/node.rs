@@ -138,8 +138,8 @@ unsafe extern "C" fn on_ready(data: *mut c_void, ok: c_int, msg: *const c_char) 
 /// `process.exit(code)` in Node's main thread: see the module doc.
 ///
 /// # Safety
-/// Called once by the C++ host with the `data` handed to it in `run` (a
-/// leaked Box it takes back) and a NUL-terminated `msg` or NULL.
+/// Called only by the C++ host's process-exit hook, with an int; it reads
+/// no memory of the caller's.
 unsafe extern "C" fn on_exit(code: c_int) {
     let code = if code == 2 { 1 } else { code };
     // The log queue's lines are written by this worker's dispatcher, which
