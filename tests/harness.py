@@ -536,6 +536,25 @@ def logged(log, text):
     return n
 
 
+def hang_up_when(port, path, enough, timeout=20):
+    """A client that leaves mid-answer: GETs `path`, reads until
+    `enough(received bytes)` is true (or the server closes), then resets
+    the connection (RST, not FIN: the client is gone). Returns the bytes
+    received and the time of the reset."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    buf = b""
+    while not enough(buf):
+        data = s.recv(4096)
+        if not data:
+            break
+        buf += data
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01" + b"\x00" * 7)
+    t = time.time()
+    s.close()
+    return buf, t
+
+
 def wait_until(cond, timeout, step=0.05):
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -175,17 +175,11 @@ def test_an_exception_mid_stream_reaches_recv_after_the_chunks_before_it(js_ngin
 
 
 def read_some_then_hang_up(port, p, want=3):
-    s = socket.create_connection(("127.0.0.1", port), timeout=20)
-    s.sendall(b"GET " + p.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
-    buf = b""
-    while len(numbered(buf.decode(errors="replace").split("\n"))) < want:
-        data = s.recv(4096)
-        assert data, buf
-        buf += data
-    # RST, not FIN: the client is gone
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    s.close()
-    return time.time()
+    def enough(buf):
+        return len(numbered(buf.decode(errors="replace").split("\n"))) >= want
+    buf, t = harness.hang_up_when(port, p, enough)
+    assert enough(buf), buf
+    return t
 
 
 @pytest.mark.parametrize("cfg,marker", [

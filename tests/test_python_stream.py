@@ -216,19 +216,9 @@ def markers(n, what, req):
 def hang_up_after(port, path, lines):
     """Reads until `lines` body lines came, then resets the connection;
     returns the time of the reset."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
-    buf = b""
-    while b"\r\n\r\n" not in buf or buf.split(b"\r\n\r\n", 1)[1].count(b"\n") < lines:
-        data = s.recv(4096)
-        if not data:
-            break
-        buf += data
-    # RST, not FIN: the client is gone
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    t = time.time()
-    s.close()
-    return t
+    def enough(buf):
+        return b"\r\n\r\n" in buf and buf.split(b"\r\n\r\n", 1)[1].count(b"\n") >= lines
+    return harness.hang_up_when(port, path, enough, timeout=10)[1]
 
 
 def waiting_is_zero(n):

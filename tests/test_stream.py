@@ -183,18 +183,7 @@ def test_a_small_window_holds_the_producer_back(nginx):
 
 
 def read_some_then_hang_up(port, path, want=3):
-    s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
-    buf = b""
-    while buf.count(b"\n") < 8 + want:
-        data = s.recv(4096)
-        if not data:
-            break
-        buf += data
-    # RST, not FIN: the client is gone
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    s.close()
-    return buf
+    return harness.hang_up_when(port, path, lambda buf: buf.count(b"\n") >= 8 + want)[0]
 
 
 def test_a_client_that_disconnects_mid_stream_stops_the_producer(nginx):
