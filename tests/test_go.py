@@ -123,13 +123,7 @@ def test_go_streaming_example_streams_joins_and_stops_when_the_client_leaves(ngi
     assert n.get("/go_plain?req=3:0:x") == (200, b"true|1:x\n2:x\n3:x\n|nil")
     assert n.get("/go_stream?req=bad") == (200, b"ERR request must be N:MS:text 2")
     # a client that leaves mid-stream: the goroutine stops
-    import socket
-    s = socket.create_connection(("127.0.0.1", n.port), timeout=10)
-    s.sendall(b"GET /go_stream?req=100000:2:tok HTTP/1.1\r\nHost: x\r\n\r\n")
-    buf = b""
-    while buf.count(b"tok") < 5:
-        buf += s.recv(4096)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01" + b"\x00" * 7)
-    s.close()
+    harness.hang_up_when(n.port, "/go_stream?req=100000:2:tok",
+                         lambda buf: buf.count(b"tok") >= 5)
     assert harness.wait_until(lambda: "go stream: reader gone after" in n.error_log(), 5), \
         n.error_log()[-2000:]
