@@ -3,8 +3,8 @@ Node (Debian 12's libnode108: from dpkg, or unpacked by ci/setup-nodejs.sh
 into its private prefix), with workers running as `nobody`.
 
 Runtimes under test: lua-resty-ffi's demo/echo.js unchanged (compat style:
-a worker_thread polls, the main thread answers), handler-style modules in
-tests/nodejs, and an npm package (escape-html, installed by
+a worker_thread polls, the main thread answers; examples/nodejs/demo),
+handler-style modules in tests/nodejs, and an npm package (escape-html, installed by
 ci/setup-nodejs.sh) required from a folder on NODE_PATH. Everything is
 staged into the world-readable stage folder; nginx passes NODE_PATH with
 `env`.
@@ -17,11 +17,11 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.parse
 
 import pytest
 
 import harness
+from harness import call, par, q, unload  # clients of harness.LOADER_LOCATIONS
 
 SERVER = harness.loader_locations("ffi_nodejs") + r"""
 location /stream {
@@ -79,6 +79,8 @@ def nstage(stage):
     """The stage plus js/ (tests/nodejs) and hot/ (for reload tests)."""
     subprocess.run(["bash", os.path.join(harness.ROOT, "ci", "setup-nodejs.sh")], check=True)
     stage.js = stage.add_tree(os.path.join(harness.ROOT, "tests", "nodejs"), "js")
+    # lua-resty-ffi's demo/echo.js: the example's copy, as NODE_PATH's demo/
+    stage.add_tree(os.path.join(harness.ROOT, "examples", "nodejs", "demo"), "js/demo")
     stage.js_hot = os.path.join(stage.dir, "hot")
     os.makedirs(stage.js_hot, exist_ok=True)
     stage.node_path = ":".join([stage.js, stage.js_hot,
@@ -95,33 +97,6 @@ def n_nginx(nginx, nstage):
             lines += "env %s=%s;\n" % (k, v)
         return nginx(SERVER, main=lines + main, **kw)
     return start
-
-
-def q(cfg):
-    return urllib.parse.quote(cfg, safe="")
-
-
-def call(n, cfg, body=b"", timeout=None, nil=False):
-    path = "/call?cfg=" + q(cfg)
-    if timeout:
-        path += "&timeout=%s" % timeout
-    if nil:
-        path += "&nil_req=1"
-    return n.post(path, body)
-
-
-def unload(n, cfg):
-    status, body = n.get("/unload?cfg=" + q(cfg))
-    assert (status, body) == (200, b"unloaded"), body
-
-
-def par(n, cfg, count, req, want):
-    status, body = n.get("/par?cfg=%s&n=%d&req=%s&want=%s" % (
-        q(cfg), count, q(req), q(want)), timeout=60)
-    assert status == 200, body
-    m = re.fullmatch(rb"good=(\d+) elapsed=([\d.]+)", body)
-    assert m, body
-    return int(m.group(1)), float(m.group(2))
 
 
 def lines_at(log, level, text):
@@ -293,21 +268,19 @@ def test_a_stream_that_throws_or_yields_no_bytes_ends_with_rc_1(n_nginx):
 def test_load_errors_say_what_to_do_and_nginx_keeps_serving(n_nginx):
     n = n_nginx()
     cases = [
-        ("nope,init", "cannot find module 'nope' (NODE_PATH: "),
-        ("nope,init", "put it in a folder on NODE_PATH"),
-        ("broken,init", "loading module 'broken' ("),
-        ("broken,init", "SyntaxError"),
-        ("handler,missing", "has no function 'missing' (it exports: echo, upper"),
-        ("inits,value", "has no function 'value' (it is a number (7), not a function)"),
-        ("inits,throws", "inits.throws(cfg, tq) threw Error: no configuration given"),
-        ("inits,undef", "inits.undef(cfg, tq) returned undefined: return 0 once"),
-        ("inits,rc", "libffi_init returned 3"),
-        ("handler", "bad cfg 'handler': no function name"),
+        ("nope,init", 5, "cannot find module 'nope' (NODE_PATH: "),
+        ("nope,init", 5, "put it in a folder on NODE_PATH"),
+        ("broken,init", 5, "loading module 'broken' ("),
+        ("broken,init", 5, "SyntaxError"),
+        ("handler,missing", 6, "has no function 'missing' (it exports: echo, upper"),
+        ("inits,value", 6, "has no function 'value' (it is a number (7), not a function)"),
+        ("inits,throws", 7, "inits.throws(cfg, tq) threw Error: no configuration given"),
+        ("inits,undef", 8, "inits.undef(cfg, tq) returned undefined: return 0 once"),
+        ("inits,rc", 3, "inits.rc(cfg, tq) returned 3"),
+        ("handler", 2, "bad cfg 'handler': no function name"),
     ]
-    for cfg, want in cases:
-        status, body = call(n, cfg, b"x")
-        assert status == 500, (cfg, body)
-        assert want in body.decode(), (cfg, body)
+    for cfg, rc, text in cases:
+        harness.load_fails(n, cfg, rc, text)
     assert n.get("/plain") == (200, b"plain")
     assert call(n, "handler,echo", b"fine") == (200, b"fine")
 
