@@ -16,6 +16,7 @@ driven from outside over loopback; the host's /tmp is bound into the root,
 so the stage and nginx prefixes have the same paths on both sides.
 """
 
+import http.client
 import os
 import re
 import shutil
@@ -26,6 +27,7 @@ import tempfile
 import textwrap
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,12 +39,17 @@ HOST_RELEASE = int(open("/etc/debian_version").read().split(".")[0])
 # RESTY_FFI_DEBIAN=N: run nginx inside a Debian N root (None: the host's)
 DEBIAN = int(os.environ["RESTY_FFI_DEBIAN"]) if os.environ.get("RESTY_FFI_DEBIAN") else None
 # what each release's packages give: the Python the loader embeds, the
-# default JDK's major version, libnode's Node major, nginx's major.minor
-# and lua-nginx-module's version (as ngx.config reports them)
+# default JDK's major version, libnode's Node major, nginx's major.minor,
+# lua-nginx-module's version (as ngx.config reports them) and
+# lua-resty-core's (ngx.semaphore, which the call path waits on, is one of
+# its modules; it refuses to load with any lua module but the one it was
+# released with)
 RELEASES = {12: {"codename": "bookworm", "python": "3.11", "java": 17, "node": 18,
-                 "libnode": "libnode108", "nginx": 1022, "ngx_lua": 10023},
+                 "libnode": "libnode108", "nginx": 1022, "ngx_lua": 10023,
+                 "resty_core": "0.1.25"},
             13: {"codename": "trixie", "python": "3.13", "java": 21, "node": 20,
-                 "libnode": "libnode115", "nginx": 1026, "ngx_lua": 10028}}
+                 "libnode": "libnode115", "nginx": 1026, "ngx_lua": 10028,
+                 "resty_core": "0.1.31"}}
 TARGET = RELEASES[DEBIAN or HOST_RELEASE]
 PYTHON_VERSION = TARGET["python"]
 PYTHON = "/usr/bin/python" + PYTHON_VERSION
@@ -370,6 +377,59 @@ def loader_locations(loader):
     return LOADER_LOCATIONS.replace("@LOADER@", loader)
 
 
+# Clients of LOADER_LOCATIONS, shared by the loaders' suites: `n` is a
+# running Nginx serving them, `cfg` the loader's cfg string.
+
+def q(s):
+    """`s` quoted for a query string (cfg strings hold '/', ',', '?')."""
+    return urllib.parse.quote(s, safe="")
+
+
+def call(n, cfg, body=b"", timeout=None, nil=False):
+    """One call through /call: (status, body)."""
+    path = "/call?cfg=" + q(cfg)
+    if timeout:
+        path += "&timeout=%s" % timeout
+    if nil:
+        path += "&nil_req=1"
+    return n.post(path, body)
+
+
+def unload(n, cfg):
+    status, body = n.get("/unload?cfg=" + q(cfg))
+    assert (status, body) == (200, b"unloaded"), body
+
+
+def par(n, cfg, count, req, want):
+    """`count` calls at once through /par: (right answers, seconds)."""
+    status, body = n.get("/par?cfg=%s&n=%d&req=%s&want=%s" % (
+        q(cfg), count, q(req), q(want)), timeout=60)
+    assert status == 200, body
+    m = re.fullmatch(rb"good=(\d+) elapsed=([\d.]+)", body)
+    assert m, body
+    return int(m.group(1)), float(m.group(2))
+
+
+def load_error(n, cfg):
+    """The error Lua got for a load of `cfg` that must fail."""
+    status, got = call(n, cfg, b"x")
+    assert status == 500, (cfg, got)
+    return got.decode()
+
+
+def load_fails(n, cfg, rc, text):
+    """Loading `cfg` must fail with libffi_init's code `rc` and `text` in
+    both Lua's error and the error.log lines this load wrote; returns
+    those lines."""
+    before = len(n.error_log())
+    err = load_error(n, cfg)
+    assert err.startswith("load failed: resty_ffi: "), (cfg, err)
+    assert "libffi_init returned %d" % rc in err and text in err, (cfg, err)
+    new = n.error_log()[before:]
+    assert text in new, (cfg, new[-3000:])
+    return new
+
+
 class Nginx:
     """A running nginx with the lua module. Use as a context manager."""
 
@@ -485,6 +545,25 @@ class Nginx:
 
     def url(self, path):
         return "http://127.0.0.1:%d%s" % (self.port, path)
+
+    def get_as_it_comes(self, path, count=lambda body: body.count(b"\n"), timeout=30):
+        """GET `path`, reading each piece as it arrives (a stream's chunks,
+        server-sent events): returns (response, body, stamps), stamps being
+        [(seconds since the request, count(body so far))] per piece. The
+        response's status and headers stay readable."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        t0 = time.time()
+        conn.request("GET", path)
+        r = conn.getresponse()
+        stamps, body = [], b""
+        while True:
+            data = r.read1(65536)
+            if not data:
+                break
+            body += data
+            stamps.append((time.time() - t0, count(body)))
+        conn.close()
+        return r, body, stamps
 
     def request(self, path, body=None, timeout=30, method=None):
         """Returns (status, body bytes)."""

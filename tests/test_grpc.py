@@ -254,14 +254,15 @@ def test_grpc_load_compiles_source_text_with_imports(run, servers, grpc_stage):
         local ok2, err2 = grpc.loadfile("/nonexistent/x.proto")
         -- the method is known now; the server does not implement it
         local _, conn = grpc.connect(args.addr)
-        local ok3, err3, st3 = conn:unary("/alias.Greeter2/SayHello", { name = "x" })
+        local ok3, code3, err3, st3 = conn:unary("/alias.Greeter2/SayHello", { name = "x" })
         return { ok = ok == nil, err = err, ok2 = ok2 == nil, err2 = err2,
-                 err3 = err3, code3 = st3.code }
+                 err3 = err3, code3 = code3, st_code3 = st3.code }
     """, proto=grpc_stage["proto"], addr=servers["plain"].addr)
     assert res["ok"] and "cannot compile the source given to grpc.load" in res["err"]
     assert res["ok2"] and "/nonexistent/x.proto" in res["err2"]
     assert "no such file" in res["err2"]
     assert res["err3"].startswith("UNIMPLEMENTED (12)") and res["code3"] == 12
+    assert res["st_code3"] == 12
 
 
 def test_server_client_and_bidi_streaming(run, servers):
@@ -310,7 +311,7 @@ def test_server_client_and_bidi_streaming(run, servers):
         local ok, last = s:recv()
         out.chat, out.chat_end = chat, { ok, last == nil }
         assert(s:close())
-        local ok2, err2 = s:send({})
+        local ok2, code2, err2 = s:send({})
         out.after_close = err2
         return out
     """, addr=servers["plain"].addr)
@@ -326,8 +327,8 @@ def test_server_client_and_bidi_streaming(run, servers):
 def test_calls_of_the_wrong_kind_are_refused_with_a_hint(run, servers):
     res = run("""
         local ok, conn = grpc.connect(args.addr)
-        local ok1, e1 = conn:unary("/routeguide.RouteGuide/RouteChat", {})
-        local ok2, e2 = conn:new_stream("/helloworld.Greeter/SayHello")
+        local ok1, _, e1 = conn:unary("/routeguide.RouteGuide/RouteChat", {})
+        local ok2, _, e2 = conn:new_stream("/helloworld.Greeter/SayHello")
         return { e1, e2, ok1, ok2 }
     """, addr=servers["plain"].addr)
     assert "bidirectional-streaming method: call it with conn:new_stream" in res[0]
@@ -345,9 +346,9 @@ TLS_CALL = """
     if not ok then
         return { connect_err = err, rc = conn }
     end
-    local ok, res, st = conn:unary("/grpc.examples.echo.Echo/UnaryEcho", { message = "hello" })
+    local ok, res, err = conn:unary("/grpc.examples.echo.Echo/UnaryEcho", { message = "hello" })
     if not ok then
-        return { call_err = res }
+        return { call_err = err, rc = res }
     end
     local ok, s = conn:new_stream("/grpc.examples.echo.Echo/ServerStreamingEcho")
     assert(ok, s)
@@ -390,8 +391,9 @@ def test_mtls_without_a_client_certificate_fails_cleanly(run, servers, grpc_stag
 def test_wrong_ca_fails_cleanly(run, servers, grpc_stage):
     res = run(TLS_CALL, addr=servers["tls"].addr, certs=grpc_stage["certs"],
               ca="other_ca.pem", client="1")
-    assert res["rc"] == 100
-    assert "cannot connect to " + servers["tls"].addr in res["connect_err"]
+    assert res["rc"] == 14    # a transport failure: UNAVAILABLE
+    assert res["connect_err"].startswith("UNAVAILABLE (14): cannot connect to "
+                                         + servers["tls"].addr), res
     assert "certificate" in res["connect_err"].lower()
 
 
@@ -399,11 +401,11 @@ def test_deadline_exceeded_per_call_and_by_default(run, servers):
     res = run("""
         local ok, conn = grpc.connect(args.addr)
         local t0 = ngx.now()
-        local ok1, e1, st1 = conn:unary("/resty.test.Probe/Sleep", { ms = 3000 }, { timeout = 0.2 })
+        local ok1, _, e1, st1 = conn:unary("/resty.test.Probe/Sleep", { ms = 3000 }, { timeout = 0.2 })
         ngx.update_time()
         local took1 = ngx.now() - t0
         local ok, c2 = grpc.connect(args.addr, { timeout = 0.3 })
-        local ok2, e2, st2 = c2:unary("/resty.test.Probe/Sleep", { ms = 3000 })
+        local ok2, _, e2, st2 = c2:unary("/resty.test.Probe/Sleep", { ms = 3000 })
         local ok3 = c2:unary("/resty.test.Probe/Sleep", { ms = 10 })
         return { ok1, e1, st1.code, st1.status, took1, ok2, st2.status, ok3 }
     """, addr=servers["plain"].addr)
@@ -421,7 +423,7 @@ def test_deadline_exceeded_per_call_and_by_default(run, servers):
 def test_status_codes_reach_lua_with_name_number_message_and_trailers(run, servers, code, name):
     res = run("""
         local ok, conn = grpc.connect(args.addr)
-        local ok, err, st = conn:unary("/resty.test.Probe/Fail",
+        local ok, _, err, st = conn:unary("/resty.test.Probe/Fail",
                                        { code = tonumber(args.code), message = "it broke" })
         return { ok, err, st }
     """, addr=servers["plain"].addr, code=code)
@@ -450,13 +452,13 @@ def test_bad_input_gives_clear_errors(run, servers):
     res = run("""
         local out = {}
         local ok, conn = grpc.connect(args.addr)
-        local _, e = conn:unary("/no.Such/Method", {})
+        local _, _, e = conn:unary("/no.Such/Method", {})
         out.unknown = e
-        _, e = conn:unary("/helloworld.Greeter/SayHello", { nosuch = 1 })
+        _, _, e = conn:unary("/helloworld.Greeter/SayHello", { nosuch = 1 })
         out.unknown_field = e
-        _, e = conn:unary("/helloworld.Greeter/SayHello", { name = { 1, 2 } })
+        _, _, e = conn:unary("/helloworld.Greeter/SayHello", { name = { 1, 2 } })
         out.wrong_type = e
-        _, e = conn:unary("/helloworld.Greeter/SayHello", { name = function() end })
+        _, _, e = conn:unary("/helloworld.Greeter/SayHello", { name = function() end })
         out.unencodable = e
         local ok2, rc, e2 = grpc.connect("127.0.0.1:" .. args.closed, { connect_timeout = 2 })
         out.unreachable = { ok2, rc, e2 }
@@ -465,7 +467,7 @@ def test_bad_input_gives_clear_errors(run, servers):
         _, _, e = grpc.connect(args.addr, { nosuch = 1 })
         out.bad_opt = e
         conn:close()
-        _, e = conn:unary("/helloworld.Greeter/SayHello", {})
+        _, _, e = conn:unary("/helloworld.Greeter/SayHello", {})
         out.closed = e
         -- still healthy afterwards
         local ok3, c3 = grpc.connect(args.addr)
@@ -477,7 +479,7 @@ def test_bad_input_gives_clear_errors(run, servers):
     assert "nosuch" in res["unknown_field"]
     assert "does not fit message helloworld.HelloRequest" in res["wrong_type"]
     assert "cannot encode the table" in res["unencodable"]
-    assert res["unreachable"][0] is False and res["unreachable"][1] == 100
+    assert res["unreachable"][0] is False and res["unreachable"][1] == 14
     assert "cannot connect to 127.0.0.1:%d" % closed in res["unreachable"][2]
     assert "bad target" in res["bad_target"]
     assert "unknown connect option 'nosuch'" in res["bad_opt"]
@@ -522,10 +524,11 @@ def test_server_killed_mid_stream_then_reconnect_when_it_comes_back(run, servers
             assert(s:close_send())
             local n = 0
             for _ = 1, 10000 do
-                local ok, t, st = s:recv()
+                local ok, code, err = s:recv()
                 if not ok then
-                    return { n = n, err = t }
+                    return { n = n, err = err, code = code }
                 end
+                local t = code
                 if not t then
                     return { n = n, ended = true }
                 end
@@ -542,14 +545,14 @@ def test_server_killed_mid_stream_then_reconnect_when_it_comes_back(run, servers
     assert not t.is_alive()
     res = got["res"]
     assert res["n"] > 5, res
-    assert "err" in res, res
+    assert "err" in res and res["code"] == 14, res
 
     call = """
         local ok, conn, err = grpc.connect(args.addr)
         if not ok then return { err = err } end
-        local ok, res, st = conn:unary("/helloworld.Greeter/SayHello", { name = "back" },
-                                       { timeout = 2 })
-        if not ok then return { err = res } end
+        local ok, res, err = conn:unary("/helloworld.Greeter/SayHello", { name = "back" },
+                                        { timeout = 2 })
+        if not ok then return { err = err } end
         return { message = res.message }
     """
     down = run(call, addr="127.0.0.1:%d" % port)
@@ -707,8 +710,8 @@ def test_absurd_timeouts_and_options_are_refused_with_clear_errors_not_panics(ru
                                                         timeout = 31536000 })
         assert(ok, err)
         for _, v in ipairs(absurd) do
-            local ok, err = conn:unary("/helloworld.Greeter/SayHello", { name = "x" },
-                                       { timeout = v })
+            local ok, _, err = conn:unary("/helloworld.Greeter/SayHello", { name = "x" },
+                                          { timeout = v })
             rows[#rows + 1] = { "call timeout", tostring(v), ok, err }
         end
         local out = { rows = rows }
@@ -716,7 +719,7 @@ def test_absurd_timeouts_and_options_are_refused_with_clear_errors_not_panics(ru
         out.md_list = err
         _, _, err = grpc.connect(args.addr, { metadata = { ["x-n"] = 5 } })
         out.md_number = err
-        _, err = conn:unary("/helloworld.Greeter/SayHello", {}, { metadata = { ["x-t"] = {} } })
+        _, _, err = conn:unary("/helloworld.Greeter/SayHello", {}, { metadata = { ["x-t"] = {} } })
         out.call_md = err
         _, _, err = grpc.connect(args.addr, { host = "" })
         out.empty_host = err
@@ -739,7 +742,8 @@ def test_absurd_timeouts_and_options_are_refused_with_clear_errors_not_panics(ru
     for k in ("md_list", "md_number", "call_md"):
         assert "metadata must be a table of strings" in res[k], res
     assert "ffi_grpc: bad target" in res["empty_host"], res
-    assert "ffi_grpc:" in res["bad_ca"], res
+    # TLS against a plaintext server: a transport failure
+    assert res["bad_ca"].startswith("UNAVAILABLE (14): cannot connect"), res
     assert res["tiny"] is True or "cannot connect" in res["tiny"], res
     assert res["year"] == "Hello year!"
     log = run.nginx.error_log()
@@ -778,7 +782,7 @@ def test_calls_the_lua_side_gave_up_on_are_cancelled_on_the_server(run, servers)
         local saved = grpc.NO_DEADLINE_WAIT
         grpc.NO_DEADLINE_WAIT = 0.3
         local t0 = ngx.now()
-        local ok1, err1 = conn:unary("/resty.test.Probe/Sleep", { ms = 5000, tag = tag .. "-wait" })
+        local ok1, _, err1 = conn:unary("/resty.test.Probe/Sleep", { ms = 5000, tag = tag .. "-wait" })
         -- a stream whose recv times out
         local ok, s = conn:new_stream("/resty.test.Probe/Ticks")
         local first, second, err2
@@ -786,7 +790,7 @@ def test_calls_the_lua_side_gave_up_on_are_cancelled_on_the_server(run, servers)
             s:send({ count = 100, interval_ms = 400, tag = tag .. "-stream" })
             s:close_send()
             _, first = s:recv()
-            second, err2 = s:recv()
+            second, _, err2 = s:recv()
         end
         grpc.NO_DEADLINE_WAIT = saved
         out.wait = { ok1, err1 }

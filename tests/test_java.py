@@ -18,11 +18,11 @@ import tempfile
 import textwrap
 import threading
 import time
-import urllib.parse
 
 import pytest
 
 import harness
+from harness import call, load_error, par, q, unload  # clients of harness.LOADER_LOCATIONS
 
 JDK25 = "/usr/lib/jvm/temurin-25-jdk-amd64"
 
@@ -109,44 +109,11 @@ def j_nginx(nginx, jstage):
     return start
 
 
-def q(cfg):
-    return urllib.parse.quote(cfg, safe="")
-
-
-def call(n, cfg, body=b"", timeout=None, nil=False):
-    path = "/call?cfg=" + q(cfg)
-    if timeout:
-        path += "&timeout=%s" % timeout
-    if nil:
-        path += "&nil_req=1"
-    return n.post(path, body)
-
-
-def unload(n, cfg):
-    status, body = n.get("/unload?cfg=" + q(cfg))
-    assert (status, body) == (200, b"unloaded"), body
-
-
-def par(n, cfg, count, req, want):
-    status, body = n.get("/par?cfg=%s&n=%d&req=%s&want=%s" % (
-        q(cfg), count, q(req), q(want)), timeout=60)
-    assert status == 200, body
-    m = re.fullmatch(rb"good=(\d+) elapsed=([\d.]+)", body)
-    assert m, body
-    return int(m.group(1)), float(m.group(2))
-
-
 def java_threads(n, prefix):
     names = []
     for pid in n.worker_pids():
         names += [t for t in harness.thread_names(pid) if t.startswith(prefix)]
     return names
-
-
-def load_error(n, cfg):
-    status, got = call(n, cfg, b"x")
-    assert status == 500, got
-    return got.decode()
 
 
 # ---- compat style -------------------------------------------------------
@@ -382,9 +349,7 @@ def test_load_errors_are_clear_and_nginx_keeps_serving(j_nginx):
         ("t/Bad,init", 2, "is not a Java class name like pkg.Class"),
     ]
     for cfg, rc, msg in cases:
-        err = load_error(n, cfg)
-        assert "libffi_init returned %d" % rc in err and msg in err, (cfg, err)
-        assert msg in n.error_log(), (cfg, n.error_log()[-3000:])
+        harness.load_fails(n, cfg, rc, msg)
         assert call(n, "demo.echo.Handler,echo", b"alive") == (200, b"alive")
     # the stack trace of init's exception is in error.log
     assert re.search(r"\tat t\.Bad\.throwsInInit\(Bad\.java:\d+\)", n.error_log())

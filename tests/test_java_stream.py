@@ -6,16 +6,15 @@ value), and a compat runtime on Task.chunk / Task.cancelled
 starts with i as 8 digits)."""
 
 import concurrent.futures
-import http.client
 import re
 import socket
 import threading
 import time
-import urllib.parse
 
 import pytest
 
 import harness
+from harness import q
 from test_java import JDK25, jdk25, jstage  # noqa: F401 (jstage is a fixture)
 
 STREAM = r"""
@@ -87,10 +86,6 @@ def js_nginx(nginx, jstage):  # noqa: F811 (the fixture imported above)
     return start
 
 
-def q(s):
-    return urllib.parse.quote(s, safe="")
-
-
 def path(cfg, req, **args):
     p = "/jstream?cfg=%s&req=%s" % (q(cfg), q(req))
     for k, v in args.items():
@@ -135,18 +130,9 @@ def test_each_shape_streams_its_chunks_in_order_and_a_plain_call_gets_them_joine
 def test_chunks_arrive_as_they_are_produced(js_nginx, cfg):
     n = js_nginx()
     lines_of(n, cfg, "1:8:0")    # the JVM and the class are loaded
-    conn = http.client.HTTPConnection("127.0.0.1", n.port, timeout=20)
-    t0 = time.time()
-    conn.request("GET", path(cfg, "20:16:50"))
-    r = conn.getresponse()
-    stamps, buf = [], b""
-    while True:
-        data = r.read1(65536)
-        if not data:
-            break
-        buf += data
-        stamps.append((time.time() - t0, len(numbered(buf.decode().split("\n")))))
-    conn.close()
+    _, buf, stamps = n.get_as_it_comes(
+        path(cfg, "20:16:50"), count=lambda b: len(numbered(b.decode().split("\n"))),
+        timeout=20)
     assert numbered(buf.decode().split("\n")) == expected(20, 16)
     first = next(t for t, k in stamps if k >= 1)
     last = next(t for t, k in stamps if k >= 20)

@@ -1,13 +1,16 @@
 """The Node.js loader (libffi_nodejs.so) against a real nginx and a real
-Node (Debian 12's libnode108: from dpkg, or unpacked by ci/setup-nodejs.sh
-into its private prefix), with workers running as `nobody`.
+Node, with workers running as `nobody`: on the host, Debian 12's libnode108
+(Node 18: from dpkg, or unpacked by ci/setup-nodejs.sh into its private
+prefix); with RESTY_FFI_DEBIAN=13, inside a Debian 13 root (harness.py) with
+its libnode115 (Node 20) and the package built for it.
 
 Runtimes under test: lua-resty-ffi's demo/echo.js unchanged (compat style:
-a worker_thread polls, the main thread answers), handler-style modules in
-tests/nodejs, and an npm package (escape-html, installed by
-ci/setup-nodejs.sh) required from a folder on NODE_PATH. Everything is
-staged into the world-readable stage folder; nginx passes NODE_PATH with
-`env`.
+a worker_thread polls, the main thread answers; examples/nodejs/demo),
+handler-style modules in tests/nodejs, and an npm package (escape-html,
+installed by ci/setup-nodejs.sh) required from a folder on NODE_PATH.
+Everything is staged into the world-readable stage folder (the npm
+packages too: a Debian root sees the host's /tmp, not /var/cache); nginx
+passes NODE_PATH with `env`.
 """
 
 import os
@@ -17,11 +20,11 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.parse
 
 import pytest
 
 import harness
+from harness import call, par, q, unload  # clients of harness.LOADER_LOCATIONS
 
 SERVER = harness.loader_locations("ffi_nodejs") + r"""
 location /stream {
@@ -79,10 +82,13 @@ def nstage(stage):
     """The stage plus js/ (tests/nodejs) and hot/ (for reload tests)."""
     subprocess.run(["bash", os.path.join(harness.ROOT, "ci", "setup-nodejs.sh")], check=True)
     stage.js = stage.add_tree(os.path.join(harness.ROOT, "tests", "nodejs"), "js")
+    # lua-resty-ffi's demo/echo.js: the example's copy, as NODE_PATH's demo/
+    stage.add_tree(os.path.join(harness.ROOT, "examples", "nodejs", "demo"), "js/demo")
     stage.js_hot = os.path.join(stage.dir, "hot")
     os.makedirs(stage.js_hot, exist_ok=True)
-    stage.node_path = ":".join([stage.js, stage.js_hot,
-                                os.path.join(NODE_MODULES, "node_modules")])
+    stage.node_modules = stage.add_tree(os.path.join(NODE_MODULES, "node_modules"),
+                                        "node_modules")
+    stage.node_path = ":".join([stage.js, stage.js_hot, stage.node_modules])
     stage.world_readable()
     return stage
 
@@ -95,33 +101,6 @@ def n_nginx(nginx, nstage):
             lines += "env %s=%s;\n" % (k, v)
         return nginx(SERVER, main=lines + main, **kw)
     return start
-
-
-def q(cfg):
-    return urllib.parse.quote(cfg, safe="")
-
-
-def call(n, cfg, body=b"", timeout=None, nil=False):
-    path = "/call?cfg=" + q(cfg)
-    if timeout:
-        path += "&timeout=%s" % timeout
-    if nil:
-        path += "&nil_req=1"
-    return n.post(path, body)
-
-
-def unload(n, cfg):
-    status, body = n.get("/unload?cfg=" + q(cfg))
-    assert (status, body) == (200, b"unloaded"), body
-
-
-def par(n, cfg, count, req, want):
-    status, body = n.get("/par?cfg=%s&n=%d&req=%s&want=%s" % (
-        q(cfg), count, q(req), q(want)), timeout=60)
-    assert status == 200, body
-    m = re.fullmatch(rb"good=(\d+) elapsed=([\d.]+)", body)
-    assert m, body
-    return int(m.group(1)), float(m.group(2))
 
 
 def lines_at(log, level, text):
@@ -232,6 +211,25 @@ def test_question_mark_reloads_a_changed_module_after_unload(n_nginx, nstage):
     assert call(n, "hot?,make", b"") == (200, b"v2")
 
 
+def test_the_worker_runs_the_releases_node(n_nginx, nstage):
+    """Node 18 (libnode108) on Debian 12, Node 20 (libnode115) on Debian 13:
+    the loader the package ships for a release opens that release's
+    libnode."""
+    n = n_nginx()
+    status, body = call(n, "handler,versions", b"")
+    assert status == 200, body
+    version, modules = body.decode().split()
+    assert int(version.split(".")[0]) == harness.TARGET["node"], version
+    assert "libnode" + modules == harness.TARGET["libnode"], modules
+    [pid] = n.worker_pids()
+    with open("/proc/%d/maps" % pid) as f:
+        libnode = {ln.split()[-1] for ln in f if "/libnode.so." in ln}
+    assert [os.path.basename(p) for p in libnode] == ["libnode.so." + modules], libnode
+    if nstage.root:
+        # the root's own library, not the host's
+        assert all(p.startswith(nstage.root.dir + "/") for p in libnode), libnode
+
+
 def test_npm_package_from_a_folder_on_node_path(n_nginx):
     n = n_nginx()
     assert call(n, "handler,escape", b"<a href=\"x\">&</a>") == (
@@ -293,21 +291,19 @@ def test_a_stream_that_throws_or_yields_no_bytes_ends_with_rc_1(n_nginx):
 def test_load_errors_say_what_to_do_and_nginx_keeps_serving(n_nginx):
     n = n_nginx()
     cases = [
-        ("nope,init", "cannot find module 'nope' (NODE_PATH: "),
-        ("nope,init", "put it in a folder on NODE_PATH"),
-        ("broken,init", "loading module 'broken' ("),
-        ("broken,init", "SyntaxError"),
-        ("handler,missing", "has no function 'missing' (it exports: echo, upper"),
-        ("inits,value", "has no function 'value' (it is a number (7), not a function)"),
-        ("inits,throws", "inits.throws(cfg, tq) threw Error: no configuration given"),
-        ("inits,undef", "inits.undef(cfg, tq) returned undefined: return 0 once"),
-        ("inits,rc", "libffi_init returned 3"),
-        ("handler", "bad cfg 'handler': no function name"),
+        ("nope,init", 5, "cannot find module 'nope' (NODE_PATH: "),
+        ("nope,init", 5, "put it in a folder on NODE_PATH"),
+        ("broken,init", 5, "loading module 'broken' ("),
+        ("broken,init", 5, "SyntaxError"),
+        ("handler,missing", 6, "has no function 'missing' (it exports: echo, upper"),
+        ("inits,value", 6, "has no function 'value' (it is a number (7), not a function)"),
+        ("inits,throws", 7, "inits.throws(cfg, tq) threw Error: no configuration given"),
+        ("inits,undef", 8, "inits.undef(cfg, tq) returned undefined: return 0 once"),
+        ("inits,rc", 3, "inits.rc(cfg, tq) returned 3"),
+        ("handler", 2, "bad cfg 'handler': no function name"),
     ]
-    for cfg, want in cases:
-        status, body = call(n, cfg, b"x")
-        assert status == 500, (cfg, body)
-        assert want in body.decode(), (cfg, body)
+    for cfg, rc, text in cases:
+        harness.load_fails(n, cfg, rc, text)
     assert n.get("/plain") == (200, b"plain")
     assert call(n, "handler,echo", b"fine") == (200, b"fine")
 
@@ -318,10 +314,11 @@ def test_without_libnode_the_load_fails_saying_what_to_install(n_nginx):
     assert status == 500, body
     text = body.decode()
     assert "/nonexistent/libnode.so.108 (RESTY_FFI_LIBNODE): no such file" in text, text
-    assert "apt install libnode108" in text, text
+    install = "apt install " + harness.TARGET["libnode"]
+    assert install in text, text
     # remembered: every later load says the same, and nginx serves on
     status, body = call(n, "demo/echo,init", b"x")
-    assert status == 500 and b"apt install libnode108" in body, body
+    assert status == 500 and install.encode() in body, body
     assert n.get("/plain") == (200, b"plain")
 
 
@@ -383,7 +380,7 @@ def test_reload_and_quit_stay_prompt_with_node_loaded(n_nginx):
         assert call(n, cfg, b"w") == (200, b"late:w")
     after = [harness.rss_kib(p) for p in old]
     print("worker RSS (KiB) before / with Node loaded:", before, after)
-    # Node 18 with a small handler: about 50 MiB more per worker
+    # Node 18 / 20 with a small handler: about 50 MiB more per worker
     assert max(after) - min(before) < 150 * 1024, (before, after)
     assert n.worker_pids() == old
     n.reload()
@@ -479,7 +476,7 @@ def test_example_nginx_conf_serves_every_node_example(nginx, nstage):
     ex = nstage.add_tree(os.path.join(harness.ROOT, "examples", "nodejs"), "nodejs-examples")
     with open(os.path.join(ex, "nginx.conf")) as f:
         server = f.read()
-    node_path = "%s:%s" % (ex, os.path.join(NODE_MODULES, "node_modules"))
+    node_path = "%s:%s" % (ex, nstage.node_modules)
     n = nginx(server, main="env NODE_PATH=%s;" % node_path)
     assert n.post("/node/echo", b"hi") == (200, b"hi")
     assert n.post("/node/escape", b"<b>&") == (200, b"&lt;b&gt;&amp;")

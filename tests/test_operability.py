@@ -9,11 +9,11 @@ import os
 import re
 import signal
 import time
-import urllib.parse
 
 import pytest
 
 import harness
+from harness import q
 
 LOG = r"""
 location /call {
@@ -29,10 +29,6 @@ location /stats {
     }
 }
 """
-
-
-def q(s):
-    return urllib.parse.quote(s, safe="")
 
 
 def test_runtime_log_lines_are_written_by_nginx_at_their_level_and_follow_reopen(nginx):

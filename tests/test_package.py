@@ -107,9 +107,9 @@ http {{
                 local grpc = require "resty.ffi.grpc"
                 local ok, conn, err = grpc.connect("{greeter}")
                 if not ok then return ngx.print("grpc connect: ", err) end
-                local ok, res = conn:unary("/helloworld.Greeter/SayHello", {{ name = "debian" }})
+                local ok, res, err = conn:unary("/helloworld.Greeter/SayHello", {{ name = "debian" }})
                 conn:close()
-                ngx.print("grpc: ", ok and res.message or res)
+                ngx.print("grpc: ", ok and res.message or err)
             }}
         }}
     }}

@@ -14,12 +14,12 @@ import tempfile
 import textwrap
 import threading
 import time
-import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 import harness
+from harness import call, par, q, unload  # clients of harness.LOADER_LOCATIONS
 
 VENV = os.environ.get("RESTY_FFI_VENV", "/var/cache/resty-ffi/venv")
 
@@ -57,31 +57,6 @@ def py_nginx(nginx, pystage):
     def start(**kw):
         return nginx(SERVER, **kw)
     return start
-
-
-def q(cfg):
-    return urllib.parse.quote(cfg, safe="")
-
-
-def call(n, cfg, body=b"", timeout=None):
-    path = "/call?cfg=" + q(cfg)
-    if timeout:
-        path += "&timeout=%s" % timeout
-    return n.post(path, body)
-
-
-def unload(n, cfg):
-    status, body = n.get("/unload?cfg=" + q(cfg))
-    assert (status, body) == (200, b"unloaded"), body
-
-
-def par(n, cfg, count, req, want):
-    status, body = n.get("/par?cfg=%s&n=%d&req=%s&want=%s" % (
-        q(cfg), count, q(req), q(want)), timeout=60)
-    assert status == 200, body
-    m = re.fullmatch(rb"good=(\d+) elapsed=([\d.]+)", body)
-    assert m, body
-    return int(m.group(1)), float(m.group(2))
 
 
 def python_threads(n, prefix):
@@ -431,12 +406,6 @@ def test_a_slow_load_finishes_in_the_background_and_its_error_answers_the_calls(
     assert call(n, moddir + "/slow_bad?,init", b"x") == (200, b"fixed x")
 
 
-def load_error(n, cfg):
-    status, got = call(n, cfg, b"x")
-    assert status == 500, got
-    return got.decode()
-
-
 def test_import_errors_and_missing_functions_fail_load_clearly_and_nginx_keeps_serving(
         py_nginx, pystage, moddir):
     write_module(moddir, "broken", "def init(cfg, tq):\n    return 0 +\n")
@@ -451,40 +420,35 @@ def test_import_errors_and_missing_functions_fail_load_clearly_and_nginx_keeps_s
     """)
     n = py_nginx()
     cases = [
-        ("nope.mod,init", "libffi_init returned 5",
+        ("nope.mod,init", 5,
          "ffi_python3: cannot import module 'nope.mod': No module named 'nope' (sys.path: "),
-        (moddir + "/broken,init", "libffi_init returned 5",
+        (moddir + "/broken,init", 5,
          "ffi_python3: cannot import module 'broken': SyntaxError: invalid syntax"),
-        (moddir + "/fine,missing", "libffi_init returned 6",
+        (moddir + "/fine,missing", 6,
          "ffi_python3: module 'fine' (%s/fine.py) has no function 'missing'" % moddir),
-        (moddir + "/fine,NOT_CALLABLE", "libffi_init returned 6",
+        (moddir + "/fine,NOT_CALLABLE", 6,
          "has no function 'NOT_CALLABLE' (it is a int, not callable)"),
-        (moddir + "/fine,init", "libffi_init returned 7",
+        (moddir + "/fine,init", 7,
          "ffi_python3: fine.init(cfg, tq) raised RuntimeError: cannot reach the backend"),
-        (moddir + "/fine,returns_none", "libffi_init returned 8",
+        (moddir + "/fine,returns_none", 8,
          "fine.returns_none(cfg, tq) returned None: return 0 once your own threads"),
-        (moddir + "/fine,returns_seven", "libffi_init returned 7",
+        (moddir + "/fine,returns_seven", 7,
          "ffi_python3: fine.returns_seven(cfg, tq) returned 7"),
-        ("ffi.echo", "libffi_init returned 2",
+        ("ffi.echo", 2,
          "ffi_python3: bad cfg 'ffi.echo': no function name"),
-        ("venv=/nonexistent/venv:" + moddir + "/fine,init", "libffi_init returned 4",
+        ("venv=/nonexistent/venv:" + moddir + "/fine,init", 4,
          "ffi_python3: venv '/nonexistent/venv': venv /nonexistent/venv does not exist"),
-        ("venv=" + moddir + ":" + moddir + "/fine,init", "libffi_init returned 4",
+        ("venv=" + moddir + ":" + moddir + "/fine,init", 4,
          "no lib/python%s/site-packages in it: the loader embeds %s"
          % (harness.PYTHON_VERSION, harness.PYTHON)),
     ]
     if os.geteuid() == 0:   # workers run as nobody, who cannot enter /root
-        cases.append(("venv=/root:" + moddir + "/fine,init", "libffi_init returned 4",
+        cases.append(("venv=/root:" + moddir + "/fine,init", 4,
                       "ffi_python3: venv '/root': cannot read venv /root as uid 65534"))
-    for cfg, lua_err, log_line in cases:
-        before = len(n.error_log())
-        err = load_error(n, cfg)
-        assert err.startswith("load failed: resty_ffi: ") and lua_err in err, (cfg, err)
+    for cfg, rc, log_line in cases:
         # the reason reaches Lua (through resty_ffi_init_error) and the log,
         # once: Lua's error line, plus at most one traceback entry
-        assert log_line in err, (cfg, err)
-        new = n.error_log()[before:]
-        assert log_line in new, (cfg, new[-3000:])
+        new = harness.load_fails(n, cfg, rc, log_line)
         said = [l for l in new.splitlines() if log_line in l and "Traceback" not in l]
         assert len(said) == 1, (cfg, new[-3000:])
         # and the worker keeps serving
@@ -665,8 +629,7 @@ def test_system_exit_at_import_or_in_init_is_a_load_error_and_the_worker_lives(
          "ffi_python3: exits_in_init.interrupted(cfg, tq) raised KeyboardInterrupt: stop"),
     ]
     for cfg, reason in cases:
-        err = load_error(n, cfg)
-        assert "libffi_init returned 7" in err and reason in err, (cfg, err)
+        harness.load_fails(n, cfg, 7, reason)
         assert call(n, pystage.examples + "/ffi.echo,init", b"alive") == (200, b"alive")
     log = n.error_log()
     assert "Traceback" in log and "SystemExit: 5" in log
@@ -745,5 +708,5 @@ def test_metrics_name_a_python_runtime_by_loader_and_module_never_by_cfg(py_ngin
     ex = pystage.examples
     for cfg in (ex + "/ffi.echo,init,password=s3cret",
                 "venv=" + VENV + ":" + ex + "/ffi.echo?,init"):
-        status, body = n.get("/name?cfg=" + urllib.parse.quote(cfg, safe=""))
+        status, body = n.get("/name?cfg=" + q(cfg))
         assert (status, body) == (200, b"ffi_python3:ffi.echo"), (cfg, body)

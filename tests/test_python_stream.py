@@ -9,17 +9,16 @@ tell when the generator saw its cancellation.
 """
 
 import concurrent.futures
-import http.client
 import json
 import re
 import socket
 import threading
 import time
-import urllib.parse
 
 import pytest
 
 import harness
+from harness import q
 from test_python import VENV, moddir, pystage, write_module  # noqa: F401 (fixtures)
 
 STREAM = harness.loader_locations("ffi_python3") + r"""
@@ -179,33 +178,11 @@ def gen_nginx(nginx, pystage, moddir):  # noqa: F811
     return n
 
 
-def q(s):
-    return urllib.parse.quote(s, safe="")
-
-
 def stream_path(n, style, req, **extra):
     path = "/stream?cfg=%s&req=%s" % (q(n.cfgs[style]), q(req))
     for k, v in extra.items():
         path += "&%s=%s" % (k, v)
     return path
-
-
-def timed_get(n, path):
-    """GET `path`; returns (body, [(seconds since the request, lines so far)])."""
-    conn = http.client.HTTPConnection("127.0.0.1", n.port, timeout=30)
-    t0 = time.time()
-    conn.request("GET", path)
-    r = conn.getresponse()
-    stamps = []
-    buf = b""
-    while True:
-        data = r.read1(65536)
-        if not data:
-            break
-        buf += data
-        stamps.append((time.time() - t0, buf.count(b"\n")))
-    conn.close()
-    return buf, stamps
 
 
 def markers(n, what, req):
@@ -229,7 +206,7 @@ def waiting_is_zero(n):
 def test_generator_chunks_reach_the_client_as_they_are_produced(gen_nginx, style):
     n = gen_nginx
     assert n.get(stream_path(n, style, "tick:1:0"))[0] == 200  # load, warm
-    body, stamps = timed_get(n, stream_path(n, style, "tick:50:20"))
+    _, body, stamps = n.get_as_it_comes(stream_path(n, style, "tick:50:20"))
     got = [l for l in body.decode().split("\n") if re.match(r"^\d{8}$", l)]
     assert [int(l) for l in got] == list(range(1, 51)), body[-300:]
     assert body.endswith(b"\nEND ok"), body[-100:]
@@ -526,7 +503,7 @@ def test_compat_runtimes_stream_through_the_native_module_and_cffi(
     write_module(moddir, "pycompat", COMPAT)
     n = nginx(STREAM)
     n.cfgs = {"c": moddir + "/pycompat,init," + kind}
-    body, stamps = timed_get(n, stream_path(n, "c", "n:100"))
+    _, body, stamps = n.get_as_it_comes(stream_path(n, "c", "n:100"))
     got = [l for l in body.decode().split("\n") if re.match(r"^\d{8}$", l)]
     assert [int(l) for l in got] == list(range(1, 101)), body[-300:]
     assert len({lines for _, lines in stamps}) > 5, "chunks were not flushed one by one"
@@ -552,20 +529,10 @@ def sse_server(pystage):  # noqa: F811
 def test_the_sse_example_relays_tokens_as_made_and_stops_when_the_client_leaves(
         nginx, pystage):  # noqa: F811
     n = nginx(sse_server(pystage))
-    conn = http.client.HTTPConnection("127.0.0.1", n.port, timeout=30)
-    t0 = time.time()
-    conn.request("GET", "/python/sse?prompt=hi%20there")
-    r = conn.getresponse()
+    r, buf, stamps = n.get_as_it_comes("/python/sse?prompt=hi%20there",
+                                       count=lambda b: b.count(b"\n\n"))
     assert r.status == 200
     assert r.getheader("Content-Type") == "text/event-stream"
-    stamps, buf = [], b""
-    while True:
-        data = r.read1(65536)
-        if not data:
-            break
-        buf += data
-        stamps.append((time.time() - t0, buf.count(b"\n\n")))
-    conn.close()
     events = buf.decode().split("\n\n")
     assert events[0] == 'event: start\ndata: {"prompt": "hi there"}', events[:2]
     tokens = [json.loads(e[len("data: "):])["token"] for e in events if e.startswith("data: ")]

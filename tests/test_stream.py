@@ -3,7 +3,6 @@ st:close(), with the Rust echo runtime's !stream modes (chunk i starts
 with i as 8 digits) producing through resty_ffi_respond_chunk."""
 
 import concurrent.futures
-import http.client
 import re
 import socket
 import time
@@ -121,19 +120,7 @@ def test_a_runtime_error_mid_stream_reaches_recv_after_the_chunks_before_it(ngin
 def test_each_chunk_arrives_as_soon_as_it_is_produced(nginx):
     n = nginx(STREAM)
     n.get("/stream?req=!stream:1:8:0")
-    conn = http.client.HTTPConnection("127.0.0.1", n.port, timeout=10)
-    t0 = time.time()
-    conn.request("GET", "/stream?req=!stream:50:16:20")
-    r = conn.getresponse()
-    stamps = []
-    buf = b""
-    while True:
-        data = r.read1(65536)
-        if not data:
-            break
-        buf += data
-        stamps.append((time.time() - t0, buf.count(b"\n")))
-    conn.close()
+    _, buf, stamps = n.get_as_it_comes("/stream?req=!stream:50:16:20", timeout=10)
     first = next(t for t, lines in stamps if lines >= 1)
     last = next(t for t, lines in stamps if lines >= 50)
     got, _ = chunks_of(buf)

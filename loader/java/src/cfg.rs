@@ -6,6 +6,8 @@
 //! lua-resty-ffi, `rest` is "" when a `?` cfg has no second comma and null
 //! when a plain one has none.
 
+use resty_ffi_loader::cfg::{self, Words};
+
 /// A parsed cfg.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spec {
@@ -18,41 +20,31 @@ pub struct Spec {
 
 pub const SYNTAX: &str = "pkg.Class[?],method[,rest]";
 
-fn is_identifier(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c == '_' || c == '$' || c.is_alphabetic())
-        && chars.all(|c| c == '_' || c == '$' || c.is_alphanumeric())
-}
+const WORDS: Words = Words {
+    target: "class",
+    name: "method",
+    name_in_syntax: "method",
+    language: "Java",
+    dollar: true,
+};
 
 /// Parses a cfg; the error says what is wrong with it.
 pub fn parse(cfg: &str) -> Result<Spec, String> {
-    let (head, tail) = cfg
-        .split_once(',')
-        .ok_or("no method name: the class must be followed by ',method'")?;
-    let (method, rest) = match tail.split_once(',') {
-        Some((m, r)) => (m, Some(r.to_string())),
-        None => (tail, None),
-    };
-    if !is_identifier(method) {
-        return Err(format!("method name '{method}' is not a Java identifier"));
-    }
-    let (class, reload) = match head.strip_suffix('?') {
-        Some(c) => (c, true),
-        None => (head, false),
-    };
-    if class.is_empty() || !class.split('.').all(is_identifier) {
+    let parts = cfg::split(cfg, &WORDS)?;
+    let (class, reload) = cfg::strip_reload(parts.target);
+    if class.is_empty() || !class.split('.').all(|p| cfg::is_identifier(p, true)) {
         return Err(format!(
             "class name '{class}' is not a Java class name like pkg.Class"
         ));
     }
-    let rest = match (rest, reload) {
+    let rest = match (parts.rest, reload) {
         (None, true) => Some(String::new()),
-        (r, _) => r,
+        (r, _) => r.map(str::to_string),
     };
     Ok(Spec {
         class: class.to_string(),
         reload,
-        method: method.to_string(),
+        method: parts.name.to_string(),
         rest,
     })
 }

@@ -33,22 +33,6 @@ pub enum Error {
 }
 
 impl Error {
-    /// The code `libffi_init` returns; a runtime's own non-zero code passes
-    /// through unchanged.
-    pub fn rc(&self) -> i32 {
-        match self {
-            Error::Cfg { .. } => 2,
-            Error::Jvm(_) => 3,
-            Error::Class(_) => 5,
-            Error::Method(_) | Error::Signature(_) => 6,
-            Error::InitThrew(_) => 7,
-            Error::InitReturned { rc, .. } => *rc,
-            Error::BadReturn(_) => 8,
-            Error::Serve(_) => 9,
-            Error::Jni(_) | Error::Internal(_) => 10,
-        }
-    }
-
     /// Turns `Boot.start`'s "kind\tmessage" into an error.
     pub fn from_boot(text: &str) -> Error {
         let (kind, msg) = text.split_once('\t').unwrap_or(("", text));
@@ -73,8 +57,20 @@ impl Error {
 }
 
 impl resty_ffi_loader::InitError for Error {
+    /// The code `libffi_init` returns; a runtime's own non-zero code passes
+    /// through unchanged.
     fn rc(&self) -> i32 {
-        Error::rc(self)
+        match self {
+            Error::Cfg { .. } => 2,
+            Error::Jvm(_) => 3,
+            Error::Class(_) => 5,
+            Error::Method(_) | Error::Signature(_) => 6,
+            Error::InitThrew(_) => 7,
+            Error::InitReturned { rc, .. } => *rc,
+            Error::BadReturn(_) => 8,
+            Error::Serve(_) => 9,
+            Error::Jni(_) | Error::Internal(_) => 10,
+        }
     }
     fn from_panic(text: String) -> Self {
         Error::Internal(text)
@@ -84,6 +80,7 @@ impl resty_ffi_loader::InitError for Error {
 #[cfg(test)]
 mod tests {
     use super::Error;
+    use resty_ffi_loader::InitError;
 
     #[test]
     fn boot_answers_map_to_errors_and_codes() {

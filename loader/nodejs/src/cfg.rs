@@ -9,6 +9,8 @@
 //! before (after `rt:__unload()`). `func` is called with `rest` (`''` when
 //! there is no second comma, as lua-resty-ffi passes).
 
+use resty_ffi_loader::cfg::{self, Words};
+
 /// A parsed cfg.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spec {
@@ -20,38 +22,26 @@ pub struct Spec {
 
 pub const SYNTAX: &str = "[dir/]module[?],func[,rest]";
 
-fn is_identifier(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c == '_' || c == '$' || c.is_alphabetic())
-        && chars.all(|c| c == '_' || c == '$' || c.is_alphanumeric())
-}
+const WORDS: Words = Words {
+    target: "module",
+    name: "function",
+    name_in_syntax: "func",
+    language: "JavaScript",
+    dollar: true,
+};
 
 /// Parses a cfg; the error says what is wrong with it.
 pub fn parse(cfg: &str) -> Result<Spec, String> {
-    let (head, tail) = cfg
-        .split_once(',')
-        .ok_or("no function name: the module must be followed by ',func'")?;
-    let (func, rest) = match tail.split_once(',') {
-        Some((f, r)) => (f, Some(r.to_string())),
-        None => (tail, None),
-    };
-    if !is_identifier(func) {
-        return Err(format!(
-            "function name '{func}' is not a JavaScript identifier"
-        ));
-    }
-    let (module, reload) = match head.strip_suffix('?') {
-        Some(m) => (m, true),
-        None => (head, false),
-    };
+    let parts = cfg::split(cfg, &WORDS)?;
+    let (module, reload) = cfg::strip_reload(parts.target);
     if module.is_empty() || module.ends_with('/') {
         return Err(format!("module '{module}' names no module"));
     }
     Ok(Spec {
         module: module.to_string(),
         reload,
-        func: func.to_string(),
-        rest,
+        func: parts.name.to_string(),
+        rest: parts.rest.map(str::to_string),
     })
 }
 

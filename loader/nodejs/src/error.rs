@@ -23,10 +23,10 @@ pub enum Error {
     Internal(String),
 }
 
-impl Error {
+impl resty_ffi_loader::InitError for Error {
     /// The code `libffi_init` returns; a runtime's own non-zero code passes
     /// through unchanged.
-    pub fn rc(&self) -> i32 {
+    fn rc(&self) -> i32 {
         match self {
             Error::Cfg { .. } => 2,
             Error::Node(_) => 3,
@@ -34,12 +34,6 @@ impl Error {
             Error::Timeout { .. } => 11,
             Error::Internal(_) => 10,
         }
-    }
-}
-
-impl resty_ffi_loader::InitError for Error {
-    fn rc(&self) -> i32 {
-        Error::rc(self)
     }
     fn from_panic(text: String) -> Self {
         Error::Internal(text)

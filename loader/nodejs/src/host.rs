@@ -12,6 +12,7 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::OnceLock;
 
 use crate::napi;
+use resty_ffi_loader::dlerror;
 
 const OBJECT: &[u8] = include_bytes!(env!("FFI_NODEJS_HOST"));
 
@@ -48,17 +49,6 @@ static HOST: OnceLock<Host> = OnceLock::new();
 pub fn get() -> &'static Host {
     HOST.get()
         .expect("the host is used only after Node started")
-}
-
-fn dlerror() -> String {
-    // SAFETY: dlerror returns NULL or a NUL-terminated message.
-    let e = unsafe { libc::dlerror() };
-    if e.is_null() {
-        "unknown error".into()
-    } else {
-        // SAFETY: non-NULL: a C string owned by libc.
-        unsafe { CStr::from_ptr(e) }.to_string_lossy().into_owned()
-    }
 }
 
 /// Loads the host object; libnode must be loaded RTLD_GLOBAL already.

@@ -17,8 +17,10 @@
 //! from Debian packages (node-acorn, node-cjs-module-lexer, node-undici)
 //! and aborts the process without them, so they are checked first.
 
-use std::ffi::{c_void, CStr, CString};
+use std::ffi::{c_void, CString};
 use std::path::{Path, PathBuf};
+
+use resty_ffi_loader::dlerror;
 
 /// NODE_MODULE_VERSION of the headers the loader was built with.
 pub const MODULE_VERSION: &str = env!("FFI_NODEJS_MODULE_VERSION");
@@ -90,17 +92,6 @@ fn candidates_from(
 /// path. The error names every candidate and what to do.
 pub fn open() -> Result<(*mut c_void, PathBuf), String> {
     open_first(candidates())
-}
-
-fn dlerror() -> String {
-    // SAFETY: dlerror returns NULL or a NUL-terminated message.
-    let e = unsafe { libc::dlerror() };
-    if e.is_null() {
-        "unknown error".into()
-    } else {
-        // SAFETY: non-NULL: a C string owned by libc.
-        unsafe { CStr::from_ptr(e) }.to_string_lossy().into_owned()
-    }
 }
 
 fn open_first(candidates: Vec<(String, PathBuf)>) -> Result<(*mut c_void, PathBuf), String> {

@@ -6,6 +6,8 @@
 //! None when there is no second comma). The `venv=PATH:` prefix is ours: it
 //! names a virtualenv whose site-packages this runtime needs.
 
+use resty_ffi_loader::cfg::{self, Words};
+
 /// A parsed cfg.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spec {
@@ -19,25 +21,18 @@ pub struct Spec {
 
 pub const SYNTAX: &str = "[venv=PATH:][dir/]pkg.module[?],func[,rest]";
 
-fn is_identifier(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c == '_' || c.is_alphabetic())
-        && chars.all(|c| c == '_' || c.is_alphanumeric())
-}
+const WORDS: Words = Words {
+    target: "module",
+    name: "function",
+    name_in_syntax: "func",
+    language: "Python",
+    dollar: false,
+};
 
 /// Parses a cfg; the error says what is wrong with it.
 pub fn parse(cfg: &str) -> Result<Spec, String> {
-    let (head, tail) = cfg
-        .split_once(',')
-        .ok_or("no function name: the module must be followed by ',func'")?;
-    let (func, rest) = match tail.split_once(',') {
-        Some((f, r)) => (f, Some(r.to_string())),
-        None => (tail, None),
-    };
-    if !is_identifier(func) {
-        return Err(format!("function name '{func}' is not a Python identifier"));
-    }
-    let (venv, path) = match head.strip_prefix("venv=") {
+    let parts = cfg::split(cfg, &WORDS)?;
+    let (venv, path) = match parts.target.strip_prefix("venv=") {
         Some(v) => {
             let (venv, path) = v
                 .split_once(':')
@@ -47,18 +42,15 @@ pub fn parse(cfg: &str) -> Result<Spec, String> {
             }
             (Some(venv.to_string()), path)
         }
-        None => (None, head),
+        None => (None, parts.target),
     };
     let (dir, module) = match path.rsplit_once('/') {
         Some(("", m)) => (Some("/".to_string()), m),
         Some((d, m)) => (Some(d.to_string()), m),
         None => (None, path),
     };
-    let (module, reload) = match module.strip_suffix('?') {
-        Some(m) => (m, true),
-        None => (module, false),
-    };
-    if module.is_empty() || !module.split('.').all(is_identifier) {
+    let (module, reload) = cfg::strip_reload(module);
+    if module.is_empty() || !module.split('.').all(|p| cfg::is_identifier(p, false)) {
         return Err(format!(
             "module name '{module}' is not a dotted Python name like pkg.module"
         ));
@@ -68,8 +60,8 @@ pub fn parse(cfg: &str) -> Result<Spec, String> {
         dir,
         module: module.to_string(),
         reload,
-        func: func.to_string(),
-        rest,
+        func: parts.name.to_string(),
+        rest: parts.rest.map(str::to_string),
     })
 }
 

@@ -57,10 +57,10 @@ pub enum Error {
     Internal(String),
 }
 
-impl Error {
+impl resty_ffi_loader::InitError for Error {
     /// The code `libffi_init` returns; a runtime's own non-zero code passes
     /// through unchanged.
-    pub fn rc(&self) -> i32 {
+    fn rc(&self) -> i32 {
         match self {
             Error::Cfg { .. } => 2,
             Error::Interpreter(_) => 3,
@@ -73,12 +73,6 @@ impl Error {
             Error::Serve { .. } => 9,
             Error::Internal(_) => 10,
         }
-    }
-}
-
-impl resty_ffi_loader::InitError for Error {
-    fn rc(&self) -> i32 {
-        Error::rc(self)
     }
     fn from_panic(text: String) -> Self {
         Error::Internal(text)

@@ -1,8 +1,9 @@
-//! What every language loader (loader/python3, loader/java) shares, and
-//! nothing language-specific: the body of `libffi_init` (cfg as text,
-//! panics caught, the error handed to the core), the task ABI
-//! in safe Rust ([`task`]), logging through nginx, thread names, and
-//! re-opening a loaded library with RTLD_GLOBAL.
+//! What every language loader (loader/python3, loader/java, loader/nodejs)
+//! shares, and nothing language-specific: the body of `libffi_init` (cfg
+//! as text, panics caught, the error handed to the core), the cfg grammar
+//! ([`cfg`]), the task ABI in safe Rust ([`task`]), logging through nginx,
+//! thread names, and opening libraries (re-opening one with RTLD_GLOBAL,
+//! dlerror's text).
 //!
 //! The core's functions are declared, not linked: the dynamic linker
 //! resolves them from the already loaded `libresty_ffi.so`, exactly as for
@@ -13,6 +14,7 @@ use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::fmt::Display;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+pub mod cfg;
 pub mod task;
 
 extern "C" {
@@ -125,17 +127,22 @@ pub fn make_global(addr: usize) -> Result<String, String> {
     };
     let path = path.to_string_lossy().into_owned();
     if h.is_null() {
-        // SAFETY: dlerror returns NULL or a NUL-terminated message.
-        let e = unsafe { libc::dlerror() };
-        let why = if e.is_null() {
-            "unknown error".into()
-        } else {
-            // SAFETY: non-NULL dlerror result is a C string.
-            unsafe { CStr::from_ptr(e) }.to_string_lossy().into_owned()
-        };
-        return Err(format!("cannot make {path} global: {why}"));
+        return Err(format!("cannot make {path} global: {}", dlerror()));
     }
     Ok(path)
+}
+
+/// The text of the last dl* failure of this thread ("unknown error" when
+/// dlerror has none).
+pub fn dlerror() -> String {
+    // SAFETY: dlerror returns NULL or a NUL-terminated message.
+    let e = unsafe { libc::dlerror() };
+    if e.is_null() {
+        "unknown error".into()
+    } else {
+        // SAFETY: non-NULL: a C string owned by libc.
+        unsafe { CStr::from_ptr(e) }.to_string_lossy().into_owned()
+    }
 }
 
 /// Names the calling OS thread (shown by top -H, ps -L, /proc/*/comm);

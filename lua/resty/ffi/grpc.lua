@@ -11,9 +11,19 @@
 -- field names). Calls go through the runtime's task queue and yield; they
 -- need a phase that can yield (rewrite, access, content, timer...).
 --
--- Errors never throw: calls return `false, err` where err names the gRPC
--- status ("DEADLINE_EXCEEDED (4): ...") and a third value holds
--- { code = 4, status = "DEADLINE_EXCEEDED", message = ..., metadata = {...} }.
+-- Errors never throw. Every call (connect, unary, new_stream, send, recv,
+-- close_send) answers in resty.ffi's shape, `ok, res_or_code, err`, with
+-- the gRPC status as a fourth value:
+--   true, res [, metadata]
+--   false, code, err, status
+-- code: a gRPC status code (1-16): the server's, or the client's own as
+-- gRPC clients report them (UNAVAILABLE for transport failures,
+-- DEADLINE_EXCEEDED for deadlines and timeouts); grpc.BAD_INPUT (100) for
+-- a call refused before anything was sent (bad input, a closed connection
+-- or stream); nil for resty.ffi's own errors (queue full, a phase that
+-- cannot yield), with no status. err: one line, "NAME (code): message"
+-- for a status. status: { code, status = "NAME", message, metadata,
+-- details } (details: grpc-status-details-bin, base64, or nil).
 
 local ffi = require "ffi"
 local resty_ffi = require "resty.ffi"
@@ -72,6 +82,10 @@ local GRACE = 5
 -- mistakes (math.huge, 1e300) that timers and grpc-timeout cannot hold.
 local MAX_SECONDS = 365 * 24 * 3600
 
+-- The code of a call refused before anything was sent.
+local BAD_INPUT = 100
+_M.BAD_INPUT = BAD_INPUT
+
 local STATUS = {
     [1] = "CANCELLED", [2] = "UNKNOWN", [3] = "INVALID_ARGUMENT",
     [4] = "DEADLINE_EXCEEDED", [5] = "NOT_FOUND", [6] = "ALREADY_EXISTS",
@@ -79,6 +93,7 @@ local STATUS = {
     [9] = "FAILED_PRECONDITION", [10] = "ABORTED", [11] = "OUT_OF_RANGE",
     [12] = "UNIMPLEMENTED", [13] = "INTERNAL", [14] = "UNAVAILABLE",
     [15] = "DATA_LOSS", [16] = "UNAUTHENTICATED",
+    [BAD_INPUT] = "BAD_INPUT",
 }
 _M.STATUS = STATUS
 
@@ -191,18 +206,44 @@ local function split_meta(body)
     return json_decode(str_sub(body, 1, nl - 1)) or {}, str_sub(body, nl + 1)
 end
 
--- A failed call as `false, err, status`.
+-- A failed call: false, code, err, status (see the top of this file).
+local function fail(code, msg, md, details)
+    local name = STATUS[code]
+    local err = msg
+    if code ~= BAD_INPUT then
+        err = name .. " (" .. code .. "): " .. msg
+    end
+    return false, code, err, { code = code, status = name, message = msg,
+                               metadata = md or {}, details = details }
+end
+
+local function bad_input(msg)
+    return fail(BAD_INPUT, msg)
+end
+
+-- What the runtime (or the bridge) answered, as a failed call.
 local function failure(rc, body)
     if rc == nil then                        -- the bridge itself failed
-        return false, body
+        if body and str_find(body, "timed out", 1, true) then
+            -- its wait for the answer timed out: a timeout as any other
+            return fail(4, body)
+        end
+        return false, nil, body
     end
     local name = STATUS[rc]
-    if not name then                         -- failed on our side
-        return false, body or ("resty.ffi.grpc: error " .. tostring(rc))
+    if not name or rc == BAD_INPUT then      -- refused on our side
+        return fail(BAD_INPUT, body or ("resty.ffi.grpc: error "
+                                        .. tostring(rc)))
     end
-    local md, msg = split_meta(body or "")
-    return false, name .. " (" .. rc .. "): " .. msg,
-           { code = rc, status = name, message = msg, metadata = md }
+    -- "<metadata json>\n<details base64>\n<message>"
+    local md, rest = split_meta(body or "")
+    local nl = str_find(rest, "\n", 1, true)
+    local details
+    if nl then
+        details = str_sub(rest, 1, nl - 1)
+        rest = str_sub(rest, nl + 1)
+    end
+    return fail(rc, rest, md, details ~= "" and details or nil)
 end
 
 local function wait_for(deadline)
@@ -286,14 +327,14 @@ end
 local stream_mt = {}
 stream_mt.__index = stream_mt
 
--- stream:send(tbl) -> true | false, err
+-- stream:send(tbl) -> true | false, code, err, status
 function stream_mt.send(self, tbl)
     if self.closed then
-        return false, "resty.ffi.grpc: stream is closed"
+        return bad_input("resty.ffi.grpc: stream is closed")
     end
     local body, err = json_encode(tbl)
     if not body then
-        return false, "resty.ffi.grpc: cannot encode the table: " .. err
+        return bad_input("resty.ffi.grpc: cannot encode the table: " .. err)
     end
     local ok, rc, res = rt:call(self._send .. body, self._wait)
     if ok then
@@ -305,10 +346,10 @@ function stream_mt.send(self, tbl)
     return failure(rc, res)
 end
 
--- stream:recv() -> true, res | true, nil (end) | false, err, status
+-- stream:recv() -> true, res | true, nil (end) | false, code, err, status
 function stream_mt.recv(self)
     if self.closed then
-        return false, "resty.ffi.grpc: stream is closed"
+        return bad_input("resty.ffi.grpc: stream is closed")
     end
     local ok, rc, res = rt:call(self._recv, self._wait)
     if ok then
@@ -317,7 +358,8 @@ function stream_mt.recv(self)
         end
         local t, err = json_decode(rc)
         if t == nil then
-            return false, "resty.ffi.grpc: bad response JSON: " .. tostring(err)
+            return fail(13, "resty.ffi.grpc: bad response JSON: "
+                            .. tostring(err))
         end
         return true, t
     end
@@ -327,10 +369,10 @@ function stream_mt.recv(self)
     return failure(rc, res)
 end
 
--- stream:close_send() -> true | false, err
+-- stream:close_send() -> true | false, code, err, status
 function stream_mt.close_send(self)
     if self.closed then
-        return false, "resty.ffi.grpc: stream is closed"
+        return bad_input("resty.ffi.grpc: stream is closed")
     end
     local ok, rc, res = rt:call(self._close_send, self._wait)
     if ok then
@@ -389,18 +431,19 @@ local function call_head(self, prefix, id, path, opts)
            wait_for(deadline)
 end
 
--- conn:unary(path, tbl [, opts]) -> true, res [, metadata] | false, err, status
+-- conn:unary(path, tbl [, opts]) -> true, res [, metadata]
+--                                  | false, code, err, status
 -- opts: timeout (deadline, seconds), metadata (table), response_metadata
 -- (true: also return the response's headers and trailers).
 function conn_mt.unary(self, path, tbl, opts)
     local id = lib.resty_ffi_grpc_call_id()
     local head, wait = call_head(self, self._unary, id, path, opts)
     if not head then
-        return false, wait
+        return bad_input(wait)
     end
     local body, err = json_encode(tbl == nil and {} or tbl)
     if not body then
-        return false, "resty.ffi.grpc: cannot encode the table: " .. err
+        return bad_input("resty.ffi.grpc: cannot encode the table: " .. err)
     end
     -- a wait that times out cancels the task in the core, which the
     -- runtime sees: only a killed coroutine needs its guard
@@ -417,18 +460,18 @@ function conn_mt.unary(self, path, tbl, opts)
     local t
     t, err = json_decode(res)
     if t == nil then
-        return false, "resty.ffi.grpc: bad response JSON: " .. tostring(err)
+        return fail(13, "resty.ffi.grpc: bad response JSON: " .. tostring(err))
     end
     return true, t, md
 end
 
--- conn:new_stream(path [, opts]) -> true, stream | false, err
+-- conn:new_stream(path [, opts]) -> true, stream | false, code, err, status
 -- opts as for unary (timeout covers the whole stream).
 function conn_mt.new_stream(self, path, opts)
     local id = lib.resty_ffi_grpc_call_id()
     local head, wait = call_head(self, self._stream, id, path, opts)
     if not head then
-        return false, wait
+        return bad_input(wait)
     end
     local g = guard(id)
     local ok, res, msg = rt:call(head, wait)
@@ -466,30 +509,30 @@ local CONNECT_OPTS = {
     connect_timeout = "number", timeout = "number", metadata = "table",
 }
 
--- grpc.connect(target, opts) -> true, conn | false, rc, err
+-- grpc.connect(target, opts) -> true, conn | false, code, err, status
 -- target: "host:port", "[::1]:port" or a URI (http://, https://).
 -- opts: host (authority / TLS name), ca, cert, priv_key (PEM strings; any of
 -- them means TLS), connect_timeout (s, default 10), timeout (default
 -- deadline of each call, s), metadata (sent with each call).
 function _M.connect(target, opts)
     if type(target) ~= "string" or target == "" then
-        return false, nil, "resty.ffi.grpc: target must be a string like "
-                           .. "host:port"
+        return bad_input("resty.ffi.grpc: target must be a string like "
+                         .. "host:port")
     end
     local req = { target = target }
     if opts ~= nil then
         if type(opts) ~= "table" then
-            return false, nil, "resty.ffi.grpc: opts must be a table"
+            return bad_input("resty.ffi.grpc: opts must be a table")
         end
         for k, v in pairs(opts) do
             local want = CONNECT_OPTS[k]
             if not want then
-                return false, nil, "resty.ffi.grpc: unknown connect option '"
-                                   .. tostring(k) .. "'"
+                return bad_input("resty.ffi.grpc: unknown connect option '"
+                                 .. tostring(k) .. "'")
             end
             if type(v) ~= want then
-                return false, nil, "resty.ffi.grpc: opts." .. k .. " must be a "
-                                   .. want .. ", got " .. type(v)
+                return bad_input("resty.ffi.grpc: opts." .. k .. " must be a "
+                                 .. want .. ", got " .. type(v))
             end
             local ok, err = true, nil
             if want == "number" then
@@ -498,7 +541,7 @@ function _M.connect(target, opts)
                 ok, err = check_meta(v, "opts.metadata")
             end
             if not ok then
-                return false, nil, err
+                return bad_input(err)
             end
             req[k] = v
         end
@@ -515,12 +558,12 @@ function _M.connect(target, opts)
     local body
     body, err = json_encode(req)
     if not body then
-        return false, nil, "resty.ffi.grpc: bad connect options: " .. err
+        return bad_input("resty.ffi.grpc: bad connect options: " .. err)
     end
     local wait = (opts and opts.connect_timeout or 10) + GRACE
     local ok, res, msg = r:call("C" .. body, wait)
     if not ok then
-        return false, res, msg
+        return failure(res, msg)
     end
     local id = tonumber(res)
     return true, setmetatable({

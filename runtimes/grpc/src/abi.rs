@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use crate::error::{Error, LOCAL_RC};
+use crate::error::Error;
 
 extern "C" {
     fn ngx_http_lua_ffi_get_req(task: *mut c_void, len: *mut c_int) -> *mut c_char;
@@ -188,10 +188,11 @@ impl Task {
 impl Drop for Task {
     fn drop(&mut self) {
         if !self.0.is_null() {
+            // INTERNAL, in the body shape of a status (no metadata, no details)
             answer(
                 self.0,
-                LOCAL_RC,
-                Some(b"ffi_grpc: the call was dropped before it was answered (runtime panic or unload)"),
+                tonic::Code::Internal as i32,
+                Some(b"{}\n\nffi_grpc: the call was dropped before it was answered (runtime panic or unload)"),
             );
         }
     }

@@ -158,9 +158,12 @@ pub async fn connect(o: ConnectOpts) -> Result<u64, Error> {
         Some(c) => c,
         None => {
             let ep = endpoint(&o)?;
-            let c = ep.connect().await.map_err(|e| Error::Connect {
-                target: o.target.clone(),
-                reason: chain(&e),
+            let c = ep.connect().await.map_err(|e| {
+                Error::Status(tonic::Status::unavailable(format!(
+                    "cannot connect to {}: {}",
+                    o.target,
+                    chain(&e)
+                )))
             })?;
             lock().channels.entry(key).or_insert(c).clone()
         }

@@ -1,12 +1,18 @@
 //! The crate's one error type. At the C ABI it becomes a return code and a
-//! message (see [`Error::rc`]): gRPC statuses keep their code (1-16) so Lua
-//! can name them; everything that failed on our side is [`LOCAL_RC`].
+//! message (see [`Error::rc`]): a gRPC status keeps its code (1-16), and so
+//! do transport failures and deadlines, which gRPC clients report as
+//! statuses too (UNAVAILABLE, DEADLINE_EXCEEDED); a call refused before
+//! anything was sent (bad input, misuse) is [`BAD_INPUT_RC`]. Lua
+//! (resty/ffi/grpc.lua) turns both into `false, code, err, status`.
 
 use std::fmt::Write;
 
-/// rc of errors that never reached a server (bad input, unknown method,
-/// closed connection, cannot connect).
-pub const LOCAL_RC: i32 = 100;
+use base64::Engine;
+
+/// rc of calls refused before anything was sent: bad input (unknown
+/// method, a table that does not fit, bad metadata or options) or misuse
+/// (a closed connection or stream).
+pub const BAD_INPUT_RC: i32 = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -27,8 +33,6 @@ pub enum Error {
     BadMessage { message: String, reason: String },
     #[error("ffi_grpc: bad target '{target}': {reason}")]
     BadTarget { target: String, reason: String },
-    #[error("ffi_grpc: cannot connect to {target}: {reason}")]
-    Connect { target: String, reason: String },
     #[error("ffi_grpc: bad TLS settings for {target}: {reason}")]
     Tls { target: String, reason: String },
     #[error("ffi_grpc: bad metadata: {0}")]
@@ -43,7 +47,9 @@ pub enum Error {
     Request(String),
     #[error("ffi_grpc: {0}")]
     Init(String),
-    /// A gRPC status from the server (or the transport, or a deadline).
+    /// A gRPC status: from the server, or made here for a transport failure
+    /// (UNAVAILABLE: cannot connect, TLS handshake, connection lost) or a
+    /// deadline (DEADLINE_EXCEEDED).
     #[error("{}", status_line(.0))]
     Status(tonic::Status),
 }
@@ -57,16 +63,25 @@ impl Error {
     pub fn rc(&self) -> i32 {
         match self {
             Error::Status(s) => s.code() as i32,
-            _ => LOCAL_RC,
+            _ => BAD_INPUT_RC,
         }
     }
 
     /// The answer's bytes: for a status, its metadata as a JSON object, a
-    /// newline, then the message; otherwise the error text.
+    /// newline, its details (grpc-status-details-bin, base64; may be
+    /// empty), a newline, then the message; otherwise the error text.
     pub fn body(&self) -> Vec<u8> {
         match self {
             Error::Status(s) => {
                 let mut out = crate::metadata::to_json(s.metadata());
+                out.push(b'\n');
+                if !s.details().is_empty() {
+                    out.extend_from_slice(
+                        base64::engine::general_purpose::STANDARD
+                            .encode(s.details())
+                            .as_bytes(),
+                    );
+                }
                 out.push(b'\n');
                 out.extend_from_slice(status_message(s).as_bytes());
                 out
@@ -106,7 +121,36 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 }
 
 impl From<tonic::Status> for Error {
+    /// A status tonic made from a transport error (an h2 or I/O error: the
+    /// connection broke mid-call) is UNKNOWN with that error as its source;
+    /// gRPC clients report a lost connection as UNAVAILABLE, and so do we.
+    /// A server's own UNKNOWN has no source and stays UNKNOWN.
     fn from(s: tonic::Status) -> Self {
+        if s.code() == tonic::Code::Unknown && std::error::Error::source(&s).is_some() {
+            return Error::Status(tonic::Status::unavailable(status_message(&s)));
+        }
         Error::Status(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_failures_are_unavailable_and_server_statuses_stay() {
+        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "broken pipe");
+        let lost = tonic::Status::from_error(Box::new(io));
+        assert_eq!(Error::from(lost).rc(), tonic::Code::Unavailable as i32);
+        let server = tonic::Status::unknown("the handler failed");
+        assert_eq!(Error::from(server).rc(), tonic::Code::Unknown as i32);
+        let e = Error::from(tonic::Status::with_details(
+            tonic::Code::Aborted,
+            "m",
+            b"\x01\x02why".to_vec().into(),
+        ));
+        assert_eq!(e.rc(), 10);
+        assert_eq!(e.body(), b"{}\nAQJ3aHk=\nm");
+        assert_eq!(Error::UnknownMethod("/x".into()).rc(), BAD_INPUT_RC);
     }
 }

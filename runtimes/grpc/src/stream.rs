@@ -152,7 +152,7 @@ pub async fn recv(req: &[u8]) -> Result<Option<Vec<u8>>, Error> {
             codec::to_json(&msg, &mut out)?;
             Ok(Some(out))
         }
-        Some(Err(status)) => Err(Error::Status(status)),
+        Some(Err(status)) => Err(status.into()),
         None if lock().contains_key(&id) => Ok(None),
         None => Err(Error::NoStream(id)),
     }

@@ -277,7 +277,7 @@ impl Probe for Probing {
 
     async fn fail(&self, req: Request<FailRequest>) -> Result<Response<()>, Status> {
         let r = req.into_inner();
-        let mut status = Status::new(Code::from_i32(r.code), r.message);
+        let mut status = Status::with_details(Code::from_i32(r.code), r.message, r.details.into());
         status
             .metadata_mut()
             .insert("x-fail-detail", MetadataValue::from_static("detail"));
