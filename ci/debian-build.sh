@@ -8,10 +8,14 @@
 # cargo home (CARGO_HOME: registry cache, proxies) read-write, so the root
 # needs no Rust of its own and crates downloaded once serve both; the host's
 # CA bundle is bound over the root's so cargo reaches the crate registry as
-# it does on the host. The checkout is mounted at a fixed path and the
-# target folder is cached per release under /var/cache/resty-ffi
-# (debian<N>-target), so a later run, from any checkout, rebuilds only the
-# workspace's own crates. PYO3_PYTHON names that release's python3.X: the
+# it does on the host. The target folder is cached per release under
+# /var/cache/resty-ffi (debian<N>-target), so a later run, from any
+# checkout, rebuilds only the workspace's own crates. Cargo judges those
+# fresh by file times, so a checkout building after another checkout's
+# newer build would get the other's libraries: the folder remembers which
+# checkout built last (.resty-ffi-checkout), and another one first cleans
+# the workspace's crates (cargo clean -p; dependencies stay). Each checkout
+# is mounted at a path of its own (a hash of its host path). PYO3_PYTHON names that release's python3.X: the
 # Python loader links its libpython.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -46,7 +50,8 @@ done
 enter_root "$broot"
 trap 'leave_root' EXIT
 in=/opt/resty-ffi
-mount_once "$src" "$broot$in/src" --bind
+in_src=$in/src-$(printf %s "$src" | sha256sum | cut -c1-12)
+mount_once "$src" "$broot$in_src" --bind
 mount_once "$target" "$broot$in/target" --bind
 mount_once "$cargo_home" "$broot$in/cargo" --bind
 mount_once "$rustup_home" "$broot$in/rustup" --bind -o ro
@@ -54,6 +59,11 @@ mount_once "$rustup_home" "$broot$in/rustup" --bind -o ro
 rust_env=()
 toolchain=$(rustup show active-toolchain 2>/dev/null | cut -d' ' -f1 || true)
 [ -n "$toolchain" ] && rust_env+=(RUSTUP_TOOLCHAIN="$toolchain")
+
+# another checkout built last: its workspace crates may look fresh here
+stamp=$target/.resty-ffi-checkout
+clean=0
+[ "$(cat "$stamp" 2>/dev/null)" = "$src" ] || clean=1
 
 t0=$(date +%s)
 json=$(mktemp)
@@ -65,8 +75,11 @@ with_host_certs "$broot" chroot "$broot" env -i \
     CARGO_HTTP_CAINFO=/etc/ssl/certs/ca-certificates.crt \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
     PYO3_PYTHON="/usr/bin/python$py" JAVA_HOME=/usr/lib/jvm/default-java \
-    sh -c 'cd "$1" && shift && cargo build --release --lib --message-format=json-render-diagnostics "$@"' \
-    sh "$in/src" "${pkgs[@]}" > "$json"
+    CLEAN="$clean" \
+    sh -c 'cd "$1" && shift && { [ "$CLEAN" = 0 ] || cargo clean --release "$@" >&2; } &&
+           cargo build --release --lib --message-format=json-render-diagnostics "$@"' \
+    sh "$in_src" "${pkgs[@]}" > "$json"
+echo "$src" > "$stamp"
 # The target folder is shared by every checkout: copy out exactly the
 # libraries this build made (and the Java API jar loader/java's build puts
 # beside them) into this checkout's target/debian<N>-release.

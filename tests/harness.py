@@ -39,12 +39,17 @@ HOST_RELEASE = int(open("/etc/debian_version").read().split(".")[0])
 # RESTY_FFI_DEBIAN=N: run nginx inside a Debian N root (None: the host's)
 DEBIAN = int(os.environ["RESTY_FFI_DEBIAN"]) if os.environ.get("RESTY_FFI_DEBIAN") else None
 # what each release's packages give: the Python the loader embeds, the
-# default JDK's major version, libnode's Node major, nginx's major.minor
-# and lua-nginx-module's version (as ngx.config reports them)
+# default JDK's major version, libnode's Node major, nginx's major.minor,
+# lua-nginx-module's version (as ngx.config reports them) and
+# lua-resty-core's (ngx.semaphore, which the call path waits on, is one of
+# its modules; it refuses to load with any lua module but the one it was
+# released with)
 RELEASES = {12: {"codename": "bookworm", "python": "3.11", "java": 17, "node": 18,
-                 "libnode": "libnode108", "nginx": 1022, "ngx_lua": 10023},
+                 "libnode": "libnode108", "nginx": 1022, "ngx_lua": 10023,
+                 "resty_core": "0.1.25"},
             13: {"codename": "trixie", "python": "3.13", "java": 21, "node": 20,
-                 "libnode": "libnode115", "nginx": 1026, "ngx_lua": 10028}}
+                 "libnode": "libnode115", "nginx": 1026, "ngx_lua": 10028,
+                 "resty_core": "0.1.31"}}
 TARGET = RELEASES[DEBIAN or HOST_RELEASE]
 PYTHON_VERSION = TARGET["python"]
 PYTHON = "/usr/bin/python" + PYTHON_VERSION

@@ -23,21 +23,32 @@ location /echo {
 
 def test_the_nginx_and_lua_files_under_test_are_the_releases_or_the_stages(nginx, stage):
     """Host runs use the host's nginx and the staged Lua files; with
-    RESTY_FFI_DEBIAN=N, that release's nginx, lua module and the files its
-    package installed."""
+    RESTY_FFI_DEBIAN=N, that release's nginx, lua module, lua-resty-core
+    and the files its package installed. Debian's own nginx on either
+    runs with that release's lua-resty-core (ngx.semaphore included),
+    from Debian's folder."""
     n = nginx("""
 location /where {
     content_by_lua_block {
+        -- the primitive the call path parks on, from lua-resty-core
+        local sema = require("ngx.semaphore").new(0)
+        sema:post(1)
+        local posted = sema:wait(0)
         ngx.print(math.floor(ngx.config.nginx_version / 1000), " ",
                   ngx.config.ngx_lua_version, " ",
                   package.searchpath("resty_ffi", package.path), " ",
-                  package.searchpath("resty.ffi.call", package.path))
+                  package.searchpath("resty.ffi.call", package.path), " ",
+                  require("resty.core.base").version, " ",
+                  package.searchpath("resty.core.base", package.path), " ",
+                  package.searchpath("ngx.semaphore", package.path), " ",
+                  posted and "semaphore-ok" or "semaphore-failed")
     }
 }
 """)
     status, body = n.get("/where")
     assert status == 200, body
-    major_minor, lua_version, resty_ffi, call = body.decode().split()
+    (major_minor, lua_version, resty_ffi, call,
+     core_version, core_base, semaphore, works) = body.decode().split()
     if harness.DEBIAN is None:
         assert resty_ffi == stage.lua + "/resty_ffi.lua"
         assert call == stage.lua + "/resty/ffi/call.lua"
@@ -47,6 +58,12 @@ location /where {
         assert resty_ffi == "/usr/share/lua/5.1/resty_ffi.lua"
         assert call == "/usr/share/lua/5.1/resty/ffi/call.lua"
         assert os.path.realpath(stage.lib + "/libresty_ffi.so") == harness.PACKAGE_LIB + "/libresty_ffi.so"
+    assert works == "semaphore-ok", body
+    if harness.DEBIAN is not None or not harness.lua_compiled_in():
+        # Debian's nginx-lua: Debian's lua-resty-core, for that lua module
+        assert core_version == harness.TARGET["resty_core"], body
+        assert core_base == "/usr/share/lua/5.1/resty/core/base.lua", body
+        assert semaphore == "/usr/share/lua/5.1/ngx/semaphore.lua", body
 
 
 def test_binary_payloads_round_trip_byte_for_byte(nginx):

@@ -1,13 +1,16 @@
 """The Node.js loader (libffi_nodejs.so) against a real nginx and a real
-Node (Debian 12's libnode108: from dpkg, or unpacked by ci/setup-nodejs.sh
-into its private prefix), with workers running as `nobody`.
+Node, with workers running as `nobody`: on the host, Debian 12's libnode108
+(Node 18: from dpkg, or unpacked by ci/setup-nodejs.sh into its private
+prefix); with RESTY_FFI_DEBIAN=13, inside a Debian 13 root (harness.py) with
+its libnode115 (Node 20) and the package built for it.
 
 Runtimes under test: lua-resty-ffi's demo/echo.js unchanged (compat style:
 a worker_thread polls, the main thread answers; examples/nodejs/demo),
-handler-style modules in tests/nodejs, and an npm package (escape-html, installed by
-ci/setup-nodejs.sh) required from a folder on NODE_PATH. Everything is
-staged into the world-readable stage folder; nginx passes NODE_PATH with
-`env`.
+handler-style modules in tests/nodejs, and an npm package (escape-html,
+installed by ci/setup-nodejs.sh) required from a folder on NODE_PATH.
+Everything is staged into the world-readable stage folder (the npm
+packages too: a Debian root sees the host's /tmp, not /var/cache); nginx
+passes NODE_PATH with `env`.
 """
 
 import os
@@ -83,8 +86,9 @@ def nstage(stage):
     stage.add_tree(os.path.join(harness.ROOT, "examples", "nodejs", "demo"), "js/demo")
     stage.js_hot = os.path.join(stage.dir, "hot")
     os.makedirs(stage.js_hot, exist_ok=True)
-    stage.node_path = ":".join([stage.js, stage.js_hot,
-                                os.path.join(NODE_MODULES, "node_modules")])
+    stage.node_modules = stage.add_tree(os.path.join(NODE_MODULES, "node_modules"),
+                                        "node_modules")
+    stage.node_path = ":".join([stage.js, stage.js_hot, stage.node_modules])
     stage.world_readable()
     return stage
 
@@ -207,6 +211,25 @@ def test_question_mark_reloads_a_changed_module_after_unload(n_nginx, nstage):
     assert call(n, "hot?,make", b"") == (200, b"v2")
 
 
+def test_the_worker_runs_the_releases_node(n_nginx, nstage):
+    """Node 18 (libnode108) on Debian 12, Node 20 (libnode115) on Debian 13:
+    the loader the package ships for a release opens that release's
+    libnode."""
+    n = n_nginx()
+    status, body = call(n, "handler,versions", b"")
+    assert status == 200, body
+    version, modules = body.decode().split()
+    assert int(version.split(".")[0]) == harness.TARGET["node"], version
+    assert "libnode" + modules == harness.TARGET["libnode"], modules
+    [pid] = n.worker_pids()
+    with open("/proc/%d/maps" % pid) as f:
+        libnode = {ln.split()[-1] for ln in f if "/libnode.so." in ln}
+    assert [os.path.basename(p) for p in libnode] == ["libnode.so." + modules], libnode
+    if nstage.root:
+        # the root's own library, not the host's
+        assert all(p.startswith(nstage.root.dir + "/") for p in libnode), libnode
+
+
 def test_npm_package_from_a_folder_on_node_path(n_nginx):
     n = n_nginx()
     assert call(n, "handler,escape", b"<a href=\"x\">&</a>") == (
@@ -291,10 +314,11 @@ def test_without_libnode_the_load_fails_saying_what_to_install(n_nginx):
     assert status == 500, body
     text = body.decode()
     assert "/nonexistent/libnode.so.108 (RESTY_FFI_LIBNODE): no such file" in text, text
-    assert "apt install libnode108" in text, text
+    install = "apt install " + harness.TARGET["libnode"]
+    assert install in text, text
     # remembered: every later load says the same, and nginx serves on
     status, body = call(n, "demo/echo,init", b"x")
-    assert status == 500 and b"apt install libnode108" in body, body
+    assert status == 500 and install.encode() in body, body
     assert n.get("/plain") == (200, b"plain")
 
 
@@ -356,7 +380,7 @@ def test_reload_and_quit_stay_prompt_with_node_loaded(n_nginx):
         assert call(n, cfg, b"w") == (200, b"late:w")
     after = [harness.rss_kib(p) for p in old]
     print("worker RSS (KiB) before / with Node loaded:", before, after)
-    # Node 18 with a small handler: about 50 MiB more per worker
+    # Node 18 / 20 with a small handler: about 50 MiB more per worker
     assert max(after) - min(before) < 150 * 1024, (before, after)
     assert n.worker_pids() == old
     n.reload()
@@ -452,7 +476,7 @@ def test_example_nginx_conf_serves_every_node_example(nginx, nstage):
     ex = nstage.add_tree(os.path.join(harness.ROOT, "examples", "nodejs"), "nodejs-examples")
     with open(os.path.join(ex, "nginx.conf")) as f:
         server = f.read()
-    node_path = "%s:%s" % (ex, os.path.join(NODE_MODULES, "node_modules"))
+    node_path = "%s:%s" % (ex, nstage.node_modules)
     n = nginx(server, main="env NODE_PATH=%s;" % node_path)
     assert n.post("/node/echo", b"hi") == (200, b"hi")
     assert n.post("/node/escape", b"<b>&") == (200, b"&lt;b&gt;&amp;")

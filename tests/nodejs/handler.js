@@ -62,6 +62,9 @@ exports.escape = () => {
   return (req) => escapeHtml(req.toString());
 };
 
+// which Node the worker runs: "<version> <NODE_MODULE_VERSION>"
+exports.versions = () => () => `${process.versions.node} ${process.versions.modules}`;
+
 // SIGUSR1 must not reach Node (its inspector) when sent to the worker
 exports.inspector = () => () => {
   let url = 'none';
