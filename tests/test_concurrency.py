@@ -240,3 +240,63 @@ def test_parked_calls_reuse_waiters_and_no_late_answer_reaches_a_later_call(ngin
         assert n.get("/mixed?round=%d" % rnd) == (200, b"0 160"), rnd
         # every late answer drained before the next round reuses waiters
         assert harness.wait_until(lambda: n.get("/waiting") == (200, b"0"), 10)
+
+
+BATCHED = """
+location /batch {
+    content_by_lua_block {
+        local ffi = require "resty.ffi"
+        -- runtime threads that never spin: every call they take while
+        -- asleep needs a wake-up, which only the flush gives deferred calls
+        local rt = assert(ffi.load("ffi_echo", "threads=2,",
+                                   { spin_us = 0, poll_spin_us = 0, timeout = 5 }))
+        -- a slow call on another runtime stays parked throughout: the
+        -- worker has calls waiting, so the batch's calls are posted
+        -- deferred (the flusher starts with the first of them)
+        local slow = assert(ffi.load("ffi_echo", "threads=1"))
+        local n = tonumber(ngx.var.arg_n)
+        local s0 = ffi.stats()
+        local background = ngx.thread.spawn(function()
+            return slow:echo("!sleep:300:slow")
+        end)
+        local threads = {}
+        for i = 1, n do
+            threads[i] = ngx.thread.spawn(function()
+                local ok, res, err = rt:echo("c" .. i)
+                return ok and res or ("failed: " .. tostring(res) .. " " .. tostring(err))
+            end)
+        end
+        local bad = 0
+        for i = 1, n do
+            local _, res = ngx.thread.wait(threads[i])
+            if res ~= "c" .. i then
+                bad = bad + 1
+                ngx.log(ngx.ERR, "call ", i, ": ", res)
+            end
+        end
+        local s1 = ffi.stats()
+        local _, _, slow_res = ngx.thread.wait(background)
+        if slow_res ~= "slow" then
+            bad = bad + 1
+        end
+        ngx.print(bad, " ", s1.deferred - s0.deferred, " ",
+                  s1.thread_wakeups - s0.thread_wakeups, " ", ffi.waiting())
+    }
+}
+"""
+
+
+def test_calls_under_load_wake_the_runtime_once_per_cycle_not_once_per_call(nginx):
+    n = nginx(BATCHED)
+    status, body = n.get("/batch?n=1")
+    assert status == 200, (body, n.error_log()[-3000:])
+    for _ in range(3):
+        status, body = n.get("/batch?n=500", timeout=30)
+        assert status == 200, body
+        bad, deferred, wakeups, waiting = map(int, body.split())
+        assert (bad, waiting) == (0, 0), (body, n.error_log()[-2000:])
+        # posted deferred (all but the one that starts the flusher): their
+        # sleeping runtime threads are woken by the flush, once per
+        # event-loop cycle, or the calls would time out
+        assert deferred >= 495, body
+        assert wakeups <= 50, body

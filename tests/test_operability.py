@@ -303,7 +303,7 @@ location /modules {
         table.sort(names)
         out[1] = table.concat(names, ",")
         for _, m in ipairs({ "resty.ffi", "resty.ffi.lib", "resty.ffi.channel",
-                             "resty.ffi.call", "resty.ffi.dispatcher",
+                             "resty.ffi.call", "resty.ffi.dispatcher", "resty.ffi.flush",
                              "resty.ffi.log", "resty.ffi.runtime",
                              "resty.ffi.stats", "resty.ffi.prometheus",
                              "resty.ffi.stream",

@@ -469,7 +469,45 @@ pub unsafe extern "C" fn resty_ffi_post(
     err: *mut c_int,
 ) -> *mut c_void {
     guard("resty_ffi_post", std::ptr::null_mut(), || {
-        post(rt, ch, req, len, id, None, err)
+        post(rt, ch, req, len, id, Post::Now, err)
+    })
+}
+
+/// Like `resty_ffi_post`, but a sleeping runtime thread is not woken for
+/// the task until `resty_ffi_runtime_flush(rt)`: a caller under load (other
+/// calls parked) posts every call of one event-loop cycle this way and
+/// flushes once, so a batch costs one wake-up instead of one per call, and
+/// runtime threads sleep between batches instead of spinning. The caller
+/// must flush before the task can be answered by a sleeping runtime; it
+/// then waits with `resty_ffi_wait(task, 0)` as for any parked call.
+///
+/// # Safety
+/// Pointer arguments must be valid as described, per the C ABI.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_post_deferred(
+    rt: *mut c_void,
+    ch: *mut c_void,
+    req: *const c_char,
+    len: c_int,
+    id: f64,
+    err: *mut c_int,
+) -> *mut c_void {
+    guard("resty_ffi_post_deferred", std::ptr::null_mut(), || {
+        post(rt, ch, req, len, id, Post::Deferred, err)
+    })
+}
+
+/// Wakes runtime `rt`'s sleeping threads for the tasks
+/// `resty_ffi_post_deferred` queued. Cheap when there is nothing to do.
+///
+/// # Safety
+/// Pointer arguments must be valid as described, per the C ABI.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_runtime_flush(rt: *mut c_void) {
+    guard("resty_ffi_runtime_flush", (), || {
+        if let Some(rt) = runtime(rt) {
+            rt.queue.flush();
+        }
     })
 }
 
@@ -498,8 +536,18 @@ pub unsafe extern "C" fn resty_ffi_post_stream(
             or(window_bytes, crate::stream::WINDOW_BYTES),
             or(window_chunks, crate::stream::WINDOW_CHUNKS),
         );
-        post(rt, ch, req, len, id, Some(window), err)
+        post(rt, ch, req, len, id, Post::Stream(window), err)
     })
+}
+
+/// How a task is posted.
+enum Post {
+    /// A call; a sleeping runtime thread is woken for it now.
+    Now,
+    /// A call whose wake-up waits for `resty_ffi_runtime_flush`.
+    Deferred,
+    /// A stream with its window (bytes, chunks).
+    Stream((usize, usize)),
 }
 
 fn post(
@@ -508,7 +556,7 @@ fn post(
     req: *const c_char,
     len: c_int,
     id: f64,
-    window: Option<(usize, usize)>,
+    how: Post,
     err: *mut c_int,
 ) -> *mut c_void {
     let set_err = |code: c_int| {
@@ -525,13 +573,23 @@ fn post(
         set_err(3);
         return std::ptr::null_mut();
     };
+    let window = match how {
+        Post::Stream(w) => Some(w),
+        _ => None,
+    };
     let Some(task) = TaskPtr::new(&rt.queue, Some(ch), id, req.cast(), len, window) else {
         crate::stats::refused();
         rt.queue.stats.refused();
         set_err(4);
         return std::ptr::null_mut();
     };
-    match rt.queue.post(task) {
+    let posted = if matches!(how, Post::Deferred) {
+        crate::stats::deferred();
+        rt.queue.post_deferred(task).map(|()| false)
+    } else {
+        rt.queue.post(task)
+    };
+    match posted {
         Ok(spinning) => {
             crate::stats::posted();
             task.set_poller_spinning(spinning);

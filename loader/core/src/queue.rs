@@ -48,6 +48,11 @@ pub struct TaskQueue {
     /// Sleeping pollers signalled by `post` so far.
     signals: AtomicUsize,
     finished: AtomicBool,
+    /// Set by deferred posts (the caller has other calls parked: it is
+    /// under load), cleared by posts that wake a poller at once. While set,
+    /// pollers do not spin for the next task: they sleep, and the caller's
+    /// flush (once per event-loop cycle) wakes them for a whole batch.
+    lazy: CachePadded<AtomicBool>,
     max: usize,
     poll_gate: SpinGate,
     /// The caller's spin for answers to this queue's tasks, adapted to
@@ -81,6 +86,7 @@ impl TaskQueue {
             spinners: CachePadded::new(AtomicUsize::new(0)),
             signals: AtomicUsize::new(0),
             finished: AtomicBool::new(false),
+            lazy: CachePadded::new(AtomicBool::new(false)),
             max: max.max(1),
             poll_gate: SpinGate::new(poll_spin),
             caller_gate: SpinGate::new(caller_spin),
@@ -100,16 +106,12 @@ impl TaskQueue {
     /// microseconds: one was spinning, or (on one CPU, where a woken thread
     /// runs as soon as the caller yields) a sleeping one was woken.
     pub fn post(&self, task: TaskPtr) -> Result<bool, Error> {
+        if self.lazy.load(Ordering::Relaxed) {
+            self.lazy.store(false, Ordering::Relaxed);
+        }
         let (wake, spinning) = {
             let mut inner = self.lock();
-            if inner.finished {
-                return Err(Error::Finished);
-            }
-            if inner.tasks.len() >= self.max {
-                return Err(Error::QueueFull { max: self.max });
-            }
-            inner.tasks.push_back(task);
-            self.len.fetch_add(1, Ordering::Release);
+            self.push(&mut inner, task)?;
             // Wake a sleeper only for tasks the spinning pollers and the
             // sleepers already woken cannot take: a spinner that gives up
             // decrements `spinners` before it locks and looks at the queue,
@@ -124,10 +126,61 @@ impl TaskQueue {
         };
         if wake {
             self.signals.fetch_add(1, Ordering::Relaxed);
+            crate::stats::thread_wakeup();
             self.ready_cond.notify_one();
         }
         self.ready.notify_if_armed();
         Ok(spinning)
+    }
+
+    fn push(&self, inner: &mut Inner, task: TaskPtr) -> Result<(), Error> {
+        if inner.finished {
+            return Err(Error::Finished);
+        }
+        if inner.tasks.len() >= self.max {
+            return Err(Error::QueueFull { max: self.max });
+        }
+        inner.tasks.push_back(task);
+        self.len.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// Queues `task` without waking a sleeping poller: the caller will
+    /// [`flush`](Self::flush) before it waits for anything (once for all the
+    /// tasks it posts in one event-loop cycle). A poller that is awake
+    /// (spinning, or running another task) still takes it at once. Pollers
+    /// stop spinning until the next eager [`post`](Self::post).
+    pub fn post_deferred(&self, task: TaskPtr) -> Result<(), Error> {
+        if !self.lazy.load(Ordering::Relaxed) {
+            self.lazy.store(true, Ordering::Relaxed);
+        }
+        let mut inner = self.lock();
+        self.push(&mut inner, task)
+    }
+
+    /// Wakes sleeping pollers for the tasks deferred posts left: as many as
+    /// `post` would have woken for them, one futex wake per poller rather
+    /// than per task. Event-loop runtimes waiting on the readiness fd are
+    /// told too.
+    pub fn flush(&self) {
+        let wakes = {
+            let mut inner = self.lock();
+            let spinners = self.spinners.load(Ordering::SeqCst);
+            let mut n = 0;
+            while inner.sleepers > inner.woken && inner.tasks.len() > spinners + inner.woken {
+                inner.woken += 1;
+                n += 1;
+            }
+            n
+        };
+        for _ in 0..wakes {
+            self.signals.fetch_add(1, Ordering::Relaxed);
+            crate::stats::thread_wakeup();
+            self.ready_cond.notify_one();
+        }
+        if !self.is_empty() {
+            self.ready.notify_if_armed();
+        }
     }
 
     /// Arms the readiness fd before an event loop waits on it. Returns
@@ -160,7 +213,11 @@ impl TaskQueue {
     /// race for a task spins again while budget is left, and only then
     /// sleeps on the condition variable.
     pub fn poll(&self) -> Option<TaskPtr> {
-        let budget = self.poll_gate.budget();
+        let budget = if self.lazy.load(Ordering::Relaxed) {
+            Duration::ZERO
+        } else {
+            self.poll_gate.budget()
+        };
         let mut deadline = (!budget.is_zero()).then(|| Instant::now() + budget);
         let mut recorded = false;
         loop {
@@ -414,6 +471,78 @@ mod tests {
         );
         q.finish();
         assert_eq!(poller.join().unwrap(), 100);
+    }
+
+    /// Waits until `n` pollers sleep on the queue.
+    fn wait_sleepers(q: &TaskQueue, n: usize) {
+        let t0 = Instant::now();
+        while q.lock().sleepers < n {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "pollers never slept"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn deferred_posts_wake_nobody_until_the_flush_wakes_each_sleeper_once() {
+        // a poll budget, to see that deferred posts turn spinning off
+        let q = Arc::new(TaskQueue::new(
+            256,
+            Duration::from_millis(200),
+            Duration::ZERO,
+        ));
+        let pollers: Vec<_> = (0..2)
+            .map(|_| {
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    let mut n = 0;
+                    while let Some(t) = q.poll() {
+                        t.free();
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        // the pollers start spinning (nothing deferred yet); a spinner
+        // takes task 0, and from then on the queue is lazy: they sleep
+        q.post_deferred(task(0)).unwrap();
+        q.flush();
+        wait_sleepers(&q, 2);
+        let before = q.signals();
+        for i in 1..=100 {
+            q.post_deferred(task(i)).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(q.len(), 100, "nobody woke for deferred posts");
+        assert_eq!(q.signals(), before, "deferred posts signal no one");
+        q.flush();
+        q.flush(); // a second flush finds the sleepers already woken
+        assert_eq!(
+            q.signals() - before,
+            2,
+            "one signal per sleeper, not per task"
+        );
+        let t0 = Instant::now();
+        while !q.is_empty() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the batch was not taken"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // lazy: both sleep again at once rather than spin their 200 ms
+        let t0 = Instant::now();
+        wait_sleepers(&q, 2);
+        assert!(
+            t0.elapsed() < Duration::from_millis(150),
+            "pollers spun under deferred posts"
+        );
+        q.finish();
+        let served: usize = pollers.into_iter().map(|p| p.join().unwrap()).sum();
+        assert_eq!(served, 101);
     }
 
     #[test]

@@ -16,6 +16,8 @@ struct Caller {
     answered_spinning: AtomicU64,
     parked: AtomicU64,
     drained: AtomicU64,
+    deferred: AtomicU64,
+    thread_wakeups: AtomicU64,
 }
 
 /// Written by runtime threads.
@@ -30,6 +32,8 @@ static CALLER: CachePadded<Caller> = CachePadded::new(Caller {
     answered_spinning: AtomicU64::new(0),
     parked: AtomicU64::new(0),
     drained: AtomicU64::new(0),
+    deferred: AtomicU64::new(0),
+    thread_wakeups: AtomicU64::new(0),
 });
 static RUNTIME: CachePadded<Runtime> = CachePadded::new(Runtime {
     wakes: AtomicU64::new(0),
@@ -54,14 +58,22 @@ pub fn parked() {
 pub fn drained(n: usize) {
     CALLER.drained.fetch_add(n as u64, Ordering::Relaxed);
 }
+/// A call was posted deferred (see `TaskQueue::post_deferred`).
+pub fn deferred() {
+    bump(&CALLER.deferred);
+}
+/// A post or flush signalled a sleeping runtime thread.
+pub fn thread_wakeup() {
+    bump(&CALLER.thread_wakeups);
+}
 pub fn wake_written() {
     bump(&RUNTIME.wakes);
 }
 
 /// The counters in the order `resty_ffi_stats` copies them: posted,
 /// refused, answered_spinning, parked, drained, wakes, stray_answers,
-/// log_lines_dropped.
-pub fn snapshot() -> [u64; 8] {
+/// log_lines_dropped, deferred, thread_wakeups.
+pub fn snapshot() -> [u64; 10] {
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
     [
         load(&CALLER.posted),
@@ -72,6 +84,8 @@ pub fn snapshot() -> [u64; 8] {
         load(&RUNTIME.wakes),
         crate::task::stray_answers(),
         crate::log::dropped(),
+        load(&CALLER.deferred),
+        load(&CALLER.thread_wakeups),
     ]
 }
 

@@ -13,6 +13,7 @@ local semaphore = require "ngx.semaphore"
 local C = require("resty.ffi.lib").C
 local channel = require "resty.ffi.channel"
 local dispatcher = require "resty.ffi.dispatcher"
+local flush = require "resty.ffi.flush"
 
 local ngx = ngx
 local get_phase = ngx.get_phase
@@ -34,6 +35,8 @@ local drain = channel.drain
 local dispatcher_running = dispatcher.running
 local start_dispatcher = dispatcher.start
 local wake_dispatcher = dispatcher.wake
+local flush_ready = flush.ready
+local flush_request = flush.request
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -245,11 +248,24 @@ local function call(self, req, timeout)
     end
     next_id = next_id + 1
     local id = next_id
-    local task = C.resty_ffi_post(rt, ch, req, len, id, errp)
+    if parked() == 0 or not flush_ready() then
+        local task = C.resty_ffi_post(rt, ch, req, len, id, errp)
+        if task == nil then
+            return false, nil, post_error(st, errp[0])
+        end
+        if C.resty_ffi_wait(task, parked() == 0 and 1 or 0) == 1 then
+            return take_result(task)
+        end
+        return park(rt, task, id, req, timeout)
+    end
+    -- under load: the runtime's threads are woken once this cycle, for
+    -- every call posted in it (resty.ffi.flush)
+    local task = C.resty_ffi_post_deferred(rt, ch, req, len, id, errp)
     if task == nil then
         return false, nil, post_error(st, errp[0])
     end
-    if C.resty_ffi_wait(task, parked() == 0 and 1 or 0) == 1 then
+    flush_request(st)
+    if C.resty_ffi_wait(task, 0) == 1 then
         return take_result(task)
     end
     return park(rt, task, id, req, timeout)

@@ -25,6 +25,9 @@ void resty_ffi_runtime_unload(void *rt);
 int resty_ffi_runtime_queue_len(void *rt);
 void *resty_ffi_post(void *rt, void *ch, const char *req, int len, double id,
                      int *err);
+void *resty_ffi_post_deferred(void *rt, void *ch, const char *req, int len,
+                              double id, int *err);
+void resty_ffi_runtime_flush(void *rt);
 void *resty_ffi_post_stream(void *rt, void *ch, const char *req, int len,
                             double id, int window_bytes, int window_chunks,
                             int *err);

@@ -79,7 +79,8 @@ function _M.runtimes()
 end
 
 local STAT_NAMES = { "posted", "refused", "answered_spinning", "parked",
-                     "drained", "wakes", "stray_answers", "log_lines_dropped" }
+                     "drained", "wakes", "stray_answers", "log_lines_dropped",
+                     "deferred", "thread_wakeups" }
 local stats_buf = ffi.new("uint64_t[?]", #STAT_NAMES)
 
 -- Counters of this worker's call path since it started: posted (calls
@@ -88,6 +89,9 @@ local stats_buf = ffi.new("uint64_t[?]", #STAT_NAMES)
 -- by the dispatcher), wakes (wake-up bytes runtimes wrote), stray_answers
 -- (answers to tasks not waiting for one: a runtime answered twice or late),
 -- log_lines_dropped (runtime log lines dropped because too many waited),
+-- deferred (calls posted under load, their runtime woken once per
+-- event-loop cycle: resty.ffi.flush), thread_wakeups (sleeping runtime
+-- threads woken by posts and flushes),
 -- waiting (parked now, this VM), wake ("socket", or "polling" when no wake
 -- socket could be made), vms (Lua VMs this worker has had: more than 1 with
 -- lua_code_cache off), pid (this worker's process id).

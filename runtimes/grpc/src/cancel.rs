@@ -4,7 +4,8 @@
 //! Two ways reach a call. The core marks a task cancelled when its Lua
 //! side stops waiting (the wait timed out, the worker exits) and signals
 //! the queue's space fd: the queue's loop then [`sweep`]s the unary calls
-//! in flight and ends those whose task says so. A coroutine that is killed
+//! and the stream sends and receives in flight and ends those whose task
+//! says so. A coroutine that is killed
 //! (ngx.thread.kill, its request ended) never tells the core: for that,
 //! each unary call and each stream carries an id Lua took from [`new_id`]
 //! and keeps in a guard; when the guard is collected, Lua calls [`cancel`]

@@ -2,7 +2,12 @@
 //! queue on it.
 //!
 //! The runtime starts with the first `libffi_init` of the process (a nginx
-//! worker) and lives as long as the process. Each queue gets one loop task
+//! worker) and lives as long as the process. With one thread (the
+//! default) it is a current-thread runtime driven by a thread of ours: a
+//! call's task, the HTTP/2 connection and the sockets then share one thread
+//! and hand nothing to each other across threads (measured against the
+//! multi-threaded runtime with one worker: 8-10% less CPU per call,
+//! benches/README.md section 5). Each queue gets one loop task
 //! that waits on the queue's readiness eventfd (no thread parked in
 //! `poll`), takes every waiting task without blocking, and spawns one tokio
 //! task per call, which answers it. When the queue is finished (unload) the
@@ -75,15 +80,7 @@ pub fn start(cfg: &str, queue: Queue) -> Result<(), Error> {
     let n = cfg.threads;
     let rt = match RUNTIME.get() {
         Some(rt) => rt,
-        None => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(n)
-                .thread_name("ffi-grpc")
-                .enable_all()
-                .build()
-                .map_err(|e| Error::Init(format!("cannot start the tokio runtime: {e}")))?;
-            RUNTIME.get_or_init(|| rt)
-        }
+        None => build(n)?,
     };
     let _guard = rt.enter();
     let ready = queue.watch()?;
@@ -94,6 +91,33 @@ pub fn start(cfg: &str, queue: Queue) -> Result<(), Error> {
         sweeper.abort();
     });
     Ok(())
+}
+
+/// Builds the process's runtime. One thread (the default): a current-thread
+/// runtime driven by a thread of ours, so a call's tasks, h2 and the socket
+/// all run on one thread with no cross-thread wake-ups inside tokio; more:
+/// tokio's multi-threaded runtime with that many workers.
+fn build(threads: usize) -> Result<&'static Runtime, Error> {
+    let fail = |e: std::io::Error| Error::Init(format!("cannot start the tokio runtime: {e}"));
+    if threads > 1 {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("ffi-grpc")
+            .enable_all()
+            .build()
+            .map_err(fail)?;
+        return Ok(RUNTIME.get_or_init(|| rt));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(fail)?;
+    let rt = RUNTIME.get_or_init(|| rt);
+    std::thread::Builder::new()
+        .name("ffi-grpc".into())
+        .spawn(move || rt.block_on(std::future::pending::<()>()))
+        .map_err(fail)?;
+    Ok(rt)
 }
 
 /// What a queue's loop shares with the calls it spawned.
@@ -204,8 +228,10 @@ async fn handle(task: Task, _in_flight: InFlight) {
     };
     let done: Result<Option<Vec<u8>>, Error> = match op {
         b'U' => crate::call::unary(rest, handle).await.map(Some),
-        b'R' => crate::stream::recv(rest).await,
-        b'W' => crate::stream::send(rest).await.map(|_| Some(Vec::new())),
+        b'R' => crate::stream::recv(rest, handle).await,
+        b'W' => crate::stream::send(rest, handle)
+            .await
+            .map(|_| Some(Vec::new())),
         b'S' => crate::stream::open(rest).map(|id| Some(id.to_string().into_bytes())),
         b'E' => crate::stream::close_send(rest).map(|_| Some(Vec::new())),
         b'P' => match crate::protos::parse_load(rest) {

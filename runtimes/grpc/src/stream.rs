@@ -9,7 +9,10 @@
 //! pressure); `recv` callers take messages in turn; `close` (also from
 //! Lua's GC, any phase: it never blocks) drops the stream from the
 //! registry and aborts the pump, which cancels the HTTP/2 stream. A task
-//! already waiting in `recv` then ends with the stream closed. A stream's
+//! already waiting in `recv` then ends with the stream closed. A `send` or
+//! `recv` task whose caller stopped waiting (the core marks it cancelled:
+//! its wait timed out, ...) ends at once and closes the stream too, so the
+//! server sees the RPC cancelled without waiting for Lua's `close`. A stream's
 //! id is the call id Lua sent with `new_stream`, so a cancel (cancel.rs)
 //! closes it, even one that arrives before the stream was opened.
 
@@ -24,6 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::client::Grpc;
 use tonic::Status;
 
+use crate::abi::TaskHandle;
 use crate::call::{self, Head};
 use crate::codec::{self, DynamicCodec};
 use crate::conn;
@@ -128,8 +132,26 @@ pub fn open(req: &[u8]) -> Result<u64, Error> {
     }
 }
 
+/// Runs `op` (a send or recv task of stream `id`) until it is done or the
+/// core says its caller stopped waiting; then the stream is closed (the
+/// RPC cancelled: nobody reads it any more) and the task ends at once.
+async fn unless_gone<T>(
+    id: u64,
+    task: TaskHandle,
+    op: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let mut watch = crate::cancel::watch(crate::cancel::new_id(), Some(task));
+    tokio::select! {
+        r = op => r,
+        _ = watch.cancelled() => {
+            close(id);
+            Err(call::cancelled())
+        }
+    }
+}
+
 /// Sends one message (`W<id>\n<json>`).
-pub async fn send(req: &[u8]) -> Result<(), Error> {
+pub async fn send(req: &[u8], task: TaskHandle) -> Result<(), Error> {
     let (id, json) = id_and_rest(req)?;
     let s = get(id)?;
     let msg = codec::from_json(&s.input, json)?;
@@ -138,14 +160,17 @@ pub async fn send(req: &[u8]) -> Result<(), Error> {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or(Error::SendClosed(id))?;
-    tx.send(msg).await.map_err(|_| Error::SendClosed(id))
+    unless_gone(id, task, async move {
+        tx.send(msg).await.map_err(|_| Error::SendClosed(id))
+    })
+    .await
 }
 
 /// The next message as JSON, `None` at the end (`R<id>`).
-pub async fn recv(req: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+pub async fn recv(req: &[u8], task: TaskHandle) -> Result<Option<Vec<u8>>, Error> {
     let (id, _) = id_and_rest(req)?;
     let s = get(id)?;
-    let next = s.rx.lock().await.recv().await;
+    let next = unless_gone(id, task, async { Ok(s.rx.lock().await.recv().await) }).await?;
     match next {
         Some(Ok(msg)) => {
             let mut out = Vec::with_capacity(128);

@@ -82,7 +82,12 @@ public class Hog {
             // full
         }
         releaseAt = System.nanoTime() + releaseMs * 1_000_000;
-        kept = new Node(kept, null);
+        // the error escapes from here: one more node would fit only if
+        // something was freed meanwhile (the caught errors, another
+        // thread's garbage), so keep allocating until one does not
+        while (true) {
+            kept = new Node(kept, null);
+        }
     }
 
     /** Fills the heap when the request says "fill:SIZE:MS"; returns req. */

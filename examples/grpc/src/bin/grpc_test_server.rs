@@ -329,7 +329,11 @@ impl Probe for Probing {
                 if tx.send(Ok(Tick { n })).await.is_err() {
                     return; // the client is gone: `ending` counts a cancel
                 }
-                tokio::time::sleep(Duration::from_millis(r.interval_ms.max(0) as u64)).await;
+                // a client that goes away is seen at once, not at the next tick
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(r.interval_ms.max(0) as u64)) => {}
+                    _ = tx.closed() => return,
+                }
             }
             ending.finish();
         });
