@@ -25,6 +25,7 @@ import socket
 import subprocess
 import tempfile
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -602,6 +603,25 @@ def rss_kib(pid):
                 return int(line.split()[1])
     return 0
 
+
+
+def rss_growth_while(pid, work, meanwhile=None):
+    """Runs `work()` on a thread and samples `pid`'s RSS every 20 ms until
+    it returns (`meanwhile()`, if given, runs first, right after the thread
+    starts). Returns (what work returned, the peak growth in MiB over the
+    RSS before)."""
+    rss0 = rss_kib(pid)
+    peak, done = [rss0], []
+    t = threading.Thread(target=lambda: done.append(work()))
+    t.start()
+    if meanwhile:
+        meanwhile()
+    while t.is_alive():
+        peak.append(rss_kib(pid))
+        time.sleep(0.02)
+    t.join()
+    assert done, "work() failed (its traceback is above)"
+    return done[0], (max(peak) - rss0) / 1024
 
 def logged(log, text):
     """How many times lines containing `text` were logged: those written,

@@ -8,7 +8,6 @@ starts with i as 8 digits)."""
 import concurrent.futures
 import re
 import socket
-import threading
 import time
 
 import pytest
@@ -197,30 +196,22 @@ def test_memory_stays_bounded_by_the_window_when_the_reader_pauses(js_nginx, cfg
     n = js_nginx()
     lines_of(n, cfg, "200:65536:0", sizes=1)   # warm: classes, JIT, buffers
     [pid] = n.worker_pids()
-    rss0 = harness.rss_kib(pid)
-    peak, done, produced = [rss0], [], []
+    produced = []
 
-    def read():
-        # 1600 chunks of 64 KiB = 100 MiB; the reader pauses 1 s first
-        done.append(n.get(path(cfg, "1600:65536:0", pause=1, sizes=1), timeout=120))
+    def mid_pause():
+        # the producer was held back by the window (1 MiB: 16 chunks of 64
+        # KiB; plus the one waiting, or the 16 a Publisher is asked for
+        # ahead), not run to the end
+        time.sleep(0.7)
+        produced.append(int(n.post("/call?cfg=t.Streaming,produced", b"")[1]))
 
-    t = threading.Thread(target=read)
-    t.start()
-    time.sleep(0.7)
-    # mid-pause: the producer was held back by the window (1 MiB: 16 chunks
-    # of 64 KiB; plus the one waiting, or the 16 a Publisher is asked for
-    # ahead), not run to the end
-    produced.append(int(n.post("/call?cfg=t.Streaming,produced", b"")[1]))
-    while t.is_alive():
-        peak.append(harness.rss_kib(pid))
-        time.sleep(0.02)
-    t.join()
-    status, body = done[0]
+    # 1600 chunks of 64 KiB = 100 MiB; the reader pauses 1 s first
+    (status, body), growth_mib = harness.rss_growth_while(pid, lambda: n.get(
+        path(cfg, "1600:65536:0", pause=1, sizes=1), timeout=120), meanwhile=mid_pause)
     assert status == 200
     sizes = body.decode().split("\n")[0].rstrip(",").split(",")
     assert len(sizes) == 1600 and set(sizes) == {"65536"}, body[-200:]
     assert 16 <= produced[0] <= 40, produced
-    growth_mib = (max(peak) - rss0) / 1024
     print("%s: %d chunks produced during the pause, worker grew %.1f MiB"
           % (cfg, produced[0], growth_mib))
     assert growth_mib < 30, growth_mib

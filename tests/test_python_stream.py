@@ -12,7 +12,6 @@ import concurrent.futures
 import json
 import re
 import socket
-import threading
 import time
 
 import pytest
@@ -331,26 +330,13 @@ def test_memory_stays_bounded_by_the_window_when_the_reader_is_slower(gen_nginx,
     n = gen_nginx
     assert n.get(stream_path(n, style, "tick:1:0"))[0] == 200
     [pid] = n.worker_pids()
-    rss0 = harness.rss_kib(pid)
-    peak = [rss0]
-    done = []
-
-    def read():
-        # 100 MiB in 64 KiB chunks, as fast as the generator can; the
-        # reader pauses 1 s before its first recv
-        done.append(n.get(stream_path(n, style, "big:100", pause=1, sizes=1), timeout=120))
-
-    t = threading.Thread(target=read)
-    t.start()
-    while t.is_alive():
-        peak.append(harness.rss_kib(pid))
-        time.sleep(0.02)
-    t.join()
-    status, body = done[0]
+    # 100 MiB in 64 KiB chunks, as fast as the generator can; the reader
+    # pauses 1 s before its first recv
+    (status, body), growth_mib = harness.rss_growth_while(pid, lambda: n.get(
+        stream_path(n, style, "big:100", pause=1, sizes=1), timeout=120))
     assert status == 200
     sizes = body.decode().split("\n")[0].rstrip(",").split(",")
     assert len(sizes) == 1600 and set(sizes) == {"65536"}, (len(sizes), body[-200:])
-    growth_mib = (max(peak) - rss0) / 1024
     # the window is 1 MiB / 64 chunks plus nginx's own output buffers:
     # nowhere near the 100 MiB the generator produced
     assert growth_mib < 30, growth_mib

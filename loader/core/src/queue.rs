@@ -13,16 +13,19 @@
 //!   a runtime thread that polls once more after `None` is still safe.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
 use crate::ready::ReadyFd;
-use crate::spin::{spin_until, SpinGate};
+use crate::spin::{now_ns, spin_until, SpinGate};
 use crate::task::TaskPtr;
 use crate::Error;
+
+/// How long after a deferred post pollers stop spinning for tasks.
+const LAZY_FOR: Duration = Duration::from_millis(20);
 
 struct Inner {
     tasks: VecDeque<TaskPtr>,
@@ -48,11 +51,15 @@ pub struct TaskQueue {
     /// Sleeping pollers signalled by `post` so far.
     signals: AtomicUsize,
     finished: AtomicBool,
-    /// Set by deferred posts (the caller has other calls parked: it is
-    /// under load), cleared by posts that wake a poller at once. While set,
-    /// pollers do not spin for the next task: they sleep, and the caller's
-    /// flush (once per event-loop cycle) wakes them for a whole batch.
-    lazy: CachePadded<AtomicBool>,
+    /// When the last deferred post was made (`spin::now_ns`; 0: never).
+    /// Deferred posts mean the caller has other calls parked: it is under
+    /// load. For `LAZY_FOR` after one, pollers do not spin for the next
+    /// task: they sleep, and the caller's flush (once per event-loop cycle)
+    /// wakes them for a whole batch. (An eager post now and then, when the
+    /// caller's parked calls all happened to be answered, does not end it.)
+    deferred_at: CachePadded<AtomicU64>,
+    /// `LAZY_FOR` in ns (tests lengthen it).
+    lazy_for_ns: u64,
     max: usize,
     poll_gate: SpinGate,
     /// The caller's spin for answers to this queue's tasks, adapted to
@@ -86,7 +93,8 @@ impl TaskQueue {
             spinners: CachePadded::new(AtomicUsize::new(0)),
             signals: AtomicUsize::new(0),
             finished: AtomicBool::new(false),
-            lazy: CachePadded::new(AtomicBool::new(false)),
+            deferred_at: CachePadded::new(AtomicU64::new(0)),
+            lazy_for_ns: LAZY_FOR.as_nanos() as u64,
             max: max.max(1),
             poll_gate: SpinGate::new(poll_spin),
             caller_gate: SpinGate::new(caller_spin),
@@ -106,9 +114,6 @@ impl TaskQueue {
     /// microseconds: one was spinning, or (on one CPU, where a woken thread
     /// runs as soon as the caller yields) a sleeping one was woken.
     pub fn post(&self, task: TaskPtr) -> Result<bool, Error> {
-        if self.lazy.load(Ordering::Relaxed) {
-            self.lazy.store(false, Ordering::Relaxed);
-        }
         let (wake, spinning) = {
             let mut inner = self.lock();
             self.push(&mut inner, task)?;
@@ -149,11 +154,9 @@ impl TaskQueue {
     /// [`flush`](Self::flush) before it waits for anything (once for all the
     /// tasks it posts in one event-loop cycle). A poller that is awake
     /// (spinning, or running another task) still takes it at once. Pollers
-    /// stop spinning until the next eager [`post`](Self::post).
+    /// stop spinning for a while (`LAZY_FOR`).
     pub fn post_deferred(&self, task: TaskPtr) -> Result<(), Error> {
-        if !self.lazy.load(Ordering::Relaxed) {
-            self.lazy.store(true, Ordering::Relaxed);
-        }
+        self.deferred_at.store(now_ns().max(1), Ordering::Relaxed);
         let mut inner = self.lock();
         self.push(&mut inner, task)
     }
@@ -202,6 +205,12 @@ impl TaskQueue {
         }
     }
 
+    /// Whether posts were deferred lately (see `deferred_at`).
+    fn lazy(&self) -> bool {
+        let at = self.deferred_at.load(Ordering::Relaxed);
+        at != 0 && now_ns().saturating_sub(at) < self.lazy_for_ns
+    }
+
     fn idle(&self) -> bool {
         self.len.load(Ordering::Acquire) == 0 && !self.finished.load(Ordering::Acquire)
     }
@@ -213,7 +222,7 @@ impl TaskQueue {
     /// race for a task spins again while budget is left, and only then
     /// sleeps on the condition variable.
     pub fn poll(&self) -> Option<TaskPtr> {
-        let budget = if self.lazy.load(Ordering::Relaxed) {
+        let budget = if self.lazy() {
             Duration::ZERO
         } else {
             self.poll_gate.budget()
@@ -488,11 +497,10 @@ mod tests {
     #[test]
     fn deferred_posts_wake_nobody_until_the_flush_wakes_each_sleeper_once() {
         // a poll budget, to see that deferred posts turn spinning off
-        let q = Arc::new(TaskQueue::new(
-            256,
-            Duration::from_millis(200),
-            Duration::ZERO,
-        ));
+        let mut q = TaskQueue::new(256, Duration::from_millis(200), Duration::ZERO);
+        // however slow this machine is, the batch is taken while lazy
+        q.lazy_for_ns = 60_000_000_000;
+        let q = Arc::new(q);
         let pollers: Vec<_> = (0..2)
             .map(|_| {
                 let q = q.clone();
