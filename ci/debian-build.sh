@@ -15,8 +15,8 @@
 # newer build would get the other's libraries: the folder remembers which
 # checkout built last (.resty-ffi-checkout), and another one first cleans
 # the workspace's crates (cargo clean -p; dependencies stay). Each checkout
-# is mounted at a path of its own (a hash of its host path). PYO3_PYTHON names that release's python3.X: the
-# Python loader links its libpython.
+# is mounted at a path of its own (a hash of its host path). PYO3_PYTHON
+# names that release's python3.X: the Python loader links its libpython.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/.." && pwd)
@@ -27,11 +27,9 @@ while [ $# -gt 0 ]; do
         *) echo "debian-build.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
-case $release in
-    12) py=3.11 ;;
-    13) py=3.13 ;;
-    *) echo "debian-build.sh: --debian 12 or 13" >&2; exit 2 ;;
-esac
+# shellcheck source=ci/debian-releases.sh
+. "$here/debian-releases.sh"
+debian_release "$release"
 cache=${RESTY_FFI_ROOTS:-/var/cache/resty-ffi}
 broot=$(bash "$here/debian-root.sh" --debian "$release" --kind build | tail -n1)
 target=$cache/debian$release-target

@@ -1,4 +1,4 @@
-# Sourced by ci/debian-root.sh and ci/package.sh: where Debian's packages
+# Sourced by ci/debian-root.sh and ci/debian-build.sh: where Debian's packages
 # come from, and the few mounts a chroot into a Debian root needs.
 #
 # Every mount made here is undone by leave_root (or release_mounts before a

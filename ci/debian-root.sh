@@ -35,11 +35,9 @@ while [ $# -gt 0 ]; do
         *) echo "debian-root.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
-case $release in
-    12) codename=bookworm; py=3.11; libnode=libnode108 ;;
-    13) codename=trixie; py=3.13; libnode=libnode115 ;;
-    *) echo "debian-root.sh: Debian $release is not supported (12 or 13)" >&2; exit 2 ;;
-esac
+# shellcheck source=ci/debian-releases.sh
+. "$here/debian-releases.sh"
+debian_release "$release"
 cache=${RESTY_FFI_ROOTS:-/var/cache/resty-ffi}
 run_pkgs="nginx-light libnginx-mod-http-lua lua-resty-core lua-cjson libpython$py python3-cffi default-jre-headless $libnode"
 case $kind in

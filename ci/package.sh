@@ -35,11 +35,9 @@ while [ $# -gt 0 ]; do
         *) echo "package: unknown argument $1 (--debian 12|13)" >&2; exit 2 ;;
     esac
 done
-case $release in
-    12) py=3.11; libnode=libnode108 ;;
-    13) py=3.13; libnode=libnode115 ;;
-    *) echo "package: Debian $release is not supported (12 or 13)" >&2; exit 2 ;;
-esac
+# shellcheck source=ci/debian-releases.sh
+. ci/debian-releases.sh
+debian_release "$release"
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)~deb$release
 arch=$(dpkg --print-architecture)
 multiarch=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)

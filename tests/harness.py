@@ -378,6 +378,72 @@ def loader_locations(loader):
     return LOADER_LOCATIONS.replace("@LOADER@", loader)
 
 
+# A location that streams one call's answer (rt:__stream) to the client as
+# its chunks arrive: `cfg` and `req`; `wb` / `wc` the window (bytes,
+# chunks), `load_timeout` the runtime's call timeout (a stream's default
+# bound), `timeout` this stream's; `pause` seconds before the first recv;
+# `sizes=1` writes each chunk's size and a comma instead of the chunk,
+# `nl=1` a newline after each chunk. The answer ends with "\nEND ok" or
+# "\nEND err=<err> rc=<rc>".
+STREAM_LOCATION = r"""
+location @PATH@ {
+    lua_check_client_abort on;
+    content_by_lua_block {
+        local args = ngx.req.get_uri_args()
+        local rt, err = require("resty.ffi").load("@LOADER@", args.cfg,
+            { timeout = tonumber(args.load_timeout),
+              stream_window_bytes = tonumber(args.wb),
+              stream_window_chunks = tonumber(args.wc) })
+        if not rt then
+            ngx.status = 500
+            return ngx.print("load failed: ", err)
+        end
+        local st, err = rt:__stream(args.req, tonumber(args.timeout))
+        if not st then
+            ngx.status = 500
+            return ngx.print("stream failed: ", err)
+        end
+        -- the client went away: close the stream now, not at the next
+        -- write (a producer waiting between items writes nothing, so
+        -- ngx.flush would not see it)
+        ngx.on_abort(function()
+            st:close()
+            ngx.exit(499)
+        end)
+        if args.pause then
+            ngx.sleep(tonumber(args.pause))
+        end
+        local nl = args.nl and "\n" or ""
+        while true do
+            local chunk, err, rc = st:recv()
+            if not chunk then
+                if err then
+                    ngx.print("\nEND err=", err, " rc=", tostring(rc))
+                else
+                    ngx.print("\nEND ok")
+                end
+                break
+            end
+            if args.sizes then
+                ngx.print(#chunk, ",")
+            else
+                ngx.print(chunk, nl)
+            end
+            if not ngx.flush(true) then
+                break
+            end
+        end
+        st:close()
+    }
+}
+"""
+
+
+def stream_location(loader, path="/stream"):
+    """STREAM_LOCATION for `loader` at `path`."""
+    return STREAM_LOCATION.replace("@LOADER@", loader).replace("@PATH@", path)
+
+
 # Clients of LOADER_LOCATIONS, shared by the loaders' suites: `n` is a
 # running Nginx serving them, `cfg` the loader's cfg string.
 

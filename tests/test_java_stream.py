@@ -16,54 +16,7 @@ import harness
 from harness import q
 from test_java import JDK25, jdk25, jstage  # noqa: F401 (jstage is a fixture)
 
-STREAM = r"""
-location /jstream {
-    lua_check_client_abort on;
-    content_by_lua_block {
-        local args = ngx.req.get_uri_args()
-        local rt, err = require("resty.ffi").load("ffi_java", args.cfg,
-            { stream_window_bytes = tonumber(args.wb),
-              stream_window_chunks = tonumber(args.wc) })
-        if not rt then
-            ngx.status = 500
-            return ngx.print("load failed: ", err)
-        end
-        local st, err = rt:__stream(args.req)
-        if not st then
-            ngx.status = 500
-            return ngx.print("stream failed: ", err)
-        end
-        -- the client went away: close the stream now, not at the next write
-        ngx.on_abort(function()
-            st:close()
-            ngx.exit(499)
-        end)
-        if args.pause then
-            ngx.sleep(tonumber(args.pause))
-        end
-        while true do
-            local chunk, err, rc = st:recv()
-            if not chunk then
-                if err then
-                    ngx.print("\nEND err=", err, " rc=", tostring(rc))
-                else
-                    ngx.print("\nEND ok")
-                end
-                break
-            end
-            if args.sizes then
-                ngx.print(#chunk, ",")
-            else
-                ngx.print(chunk, "\n")
-            end
-            if not ngx.flush(true) then
-                break
-            end
-        end
-        st:close()
-    }
-}
-"""
+STREAM = harness.stream_location("ffi_java", "/jstream")
 
 SHAPES = ["t.Streaming,iter", "t.Streaming,stream", "t.Streaming,publisher",
           "t.Streaming,stageIter", "t.Streaming,stageStream", "t.Streaming,stagePublisher",
@@ -86,7 +39,8 @@ def js_nginx(nginx, jstage):  # noqa: F811 (the fixture imported above)
 
 
 def path(cfg, req, **args):
-    p = "/jstream?cfg=%s&req=%s" % (q(cfg), q(req))
+    """/jstream's path: each chunk written with a newline after it."""
+    p = "/jstream?cfg=%s&req=%s&nl=1" % (q(cfg), q(req))
     for k, v in args.items():
         p += "&%s=%s" % (k, v)
     return p

@@ -20,54 +20,7 @@ import harness
 from harness import q
 from test_python import VENV, moddir, pystage, write_module  # noqa: F401 (fixtures)
 
-STREAM = harness.loader_locations("ffi_python3") + r"""
-location /stream {
-    lua_check_client_abort on;
-    content_by_lua_block {
-        local args = ngx.req.get_uri_args()
-        local rt, err = require("resty.ffi").load("ffi_python3", args.cfg,
-            { timeout = 30, stream_window_bytes = tonumber(args.wb),
-              stream_window_chunks = tonumber(args.wc) })
-        if not rt then
-            ngx.status = 500
-            return ngx.print("load failed: ", err)
-        end
-        local st, err = rt:__stream(args.req, tonumber(args.timeout))
-        if not st then
-            ngx.status = 500
-            return ngx.print("stream failed: ", err)
-        end
-        -- a client gone while nothing is written (the generator waits
-        -- between items) is seen here, not by ngx.flush
-        ngx.on_abort(function()
-            st:close()
-            ngx.exit(499)
-        end)
-        if args.pause then
-            ngx.sleep(tonumber(args.pause))
-        end
-        while true do
-            local chunk, err, rc = st:recv()
-            if not chunk then
-                if err then
-                    ngx.print("\nEND err=", err, " rc=", tostring(rc))
-                else
-                    ngx.print("\nEND ok")
-                end
-                break
-            end
-            if args.sizes then
-                ngx.print(#chunk, ",")
-            else
-                ngx.print(chunk)
-            end
-            if not ngx.flush(true) then
-                break
-            end
-        end
-        st:close()
-    }
-}
+STREAM = harness.loader_locations("ffi_python3") + harness.stream_location("ffi_python3") + r"""
 location /stats {
     content_by_lua_block {
         ngx.print("waiting=", require("resty.ffi").stats().waiting)
@@ -178,7 +131,9 @@ def gen_nginx(nginx, pystage, moddir):  # noqa: F811
 
 
 def stream_path(n, style, req, **extra):
-    path = "/stream?cfg=%s&req=%s" % (q(n.cfgs[style]), q(req))
+    """/stream's path for a style's cfg: chunks written as they are, the
+    runtime loaded with a 30 s call timeout."""
+    path = "/stream?cfg=%s&req=%s&load_timeout=30" % (q(n.cfgs[style]), q(req))
     for k, v in extra.items():
         path += "&%s=%s" % (k, v)
     return path

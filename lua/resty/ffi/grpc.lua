@@ -347,26 +347,30 @@ function stream_mt.send(self, tbl)
 end
 
 -- stream:recv() -> true, res | true, nil (end) | false, code, err, status
+-- The messages arrive as one streamed answer (rt:__stream): the runtime
+-- reads ahead of recv only as far as resty.ffi's stream window allows, and
+-- stops (cancelling the RPC) once the stream is closed, collected, or the
+-- worker exits.
 function stream_mt.recv(self)
     if self.closed then
         return bad_input("resty.ffi.grpc: stream is closed")
     end
-    local ok, rc, res = rt:call(self._recv, self._wait)
-    if ok then
-        if rc == nil then
-            return true, nil
-        end
-        local t, err = json_decode(rc)
+    local chunk, err, rc = self._st:recv(self._wait)
+    if chunk then
+        local t, jerr = json_decode(chunk)
         if t == nil then
             return fail(13, "resty.ffi.grpc: bad response JSON: "
-                            .. tostring(err))
+                            .. tostring(jerr))
         end
         return true, t
     end
-    if rc == nil then
-        self:close()   -- the bridge gave up waiting: end the call
+    if err == nil then
+        return true, nil                     -- the end
     end
-    return failure(rc, res)
+    if rc == nil then
+        self:close()   -- the bridge gave up waiting, or the worker exits
+    end
+    return failure(rc, err)
 end
 
 -- stream:close_send() -> true | false, code, err, status
@@ -388,6 +392,7 @@ end
 function stream_mt.close(self)
     if not self.closed then
         self.closed = true
+        self._st:close()
         lib.resty_ffi_grpc_stream_close(self._gc[0])
         ffi_gc(self._gc, nil)
     end
@@ -483,14 +488,21 @@ function conn_mt.new_stream(self, path, opts)
         ffi_gc(g, nil)
         return failure(res, msg)
     end
+    -- the messages, as one streamed answer (collected, it is cancelled)
+    local st, err = rt:__stream("M" .. id)
+    if not st then
+        lib.resty_ffi_grpc_stream_close(id)
+        ffi_gc(g, nil)
+        return failure(nil, err)
+    end
     -- the guard becomes the stream's: collected, it closes the stream
     local s = setmetatable({
         closed = false,
         _send = "W" .. id .. "\n",
-        _recv = "R" .. id,
         _close_send = "E" .. id,
         _wait = wait,
         _gc = g,
+        _st = st,
     }, stream_mt)
     return true, s
 end

@@ -25,6 +25,18 @@ extern "C" {
     fn resty_ffi_queue_arm(tq: *mut c_void) -> c_int;
     fn resty_ffi_queue_space_fd(tq: *mut c_void) -> c_int;
     fn resty_ffi_init_error(msg: *const c_char);
+    fn resty_ffi_try_respond_chunk(task: *mut c_void, data: *const c_char, len: c_int) -> c_int;
+}
+
+/// What [`Task::try_chunk`] did with a chunk.
+pub enum Chunk {
+    /// taken
+    Taken,
+    /// the reader's window is full: not taken; offer it again once the
+    /// queue's space fd said there is room
+    Full,
+    /// nobody reads any more (closed, timed out, request gone): stop
+    Gone,
 }
 
 /// The task queue `libffi_init` was given; valid for the process's life.
@@ -175,6 +187,20 @@ impl Task {
             } else {
                 std::slice::from_raw_parts(p.cast::<u8>(), len as usize)
             }
+        }
+    }
+
+    /// Offers one chunk of a streamed answer (the task came from Lua's
+    /// `rt:__stream`), never blocking.
+    pub fn try_chunk(&self, data: &[u8]) -> Chunk {
+        // SAFETY: the task is live (not answered: respond consumes self);
+        // data is readable for its length; the core copies it.
+        match unsafe {
+            resty_ffi_try_respond_chunk(self.0, data.as_ptr().cast(), data.len() as c_int)
+        } {
+            0 => Chunk::Taken,
+            2 => Chunk::Full,
+            _ => Chunk::Gone,
         }
     }
 

@@ -92,9 +92,19 @@ pub fn watch(id: u64, task: Option<TaskHandle>) -> Watch {
     Watch { id, rx: Some(rx) }
 }
 
+/// Woken each time the queue's space fd fires: a streamed answer's reader
+/// made room (or went away), so a stream waiting to offer a chunk tries
+/// again.
+pub fn space() -> &'static tokio::sync::Notify {
+    static N: OnceLock<tokio::sync::Notify> = OnceLock::new();
+    N.get_or_init(tokio::sync::Notify::new)
+}
+
 /// Ends the unary calls in flight whose task the core marks cancelled
-/// (after the queue's space fd said some task was).
+/// (after the queue's space fd said some task was), and wakes the streams
+/// waiting for room.
 pub fn sweep() {
+    space().notify_waiters();
     let mut r = lock();
     let gone: Vec<u64> = r
         .slots

@@ -25,7 +25,8 @@
 //! those calls (cancel.rs), so their servers see them cancelled.
 //!
 //! Operations (first byte of a request): `C` connect, `U` unary call, `S`
-//! new stream, `W` send, `R` recv, `E` close_send, `P` compile a .proto
+//! new stream, `W` send, `M` every message of a stream as a streamed
+//! answer (Lua's `rt:__stream`), `E` close_send, `P` compile a .proto
 //! (grpc.load from a phase that can yield).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -221,6 +222,9 @@ fn spin_for_next(queue: &Queue, spin: Duration) -> Option<Task> {
 }
 
 async fn handle(task: Task, _in_flight: InFlight) {
+    if task.request().first() == Some(&b'M') {
+        return crate::stream::messages(task).await;
+    }
     let req = task.request();
     let handle = task.handle();
     let Some((&op, rest)) = req.split_first() else {
@@ -228,7 +232,6 @@ async fn handle(task: Task, _in_flight: InFlight) {
     };
     let done: Result<Option<Vec<u8>>, Error> = match op {
         b'U' => crate::call::unary(rest, handle).await.map(Some),
-        b'R' => crate::stream::recv(rest, handle).await,
         b'W' => crate::stream::send(rest, handle)
             .await
             .map(|_| Some(Vec::new())),

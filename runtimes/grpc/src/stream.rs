@@ -3,16 +3,18 @@
 //! `new_stream` starts the call in a task of its own (the pump): the
 //! request side is a channel `send` feeds and `close_send` closes; the
 //! pump forwards each response message, then the final status, into a
-//! bounded channel `recv` reads (`None` at a clean end).
+//! bounded channel, which [`messages`] hands to Lua as one streamed answer
+//! (a chunk per message), so the core's stream window bounds it and the
+//! core tells when the reader is gone.
 //!
 //! Guarantees: `send` waits while 16 messages are in flight (back
-//! pressure); `recv` callers take messages in turn; `close` (also from
-//! Lua's GC, any phase: it never blocks) drops the stream from the
-//! registry and aborts the pump, which cancels the HTTP/2 stream. A task
-//! already waiting in `recv` then ends with the stream closed. A `send` or
-//! `recv` task whose caller stopped waiting (the core marks it cancelled:
-//! its wait timed out, ...) ends at once and closes the stream too, so the
-//! server sees the RPC cancelled without waiting for Lua's `close`. A stream's
+//! pressure); `close` (also from Lua's GC, any phase: it never blocks)
+//! drops the stream from the registry and aborts the pump, which cancels
+//! the HTTP/2 stream; the messages task then ends. A `send` or messages
+//! task whose caller stopped waiting (the core marks it cancelled: a wait
+//! timed out, the stream was closed or collected, the worker exits) ends
+//! at once and closes the stream too, so the server sees the RPC cancelled
+//! without waiting for Lua's `close`. A stream's
 //! id is the call id Lua sent with `new_stream`, so a cancel (cancel.rs)
 //! closes it, even one that arrives before the stream was opened.
 
@@ -27,7 +29,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::client::Grpc;
 use tonic::Status;
 
-use crate::abi::TaskHandle;
+use crate::abi::{Chunk, Task, TaskHandle};
 use crate::call::{self, Head};
 use crate::codec::{self, DynamicCodec};
 use crate::conn;
@@ -166,20 +168,62 @@ pub async fn send(req: &[u8], task: TaskHandle) -> Result<(), Error> {
     .await
 }
 
-/// The next message as JSON, `None` at the end (`R<id>`).
-pub async fn recv(req: &[u8], task: TaskHandle) -> Result<Option<Vec<u8>>, Error> {
-    let (id, _) = id_and_rest(req)?;
+/// Streams every response message of stream `id` as one chunk each
+/// (`M<id>`, posted by Lua's `rt:__stream`), then ends the task: rc 0 at
+/// a clean end, the status at a failed one. The reader's window bounds
+/// what waits in the core; when the reader goes away (closed, timed out,
+/// its request gone, the worker exiting) the stream is closed, which
+/// cancels the RPC, and the task ends.
+pub async fn messages(task: Task) {
+    let done = pump_messages(&task).await;
+    match done {
+        Ok(()) => task.respond(0, None),
+        Err(e) => task.respond(e.rc(), Some(&e.body())),
+    }
+}
+
+async fn pump_messages(task: &Task) -> Result<(), Error> {
+    let req = task.request();
+    let (id, _) = id_and_rest(req.get(1..).unwrap_or_default())?;
     let s = get(id)?;
-    let next = unless_gone(id, task, async { Ok(s.rx.lock().await.recv().await) }).await?;
-    match next {
-        Some(Ok(msg)) => {
-            let mut out = Vec::with_capacity(128);
-            codec::to_json(&msg, &mut out)?;
-            Ok(Some(out))
+    let mut rx = s.rx.lock().await;
+    let mut watch = crate::cancel::watch(crate::cancel::new_id(), Some(task.handle()));
+    let mut out = Vec::with_capacity(128);
+    loop {
+        let next = tokio::select! {
+            m = rx.recv() => m,
+            _ = watch.cancelled() => {
+                close(id);
+                return Err(call::cancelled());
+            }
+        };
+        let msg = match next {
+            Some(Ok(msg)) => msg,
+            Some(Err(status)) => return Err(status.into()),
+            None if lock().contains_key(&id) => return Ok(()),
+            None => return Err(Error::NoStream(id)),
+        };
+        out.clear();
+        codec::to_json(&msg, &mut out)?;
+        loop {
+            // registered before the offer, so room made after a Full is
+            // never missed
+            let room = crate::cancel::space().notified();
+            match task.try_chunk(&out) {
+                Chunk::Taken => break,
+                Chunk::Gone => {
+                    close(id);
+                    return Err(call::cancelled());
+                }
+                Chunk::Full => tokio::select! {
+                    _ = room => {}
+                    _ = watch.cancelled() => {
+                        close(id);
+                        return Err(call::cancelled());
+                    }
+                },
+            }
         }
-        Some(Err(status)) => Err(status.into()),
-        None if lock().contains_key(&id) => Ok(None),
-        None => Err(Error::NoStream(id)),
     }
 }
 
