@@ -79,3 +79,21 @@ def test_quick_bench_produces_sane_records_for_every_section(tmp_path):
     md = (tmp_path / "results.md").read_text()
     for heading in ("## 1 + 3.", "## 2.", "## 4.", "## 5.", "## 6.", "## Targets"):
         assert heading in md
+
+
+def test_ab_compares_two_builds_side_by_side():
+    """benches/ab.py, the A/B tool for call-path changes, so it cannot rot:
+    this checkout against itself, one short round."""
+    cmd = [sys.executable, os.path.join(harness.ROOT, "benches", "ab.py"),
+           "--build", "a=" + harness.ROOT, "--build", "b=" + harness.ROOT,
+           "--variant", "t1=threads=1|spin_us = 0", "--rounds", "1", "--dur", "1"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    summary = p.stdout.split("== median")[1].splitlines()[1:]
+    assert [l.split()[:2] for l in summary] == [
+        ["a", "plain"], ["a", "t1"], ["b", "plain"], ["b", "t1"]], p.stdout
+    for line in summary:
+        rps = float(line.split()[2])
+        assert rps > 0, line
+        if "t1" in line:
+            assert "vs plain" in line, line

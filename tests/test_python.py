@@ -609,6 +609,8 @@ location /legacy {
 def test_system_exit_at_import_or_in_init_is_a_load_error_and_the_worker_lives(
         py_nginx, pystage, moddir):
     write_module(moddir, "exits_at_import", "import sys\nsys.exit(5)\n")
+    # slower than the loader's wait: fails in the background, in the calls
+    write_module(moddir, "exits_slowly", "import sys, time\ntime.sleep(0.3)\nsys.exit(5)\n")
     write_module(moddir, "exits_in_init", """
         import sys, threading, time
         def init(cfg, tq):
@@ -627,9 +629,11 @@ def test_system_exit_at_import_or_in_init_is_a_load_error_and_the_worker_lives(
          "ffi_python3: exits_in_init.init(cfg, tq) raised SystemExit: 5"),
         (moddir + "/exits_in_init,interrupted",
          "ffi_python3: exits_in_init.interrupted(cfg, tq) raised KeyboardInterrupt: stop"),
+        (moddir + "/exits_slowly,init",
+         "ffi_python3: importing module 'exits_slowly' raised SystemExit: 5"),
     ]
     for cfg, reason in cases:
-        harness.load_fails(n, cfg, 7, reason)
+        harness.load_fails(n, cfg, 7, reason, background=True)
         assert call(n, pystage.examples + "/ffi.echo,init", b"alive") == (200, b"alive")
     log = n.error_log()
     assert "Traceback" in log and "SystemExit: 5" in log
