@@ -176,7 +176,9 @@ async fn serve(queue: Queue, ready: AsyncFd<QueueFd>, spin: Duration) {
                         return;
                     }
                 },
-                _ = calls.idle.notified() => just_idle = true,
+                // only a loop that spins wants to hear of it (else it is a
+                // wake-up of this task, a poll and an arm per sequential call)
+                _ = calls.idle.notified(), if !spin.is_zero() => just_idle = true,
             },
         }
     }
