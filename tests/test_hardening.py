@@ -378,3 +378,35 @@ location /tls {{
         assert r.read() == b"tls ok"
     assert ("client_hello call: false resty_ffi: cannot wait for a runtime in the "
             "ssl_client_hello phase") in n.error_log()
+
+
+TIMERS = """
+location /burst {
+    content_by_lua_block {
+        local rt = assert(require("resty.ffi").load("ffi_echo", "threads=2"))
+        local threads = {}
+        for i = 1, 200 do
+            threads[i] = ngx.thread.spawn(function() return rt:echo("t" .. i) end)
+        end
+        local bad = 0
+        for i = 1, 200 do
+            local _, ok, res = ngx.thread.wait(threads[i])
+            if not ok or res ~= "t" .. i then bad = bad + 1 end
+        end
+        ngx.print(bad, " ", ngx.timer.running_count(), " ", ngx.timer.pending_count(),
+                  " ", require("resty.ffi").stats().deferred)
+    }
+}
+"""
+
+
+def test_a_worker_runs_at_most_two_timer_light_threads_for_its_calls(nginx):
+    n = nginx(TIMERS)
+    for _ in range(3):
+        status, body = n.get("/burst")
+        assert status == 200, body
+        bad, running, pending, deferred = map(int, body.split())
+        # the dispatcher and, once calls were deferred, the flusher (README,
+        # "Timers"); pending: the two exit watches
+        assert bad == 0 and running <= 2 and pending <= 2, body
+    assert deferred > 0, body
