@@ -449,17 +449,7 @@ mod tests {
     #[test]
     fn a_burst_of_posts_signals_a_sleeping_poller_once_not_once_per_post() {
         let q = Arc::new(TaskQueue::new(256, Duration::ZERO, Duration::ZERO));
-        let poller = {
-            let q = q.clone();
-            std::thread::spawn(move || {
-                let mut n = 0;
-                while let Some(t) = q.poll() {
-                    t.free();
-                    n += 1;
-                }
-                n
-            })
-        };
+        let poller = counting_pollers(&q, 1).pop().unwrap();
         // the poller is asleep on the condition variable
         assert!(crate::spin::spin_until(Duration::from_secs(5), || q
             .lock()
@@ -482,6 +472,24 @@ mod tests {
         assert_eq!(poller.join().unwrap(), 100);
     }
 
+    /// `n` threads that poll `q` until it is finished, freeing each task;
+    /// each returns how many it took.
+    fn counting_pollers(q: &Arc<TaskQueue>, n: usize) -> Vec<std::thread::JoinHandle<usize>> {
+        (0..n)
+            .map(|_| {
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    let mut n = 0;
+                    while let Some(t) = q.poll() {
+                        t.free();
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect()
+    }
+
     /// Waits until `n` pollers sleep on the queue.
     fn wait_sleepers(q: &TaskQueue, n: usize) {
         let t0 = Instant::now();
@@ -501,19 +509,7 @@ mod tests {
         // however slow this machine is, the batch is taken while lazy
         q.lazy_for_ns = 60_000_000_000;
         let q = Arc::new(q);
-        let pollers: Vec<_> = (0..2)
-            .map(|_| {
-                let q = q.clone();
-                std::thread::spawn(move || {
-                    let mut n = 0;
-                    while let Some(t) = q.poll() {
-                        t.free();
-                        n += 1;
-                    }
-                    n
-                })
-            })
-            .collect();
+        let pollers = counting_pollers(&q, 2);
         // the pollers start spinning (nothing deferred yet); a spinner
         // takes task 0, and from then on the queue is lazy: they sleep
         q.post_deferred(task(0)).unwrap();
@@ -664,19 +660,7 @@ mod tests {
         for i in 0..5_000 {
             q.post(task(i)).unwrap();
         }
-        let consumers: Vec<_> = (0..3)
-            .map(|_| {
-                let q = q.clone();
-                std::thread::spawn(move || {
-                    let mut n = 0;
-                    while let Some(t) = q.poll() {
-                        t.free();
-                        n += 1;
-                    }
-                    n
-                })
-            })
-            .collect();
+        let consumers = counting_pollers(&q, 3);
         q.finish();
         let served: usize = consumers.into_iter().map(|c| c.join().unwrap()).sum();
         assert_eq!(served, 5_000);

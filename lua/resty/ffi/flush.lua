@@ -11,9 +11,11 @@
 -- (resty_ffi_runtime_flush). The runtime threads then take the whole batch
 -- and sleep again rather than spin between calls. See benches/README.md.
 --
--- Deferring needs the flusher running: until it runs, while the worker
--- exits, and with more than one Lua VM per worker (lua_code_cache off: a
--- flusher would keep its VM alive) calls are posted as usual.
+-- Deferring needs the flusher's loop running: until it runs (its timer
+-- may even be dropped when lua_max_running_timers is reached: then another
+-- is set a second later), while the worker exits, and with more than one
+-- Lua VM per worker (lua_code_cache off: a flusher would keep its VM
+-- alive) calls are posted as usual.
 
 local semaphore = require "ngx.semaphore"
 local C = require("resty.ffi.lib").C
@@ -22,6 +24,7 @@ local channel = require "resty.ffi.channel"
 local ngx = ngx
 local exiting = ngx.worker.exiting
 local timer_at = ngx.timer.at
+local ngx_now = ngx.now
 local log = ngx.log
 local ERR = ngx.ERR
 local pcall = pcall
@@ -34,9 +37,13 @@ local _M = { _VERSION = "0.1.0" }
 -- worker's exit wakes it sooner).
 local IDLE_WAIT = 60
 local RESTART_DELAY = 0.1
+-- A flusher timer that has not run this long after it was due was dropped
+-- (nginx drops timers past lua_max_running_timers): set another.
+local START_GRACE = 1
 
 local sema = semaphore.new()
-local running = false     -- the flusher's timer is set or its loop runs
+local running = false     -- the flusher's loop runs: calls may be deferred
+local due_at = nil        -- when the flusher's timer is due, until it runs
 local posted = false      -- the semaphore was posted for this cycle
 local dirty = {}          -- runtimes' states with deferred calls to flush
 local ndirty = 0
@@ -72,11 +79,13 @@ end
 local start
 
 local function flusher(premature)
-    if premature then
-        flush_all()
-        running = false
+    due_at = nil
+    if premature or running then
+        -- the worker exits before it ran, or a timer thought dropped ran
+        -- late while another flusher runs
         return
     end
+    running = true
     local ok, res, err = pcall(loop)
     -- no yield from here on: a call made after this sees `running` false
     -- and posts as usual, so nothing deferred is left behind
@@ -105,20 +114,22 @@ end
 
 start = function(delay)
     if timer_at(delay or 0, flusher) then
-        running = true
+        due_at = ngx_now() + (delay or 0)
         if not exit_timer_set then
             exit_timer_set = timer_at(FOREVER, on_worker_exit) and true
         end
     end
 end
 
--- Whether a call may be posted deferred now; starts the flusher when it
--- does not run (the call that finds it stopped posts as usual).
+-- Whether a call may be posted deferred now: only while the flusher's
+-- loop runs. Starts the flusher when it does not run and is not due (the
+-- calls that find it stopped post as usual).
 function _M.ready()
     if running then
         return true
     end
-    if not exiting() and not many_vms() then
+    if (due_at == nil or ngx_now() - due_at > START_GRACE)
+       and not exiting() and not many_vms() then
         start(0)
     end
     return false
