@@ -58,6 +58,8 @@ macro_rules! api {
         impl Api {
             /// # Safety
             /// `lib` is a handle from dlopen of a libnode.
+            // SAFETY: its one caller, `load`, passes its own caller's
+            // handle, which node.rs keeps open for the process's life.
             unsafe fn from(lib: *mut c_void) -> Result<Api, String> {
                 Ok(Api {
                     $( $name: {
@@ -126,6 +128,8 @@ static API: OnceLock<Api> = OnceLock::new();
 ///
 /// # Safety
 /// `lib` is a live dlopen handle of a libnode that stays loaded forever.
+// SAFETY: unsafe only for that contract; node.rs calls it with the handle
+// it dlopened (RTLD_GLOBAL) and never closes.
 pub unsafe fn load(lib: *mut c_void) -> Result<(), String> {
     if API.get().is_some() {
         return Ok(());

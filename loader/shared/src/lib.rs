@@ -48,6 +48,8 @@ pub trait InitError: Display {
 /// # Safety
 /// Per the runtime ABI: `cfg` is NULL or a NUL-terminated string valid
 /// during the call.
+// SAFETY: unsafe only for `cfg`; each loader's `libffi_init` passes the
+// cfg the core gave it, a NUL-terminated copy alive during the call.
 pub unsafe fn init<E: InitError>(
     name: &str,
     cfg: *const c_char,

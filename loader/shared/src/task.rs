@@ -66,6 +66,9 @@ impl TaskRef {
     /// # Safety
     /// `handle` came from [`TaskRef::into_handle`] and was not answered
     /// yet.
+    // SAFETY: unsafe only for that contract; the body makes no unsafe call
+    // (the core validates the handle), and the Java and Node natives pass
+    // back handles they got from `into_handle`.
     pub unsafe fn from_handle(handle: i64) -> Option<TaskRef> {
         TaskRef::new(handle as usize as *mut c_void)
     }

@@ -270,6 +270,8 @@ fn write_err(msg: &str, buf: *mut c_char, cap: c_int) {
 
 /// # Safety
 /// `p` is NULL or points to `len` readable bytes (`len < 0`: NUL-terminated).
+// SAFETY: unsafe only for that contract; its callers pass the cfg and the
+// .proto text Lua handed over through FFI, alive during their call.
 unsafe fn bytes<'a>(p: *const c_char, len: c_int) -> &'a [u8] {
     if p.is_null() {
         return &[];
