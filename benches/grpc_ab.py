@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, HERE)
 
 import harness  # noqa: E402
-from run import cpu_ns, lua_str  # noqa: E402
+from run import cpu_ns, grpc_nginx  # noqa: E402
 
 RELEASE = os.path.join(ROOT, "target", "release")
 
@@ -44,12 +44,7 @@ def start_variant(name, folder, cfg):
     if os.path.isdir(os.path.join(folder, "lua")):
         stage.add_tree(os.path.join(folder, "lua"), "lua")
     proto = stage.add_tree(os.path.join(ROOT, "examples", "grpc", "proto"), "proto")
-    http = ("init_worker_by_lua_block { assert(require('resty.ffi.grpc')"
-            ".loadfile(%s)) }" % lua_str(proto + "/helloworld.proto"))
-    loc = ("location = /grpc/seq { content_by_lua_block { require('bench.grpc').seq() } }\n"
-           "location = /grpc/conc { content_by_lua_block { require('bench.grpc').conc() } }\n")
-    nginx = harness.Nginx(stage, loc, http=http, workers=1, log_level="warn")
-    nginx.start()
+    nginx = grpc_nginx(stage, proto)
     return {"name": name, "stage": stage, "nginx": nginx, "pids": nginx.worker_pids(),
             "cfg": cfg}
 

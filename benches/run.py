@@ -279,6 +279,18 @@ def cpu_ns(pids):
     return total
 
 
+def grpc_nginx(stage, proto):
+    """A started 1-worker nginx with section 5's locations (lua/bench/grpc.lua),
+    the helloworld service of `proto` (a staged folder) loaded."""
+    http = ("init_worker_by_lua_block { assert(require('resty.ffi.grpc')"
+            ".loadfile(%s)) }" % lua_str(proto + "/helloworld.proto"))
+    loc = ("location = /grpc/seq { content_by_lua_block { require('bench.grpc').seq() } }\n"
+           "location = /grpc/conc { content_by_lua_block { require('bench.grpc').conc() } }\n")
+    nginx = harness.Nginx(stage, loc, http=http, workers=1, log_level="warn")
+    nginx.start()
+    return nginx
+
+
 class Bench:
     """One started nginx (with the bench locations) and proxy server."""
 
@@ -596,12 +608,7 @@ class Run:
             if not line.startswith("listening on "):
                 raise RuntimeError("grpc_test_server did not start: %r" % line)
             addr = line.split()[-1]
-            http = ("init_worker_by_lua_block { assert(require('resty.ffi.grpc')"
-                    ".loadfile(%s)) }" % lua_str(proto + "/helloworld.proto"))
-            loc = ("location = /grpc/seq { content_by_lua_block { require('bench.grpc').seq() } }\n"
-                   "location = /grpc/conc { content_by_lua_block { require('bench.grpc').conc() } }\n")
-            nginx = harness.Nginx(stage, loc, http=http, workers=1, log_level="warn")
-            nginx.start()
+            nginx = grpc_nginx(stage, proto)
             worker_pids = nginx.worker_pids()
             native = os.path.join(RELEASE, "grpc_bench_client")
 
