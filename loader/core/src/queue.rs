@@ -156,7 +156,10 @@ impl TaskQueue {
     /// (spinning, or running another task) still takes it at once. Pollers
     /// stop spinning for a while (`LAZY_FOR`).
     pub fn post_deferred(&self, task: TaskPtr) -> Result<(), Error> {
-        self.deferred_at.store(now_ns().max(1), Ordering::Relaxed);
+        // the time the task was made (a clock read of its own would be a
+        // second one per call)
+        self.deferred_at
+            .store(task.posted_ns().max(1), Ordering::Relaxed);
         let mut inner = self.lock();
         self.push(&mut inner, task)
     }

@@ -455,6 +455,11 @@ impl TaskPtr {
         self.queue().space.notify();
     }
 
+    /// When the task was made (`spin::now_ns`).
+    pub fn posted_ns(self) -> u64 {
+        self.slot().posted_ns.load(Ordering::Relaxed)
+    }
+
     /// Notes that a runtime thread took the task (for its service time).
     pub fn mark_picked(self) {
         self.slot().picked_ns.store(now_ns(), Ordering::Relaxed);

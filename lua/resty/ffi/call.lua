@@ -248,24 +248,23 @@ local function call(self, req, timeout)
     end
     next_id = next_id + 1
     local id = next_id
-    if parked() == 0 or not flush_ready() then
-        local task = C.resty_ffi_post(rt, ch, req, len, id, errp)
-        if task == nil then
-            return false, nil, post_error(st, errp[0])
+    -- under load (calls parked) the runtime's threads are woken once this
+    -- cycle, for every call posted in it (resty.ffi.flush); otherwise the
+    -- post wakes one now and the caller may spin for the answer
+    local nparked = parked()
+    local task
+    if nparked > 0 and flush_ready() then
+        task = C.resty_ffi_post_deferred(rt, ch, req, len, id, errp)
+        if task ~= nil then
+            flush_request(st)
         end
-        if C.resty_ffi_wait(task, parked() == 0 and 1 or 0) == 1 then
-            return take_result(task)
-        end
-        return park(rt, task, id, req, timeout)
+    else
+        task = C.resty_ffi_post(rt, ch, req, len, id, errp)
     end
-    -- under load: the runtime's threads are woken once this cycle, for
-    -- every call posted in it (resty.ffi.flush)
-    local task = C.resty_ffi_post_deferred(rt, ch, req, len, id, errp)
     if task == nil then
         return false, nil, post_error(st, errp[0])
     end
-    flush_request(st)
-    if C.resty_ffi_wait(task, 0) == 1 then
+    if C.resty_ffi_wait(task, nparked == 0 and 1 or 0) == 1 then
         return take_result(task)
     end
     return park(rt, task, id, req, timeout)
