@@ -8,6 +8,7 @@
 local ffi = require "ffi"
 local cjson = require "cjson.safe"
 local grpc = require "resty.ffi.grpc"
+local resty_ffi = require "resty.ffi"
 require "bench.run"     -- declares clock_gettime and its timespec
 
 local C = ffi.C
@@ -37,8 +38,9 @@ local function connect(args)
     if args.cfg and args.cfg ~= "" then
         grpc.CFG = args.cfg
     end
-    if args.spin_us then
-        grpc.LOAD_OPTS = { spin_us = tonumber(args.spin_us) }
+    if args.spin_us or args.poll_spin_us then
+        grpc.LOAD_OPTS = { spin_us = tonumber(args.spin_us),
+                           poll_spin_us = tonumber(args.poll_spin_us) }
     end
     local ok, conn, err = grpc.connect(args.addr)
     if not ok then
@@ -60,6 +62,7 @@ function _M.seq()
     local conn = connect(args)
     local req = { name = "bench" }
     local lat = ffi.new("double[?]", n)
+    local s0 = resty_ffi.stats()
     local t0 = now_ns()
     local prev = t0
     for i = 0, n - 1 do
@@ -71,6 +74,7 @@ function _M.seq()
         lat[i] = t - prev
         prev = t
     end
+    local s1 = resty_ffi.stats()
     local sorted = {}
     for i = 1, n do
         sorted[i] = lat[i - 1]
@@ -81,6 +85,11 @@ function _M.seq()
         wall_us_per_call = (prev - t0) / n / 1e3,
         p50_us = sorted[floor((n - 1) * 0.50 + 0.5) + 1] / 1e3,
         p99_us = sorted[floor((n - 1) * 0.99 + 0.5) + 1] / 1e3,
+        -- how the calls were answered: while the caller spun, or parked
+        -- (then the dispatcher handed them over, woken by `wakes` bytes)
+        spun = s1.answered_spinning - s0.answered_spinning,
+        parked = s1.parked - s0.parked,
+        wakes = s1.wakes - s0.wakes,
     }))
 end
 

@@ -62,17 +62,20 @@ int resty_ffi_grpc_load(const char *src, int src_len, int is_file,
 int resty_ffi_grpc_conn_close(double id);
 int resty_ffi_grpc_stream_close(double id);
 int resty_ffi_grpc_open_count(int *conns, int *streams);
+int resty_ffi_grpc_loop_stats(uint64_t *out);
 double resty_ffi_grpc_call_id(void);
 int resty_ffi_grpc_cancel(double id);
 ]]
 
 -- The library; a path, a file name or a short name as resty.ffi.load takes.
 _M.LIB = "ffi_grpc"
--- The runtime's cfg ("threads=N,spin_us=N": tokio worker threads, default 1;
--- how long the queue loop looks for the next call once the last one was
--- answered, default 0). Set before the first connect or load of the worker.
+-- The runtime's cfg ("threads=N": tokio worker threads, default 1). Set
+-- before the first connect or load of the worker.
 _M.CFG = nil
--- resty.ffi.load options of the runtime (spin_us, max_queue...).
+-- resty.ffi.load options of the runtime (max_queue, spin_us: the most a
+-- caller spins for an answer; poll_spin_us: how long the runtime's loop
+-- looks for the next call once the last one was answered, default 50, 0
+-- off). Set before the first connect or load of the worker.
 _M.LOAD_OPTS = nil
 -- How long a call without a deadline may wait for the runtime (seconds).
 _M.NO_DEADLINE_WAIT = 3600
@@ -599,6 +602,22 @@ function _M.open_count()
     end
     l.resty_ffi_grpc_open_count(counts, counts + 1)
     return counts[0], counts[1]
+end
+
+local loop_buf = ffi_new("uint64_t[2]")
+
+-- grpc.loop_stats() -> { idle_looks, taken_looking }: how often, in this
+-- worker, the runtime answered its last call in flight and looked for the
+-- next one (spinning within LOAD_OPTS.poll_spin_us), and how often it
+-- found it then, with no wake-up of its thread.
+function _M.loop_stats()
+    local l, err = library()
+    if not l then
+        return nil, err
+    end
+    l.resty_ffi_grpc_loop_stats(loop_buf)
+    return { idle_looks = tonumber(loop_buf[0]),
+             taken_looking = tonumber(loop_buf[1]) }
 end
 
 return _M

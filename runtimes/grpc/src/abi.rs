@@ -21,6 +21,7 @@ extern "C" {
     fn ngx_http_lua_ffi_get_req(task: *mut c_void, len: *mut c_int) -> *mut c_char;
     fn ngx_http_lua_ffi_respond(task: *mut c_void, rc: c_int, rsp: *mut c_char, rsp_len: c_int);
     fn resty_ffi_task_try_poll(tq: *mut c_void) -> *mut c_void;
+    fn resty_ffi_task_poll_spin(tq: *mut c_void) -> *mut c_void;
     fn resty_ffi_queue_fd(tq: *mut c_void) -> c_int;
     fn resty_ffi_queue_arm(tq: *mut c_void) -> c_int;
     fn resty_ffi_queue_space_fd(tq: *mut c_void) -> c_int;
@@ -62,6 +63,16 @@ impl Queue {
     pub fn try_poll(&self) -> Option<Task> {
         // SAFETY: self.0 is a live queue (given to libffi_init).
         let t = unsafe { resty_ffi_task_try_poll(self.0) };
+        (!t.is_null()).then_some(Task(t))
+    }
+
+    /// A task waiting now, or posted while this spins within the queue's
+    /// poll budget (ffi.load's `poll_spin_us`); never blocks longer. The
+    /// core counts this thread as a spinning poller meanwhile, so a caller
+    /// whose post it takes may spin for the answer instead of parking.
+    pub fn poll_spin(&self) -> Option<Task> {
+        // SAFETY: self.0 is a live queue (given to libffi_init).
+        let t = unsafe { resty_ffi_task_poll_spin(self.0) };
         (!t.is_null()).then_some(Task(t))
     }
 
@@ -401,6 +412,25 @@ pub unsafe extern "C" fn resty_ffi_grpc_open_count(
     unsafe {
         *conns = c as c_int;
         *streams = s as c_int;
+    }
+    0
+}
+
+/// How often the queue loops of this process looked for the next call
+/// right after answering the last one in flight, and how often they found
+/// it then (taken while spinning, without a wake-up): `out[0]`, `out[1]`.
+///
+/// # Safety
+/// `out` points to two writable u64s.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_grpc_loop_stats(out: *mut u64) -> c_int {
+    let Ok((looks, taken)) = catch_unwind(crate::runtime::loop_stats) else {
+        return -2;
+    };
+    // SAFETY: the caller gives two writable u64s.
+    unsafe {
+        *out = looks;
+        *out.add(1) = taken;
     }
     0
 }

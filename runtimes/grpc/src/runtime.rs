@@ -13,12 +13,21 @@
 //! task per call, which answers it. When the queue is finished (unload) the
 //! loop ends; calls still running answer as they finish.
 //!
-//! Optionally (cfg `spin_us=N`), when the last call in flight has just
-//! been answered, the loop looks for the caller's next call for N µs before
-//! it arms the fd and parks, so a sequential caller's next call needs no
-//! wake-up. Off by default: on the 2-CPU machines measured, it gained
-//! nothing clear (the caller, the server and this thread already share two
-//! CPUs); never on when the process may use one CPU only.
+//! When the last call in flight has just been answered, the loop looks
+//! for the caller's next call before it arms the fd and parks: it polls
+//! with the core's `resty_ffi_task_poll_spin`, which spins within the
+//! queue's poll budget (ffi.load's `poll_spin_us`, default 50 µs; 0 turns
+//! this off; `grpc.LOAD_OPTS`), counted as a spinning poller, never longer,
+//! and closes itself for a while after repeated misses (on one CPU it
+//! yields once instead). A sequential caller's next call then needs no
+//! wake-up of this thread (no eventfd write and read, no epoll return), and
+//! because the core saw a spinning poller take it, the caller may spin for
+//! the answer within its own adaptive budget (ffi.load's `spin_us`) instead
+//! of parking: on a machine where a call is answered within that budget,
+//! neither side of the bridge sleeps. Measured in benches/README.md
+//! section 5. (An earlier spin of this loop's own, cfg `spin_us`, polled
+//! without being counted, so callers always parked: it gained nothing
+//! clear and is gone.)
 //!
 //! Beside the loop, a task waits on the queue's space fd, which the core
 //! signals when a task's caller stopped waiting (timed out): it then ends
@@ -29,13 +38,11 @@
 //! answer (Lua's `rt:__stream`), `E` close_send, `P` compile a .proto
 //! (grpc.load from a phase that can yield).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 use tokio::runtime::Runtime;
-use tokio::sync::Notify;
 
 use crate::abi::{clear_eventfd, Armed, Queue, QueueFd, Task};
 use crate::error::Error;
@@ -44,30 +51,26 @@ static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 
 struct Cfg {
     threads: usize,
-    spin: Duration,
 }
 
 fn parse_cfg(cfg: &str) -> Result<Cfg, Error> {
-    let one_cpu = std::thread::available_parallelism().map_or(true, |n| n.get() < 2);
-    let mut out = Cfg {
-        threads: 1,
-        spin: Duration::ZERO,
-    };
+    let mut out = Cfg { threads: 1 };
     for opt in cfg.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         match opt.split_once('=') {
             Some(("threads", n)) => match n.parse::<usize>() {
                 Ok(n) if (1..=64).contains(&n) => out.threads = n,
                 _ => return Err(Error::Init(format!("bad threads={n} (want 1..64)"))),
             },
-            Some(("spin_us", n)) => match n.parse::<u64>() {
-                Ok(n) if n <= 100_000 => {
-                    out.spin = Duration::from_micros(if one_cpu { 0 } else { n })
-                }
-                _ => return Err(Error::Init(format!("bad spin_us={n} (want 0..100000)"))),
-            },
+            Some(("spin_us", _)) => {
+                return Err(Error::Init(
+                    "cfg spin_us is gone: the queue loop spins within ffi.load's \
+                     poll_spin_us (grpc.LOAD_OPTS = { poll_spin_us = N }, 0: off)"
+                        .into(),
+                ))
+            }
             _ => {
                 return Err(Error::Init(format!(
-                    "unknown cfg option '{opt}' (known: threads=N, spin_us=N)"
+                    "unknown cfg option '{opt}' (known: threads=N)"
                 )))
             }
         }
@@ -88,7 +91,7 @@ pub fn start(cfg: &str, queue: Queue) -> Result<(), Error> {
     let cancels = queue.watch_cancels()?;
     let sweeper = rt.spawn(sweep_on_cancels(cancels));
     rt.spawn(async move {
-        serve(queue, ready, cfg.spin).await;
+        serve(queue, ready).await;
         sweeper.abort();
     });
     Ok(())
@@ -122,12 +125,13 @@ fn build(threads: usize) -> Result<&'static Runtime, Error> {
 }
 
 /// What a queue's loop shares with the calls it spawned.
-#[derive(Default)]
 struct Calls {
+    queue: Queue,
     /// calls taken and not yet answered
     in_flight: AtomicUsize,
-    /// the last call in flight was answered
-    idle: Notify,
+    /// a call was taken while another was in flight since the loop was
+    /// last idle: the caller is not sequential
+    overlapped: AtomicBool,
 }
 
 /// Sweeps the calls in flight each time the core says a task of the
@@ -148,82 +152,101 @@ async fn sweep_on_cancels(cancels: AsyncFd<QueueFd>) {
     }
 }
 
-async fn serve(queue: Queue, ready: AsyncFd<QueueFd>, spin: Duration) {
-    let calls = Arc::new(Calls::default());
-    let mut just_idle = false;
+async fn serve(queue: Queue, ready: AsyncFd<QueueFd>) {
+    let calls = Arc::new(Calls {
+        queue,
+        in_flight: AtomicUsize::new(0),
+        overlapped: AtomicBool::new(false),
+    });
     loop {
         while let Some(task) = queue.try_poll() {
             tokio::spawn(handle(task, InFlight::new(&calls)));
         }
-        if just_idle && !spin.is_zero() && calls.in_flight.load(Ordering::Acquire) == 0 {
-            just_idle = false;
-            if let Some(task) = spin_for_next(&queue, spin) {
-                tokio::spawn(handle(task, InFlight::new(&calls)));
-                continue;
-            }
-        }
         match queue.arm() {
             Armed::Tasks => continue,
             Armed::Finished => return,
-            Armed::Wait => tokio::select! {
-                r = ready.readable() => match r {
-                    Ok(mut guard) => {
-                        clear_eventfd(ready.get_ref());
-                        guard.clear_ready();
-                    }
-                    Err(e) => {
-                        eprintln!("ffi_grpc: waiting on the task queue failed: {e}");
-                        return;
-                    }
-                },
-                // only a loop that spins wants to hear of it (else it is a
-                // wake-up of this task, a poll and an arm per sequential call)
-                _ = calls.idle.notified(), if !spin.is_zero() => just_idle = true,
+            Armed::Wait => match ready.readable().await {
+                Ok(mut guard) => {
+                    clear_eventfd(ready.get_ref());
+                    guard.clear_ready();
+                }
+                Err(e) => {
+                    eprintln!("ffi_grpc: waiting on the task queue failed: {e}");
+                    return;
+                }
             },
         }
     }
 }
 
-/// Counts a call in flight until dropped (answered, or unwound by a panic).
-struct InFlight(Arc<Calls>);
+/// Times the last call in flight was answered and the next one looked for
+/// (all queues of the process), and times one was found: [`loop_stats`].
+static IDLE_LOOKS: AtomicU64 = AtomicU64::new(0);
+static TAKEN_LOOKING: AtomicU64 = AtomicU64::new(0);
+
+/// How often, in this process, the last call in flight was answered and
+/// the next call looked for, and how often one was found then (posted
+/// before or during the spin) rather than by the loop after a wake-up.
+pub fn loop_stats() -> (u64, u64) {
+    (
+        IDLE_LOOKS.load(Ordering::Relaxed),
+        TAKEN_LOOKING.load(Ordering::Relaxed),
+    )
+}
+
+/// Counts a call in flight until it is answered ([`InFlight::answered`])
+/// or unwound by a panic (dropped).
+struct InFlight(Option<Arc<Calls>>);
 
 impl InFlight {
     fn new(calls: &Arc<Calls>) -> Self {
-        calls.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(calls.clone())
+        if calls.in_flight.fetch_add(1, Ordering::AcqRel) > 0 {
+            calls.overlapped.store(true, Ordering::Relaxed);
+        }
+        InFlight(Some(calls.clone()))
+    }
+
+    /// The call was answered. If it was the last in flight and the calls
+    /// since the loop was last idle came one at a time, nothing else of
+    /// this queue runs on this thread and the caller is likely sequential:
+    /// look for its next call right away, within the queue's poll budget,
+    /// before this task ends (a spinning caller posts it within
+    /// microseconds; the queue's loop would start looking only after a hop
+    /// through tokio's scheduler, often too late for the core to count it
+    /// as spinning). Concurrent callers get no spin: their calls come in
+    /// bursts, one flush per nginx event-loop cycle, and a spin between
+    /// bursts burns the CPU nginx needs (as the core's own pollers stay
+    /// lazy while posts are deferred).
+    fn answered(mut self) {
+        let Some(calls) = self.0.take() else { return };
+        if calls.in_flight.fetch_sub(1, Ordering::AcqRel) != 1
+            || calls.overlapped.swap(false, Ordering::Relaxed)
+        {
+            return;
+        }
+        IDLE_LOOKS.fetch_add(1, Ordering::Relaxed);
+        if let Some(task) = calls.queue.poll_spin() {
+            TAKEN_LOOKING.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(handle(task, InFlight::new(&calls)));
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_one();
+        if let Some(calls) = self.0.take() {
+            calls.in_flight.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
 
-/// Right after the last call in flight was answered (nothing else of ours
-/// to run), looks for the caller's next call for up to `spin` before the
-/// loop parks. Blocking the thread is fine then: the caller's next call is
-/// usually a few µs away, and a wake-up costs tens.
-fn spin_for_next(queue: &Queue, spin: Duration) -> Option<Task> {
-    let t0 = Instant::now();
-    let mut i: u32 = 0;
-    while t0.elapsed() < spin {
-        if let Some(task) = queue.try_poll() {
-            return Some(task);
-        }
-        i = i.wrapping_add(1);
-        if i.is_multiple_of(64) {
-            std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
-        }
-    }
-    None
+async fn handle(task: Task, in_flight: InFlight) {
+    answer(task).await;
+    in_flight.answered();
 }
 
-async fn handle(task: Task, _in_flight: InFlight) {
+/// Serves one task and answers it.
+async fn answer(task: Task) {
     if task.request().first() == Some(&b'M') {
         return crate::stream::messages(task).await;
     }
@@ -267,13 +290,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cfg_takes_threads_and_spin_and_refuses_the_rest() {
-        let c = parse_cfg("").unwrap();
-        assert_eq!((c.threads, c.spin), (1, Duration::ZERO));
-        let c = parse_cfg(" threads=3 , spin_us=0").unwrap();
-        assert_eq!(c.threads, 3);
+    fn cfg_takes_threads_and_refuses_the_rest() {
+        assert_eq!(parse_cfg("").unwrap().threads, 1);
+        assert_eq!(parse_cfg(" threads=3 , ").unwrap().threads, 3);
         assert!(parse_cfg("threads=0").is_err());
-        assert!(parse_cfg("spin_us=-1").is_err());
+        let e = parse_cfg("threads=2,spin_us=50").err().unwrap().to_string();
+        assert!(e.contains("poll_spin_us"), "{e}");
         let e = parse_cfg("fast").err().unwrap().to_string();
         assert!(e.contains("unknown cfg option 'fast'"), "{e}");
     }
