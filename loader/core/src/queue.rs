@@ -50,6 +50,8 @@ pub struct TaskQueue {
     spinners: CachePadded<AtomicUsize>,
     /// Sleeping pollers signalled by `post` so far.
     signals: AtomicUsize,
+    /// Of `signals`, those sent by a poller passing a batch on (`pass_on`).
+    chained: AtomicUsize,
     finished: AtomicBool,
     /// When the last deferred post was made (`spin::now_ns`; 0: never).
     /// Deferred posts mean the caller has other calls parked: it is under
@@ -92,6 +94,7 @@ impl TaskQueue {
             len: CachePadded::new(AtomicUsize::new(0)),
             spinners: CachePadded::new(AtomicUsize::new(0)),
             signals: AtomicUsize::new(0),
+            chained: AtomicUsize::new(0),
             finished: AtomicBool::new(false),
             deferred_at: CachePadded::new(AtomicU64::new(0)),
             lazy_for_ns: LAZY_FOR.as_nanos() as u64,
@@ -123,19 +126,32 @@ impl TaskQueue {
             // and a woken sleeper looks at the queue before it sleeps
             // again, so no task is left without a poller.
             let spinners = self.spinners.load(Ordering::SeqCst);
-            let wake = inner.sleepers > inner.woken && inner.tasks.len() > spinners + inner.woken;
-            if wake {
-                inner.woken += 1;
-            }
-            (wake, spinners > 0)
+            (self.take_wake(&mut inner, spinners), spinners > 0)
         };
         if wake {
-            self.signals.fetch_add(1, Ordering::Relaxed);
-            crate::stats::thread_wakeup();
-            self.ready_cond.notify_one();
+            self.signal();
         }
         self.ready.notify_if_armed();
         Ok(spinning)
+    }
+
+    /// Whether a sleeping poller must be woken for the tasks queued: only
+    /// for tasks the spinning pollers and the sleepers already woken cannot
+    /// take. If so, counts it as woken (the caller signals it once the lock
+    /// is dropped).
+    fn take_wake(&self, inner: &mut Inner, spinners: usize) -> bool {
+        let wake = inner.sleepers > inner.woken && inner.tasks.len() > spinners + inner.woken;
+        if wake {
+            inner.woken += 1;
+        }
+        wake
+    }
+
+    /// Signals one sleeping poller (counted by `take_wake`).
+    fn signal(&self) {
+        self.signals.fetch_add(1, Ordering::Relaxed);
+        crate::stats::thread_wakeup();
+        self.ready_cond.notify_one();
     }
 
     fn push(&self, inner: &mut Inner, task: TaskPtr) -> Result<(), Error> {
@@ -164,25 +180,21 @@ impl TaskQueue {
         self.push(&mut inner, task)
     }
 
-    /// Wakes sleeping pollers for the tasks deferred posts left: as many as
-    /// `post` would have woken for them, one futex wake per poller rather
-    /// than per task. Event-loop runtimes waiting on the readiness fd are
-    /// told too.
+    /// Wakes a sleeping poller for the tasks deferred posts left, if no
+    /// poller is awake for them. One at most: the caller is nginx's event
+    /// loop, and each futex wake costs it microseconds. A woken poller that
+    /// finds more tasks than pollers wakes the next one itself (`poll`), so
+    /// a batch still reaches as many threads as `post` would have woken,
+    /// one hand-off later each. Event-loop runtimes waiting on the
+    /// readiness fd are told too.
     pub fn flush(&self) {
-        let wakes = {
+        let wake = {
             let mut inner = self.lock();
             let spinners = self.spinners.load(Ordering::SeqCst);
-            let mut n = 0;
-            while inner.sleepers > inner.woken && inner.tasks.len() > spinners + inner.woken {
-                inner.woken += 1;
-                n += 1;
-            }
-            n
+            self.take_wake(&mut inner, spinners)
         };
-        for _ in 0..wakes {
-            self.signals.fetch_add(1, Ordering::Relaxed);
-            crate::stats::thread_wakeup();
-            self.ready_cond.notify_one();
+        if wake {
+            self.signal();
         }
         if !self.is_empty() {
             self.ready.notify_if_armed();
@@ -254,7 +266,7 @@ impl TaskQueue {
             }
             let mut inner = self.lock();
             if let Some(task) = self.pop(&mut inner) {
-                return Some(task);
+                return Some(self.pass_on(inner, task));
             }
             if inner.finished {
                 return None;
@@ -277,13 +289,28 @@ impl TaskQueue {
                 // costs one more signal later)
                 inner.woken = inner.woken.saturating_sub(1);
                 if let Some(task) = self.pop(&mut inner) {
-                    return Some(task);
+                    return Some(self.pass_on(inner, task));
                 }
                 if inner.finished {
                     return None;
                 }
             }
         }
+    }
+
+    /// A poller took `task`: if more tasks wait than awake pollers can
+    /// take (a flush woke one poller for a batch), it wakes the next
+    /// sleeper itself, so that hand-off costs a runtime thread and not the
+    /// nginx event loop.
+    fn pass_on(&self, mut inner: MutexGuard<'_, Inner>, task: TaskPtr) -> TaskPtr {
+        let spinners = self.spinners.load(Ordering::SeqCst);
+        let wake = self.take_wake(&mut inner, spinners);
+        drop(inner);
+        if wake {
+            self.chained.fetch_add(1, Ordering::Relaxed);
+            self.signal();
+        }
+        task
     }
 
     fn pop(&self, inner: &mut Inner) -> Option<TaskPtr> {
@@ -506,7 +533,7 @@ mod tests {
     }
 
     #[test]
-    fn deferred_posts_wake_nobody_until_the_flush_wakes_each_sleeper_once() {
+    fn deferred_posts_wake_nobody_until_the_flush_wakes_one_sleeper() {
         // a poll budget, to see that deferred posts turn spinning off
         let mut q = TaskQueue::new(256, Duration::from_millis(200), Duration::ZERO);
         // however slow this machine is, the batch is taken while lazy
@@ -525,13 +552,8 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(q.len(), 100, "nobody woke for deferred posts");
         assert_eq!(q.signals(), before, "deferred posts signal no one");
+        let chained = q.chained.load(Ordering::Relaxed);
         q.flush();
-        q.flush(); // a second flush finds the sleepers already woken
-        assert_eq!(
-            q.signals() - before,
-            2,
-            "one signal per sleeper, not per task"
-        );
         let t0 = Instant::now();
         while !q.is_empty() {
             assert!(
@@ -547,6 +569,10 @@ mod tests {
             t0.elapsed() < Duration::from_millis(150),
             "pollers spun under deferred posts"
         );
+        // every signal since the posts: the flush's, and those pollers sent
+        // each other passing the batch on
+        let flushed = q.signals() - before - (q.chained.load(Ordering::Relaxed) - chained);
+        assert_eq!(flushed, 1, "the flush wakes one sleeper, not one per task");
         q.finish();
         let served: usize = pollers.into_iter().map(|p| p.join().unwrap()).sum();
         assert_eq!(served, 101);
@@ -651,6 +677,39 @@ mod tests {
             took < WORK * 8 / 5,
             "the burst ran one task after the other: {took:?}"
         );
+    }
+
+    #[test]
+    fn a_flushed_batch_of_slow_tasks_reaches_every_sleeper_through_the_first_one_woken() {
+        const WORK: Duration = Duration::from_millis(300);
+        let q = Arc::new(TaskQueue::new(16, Duration::ZERO, Duration::ZERO));
+        let pollers: Vec<_> = (0..2)
+            .map(|_| {
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    let mut n = 0;
+                    while let Some(t) = q.poll() {
+                        std::thread::sleep(WORK);
+                        t.free();
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        wait_sleepers(&q, 2);
+        for i in 0..2 {
+            q.post_deferred(task(i)).unwrap();
+        }
+        let before = q.signals();
+        q.flush();
+        assert_eq!(q.signals() - before, 1, "the flush wakes one poller");
+        // the one woken takes a task and, seeing one more and a sleeper,
+        // wakes the other before it works: both run at once
+        q.finish();
+        let served: Vec<usize> = pollers.into_iter().map(|p| p.join().unwrap()).collect();
+        assert_eq!(served, vec![1, 1], "each poller took one of the two");
+        assert_eq!(q.chained.load(Ordering::Relaxed), 1);
     }
 
     #[test]
