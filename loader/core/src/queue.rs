@@ -27,6 +27,12 @@ use crate::Error;
 /// How long after a deferred post pollers stop spinning for tasks.
 const LAZY_FOR: Duration = Duration::from_millis(20);
 
+/// The hand-off slot holds no task and no poller waits on it.
+const SLOT_EMPTY: usize = 0;
+/// A spinning poller waits on the hand-off slot (tasks are aligned, so no
+/// task's address is 1).
+const SLOT_WAITING: usize = 1;
+
 struct Inner {
     tasks: VecDeque<TaskPtr>,
     sleepers: usize,
@@ -48,6 +54,11 @@ pub struct TaskQueue {
     len: CachePadded<AtomicUsize>,
     /// Pollers spinning right now (see `poll` and `post`).
     spinners: CachePadded<AtomicUsize>,
+    /// A task handed from `post` straight to one spinning poller, or
+    /// `SLOT_WAITING` while a poller waits for one, or `SLOT_EMPTY`. One
+    /// cache line travels between the caller's CPU and the poller's,
+    /// instead of the lock's, the deque's and the counters'.
+    slot: CachePadded<AtomicUsize>,
     /// Sleeping pollers signalled by `post` so far.
     signals: AtomicUsize,
     /// Of `signals`, those sent by a poller passing a batch on (`pass_on`).
@@ -93,6 +104,7 @@ impl TaskQueue {
             ready_cond: Condvar::new(),
             len: CachePadded::new(AtomicUsize::new(0)),
             spinners: CachePadded::new(AtomicUsize::new(0)),
+            slot: CachePadded::new(AtomicUsize::new(SLOT_EMPTY)),
             signals: AtomicUsize::new(0),
             chained: AtomicUsize::new(0),
             finished: AtomicBool::new(false),
@@ -117,6 +129,9 @@ impl TaskQueue {
     /// microseconds: one was spinning, or (on one CPU, where a woken thread
     /// runs as soon as the caller yields) a sleeping one was woken.
     pub fn post(&self, task: TaskPtr) -> Result<bool, Error> {
+        if self.hand_off(task) {
+            return Ok(true);
+        }
         let (wake, spinning) = {
             let mut inner = self.lock();
             self.push(&mut inner, task)?;
@@ -133,6 +148,39 @@ impl TaskQueue {
         }
         self.ready.notify_if_armed();
         Ok(spinning)
+    }
+
+    /// Gives `task` to the poller waiting on the hand-off slot, if one is:
+    /// it takes it without the lock, and nobody needs waking. Never once
+    /// the queue is finished (`post` refuses then); a task handed over as
+    /// it finishes is still served, as queued tasks are.
+    fn hand_off(&self, task: TaskPtr) -> bool {
+        if self.finished.load(Ordering::Acquire)
+            || self
+                .slot
+                .compare_exchange(
+                    SLOT_WAITING,
+                    task.as_raw() as usize,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return false;
+        }
+        // That poller is busy now: the next post must not count on it
+        // (it leaves `spinners` to us, see `poll`).
+        self.spinners.fetch_sub(1, Ordering::SeqCst);
+        true
+    }
+
+    /// Stops waiting on the hand-off slot: the task handed over meanwhile,
+    /// if any. Only the poller that set `SLOT_WAITING` calls it.
+    fn leave_slot(&self) -> Option<TaskPtr> {
+        match self.slot.swap(SLOT_EMPTY, Ordering::AcqRel) {
+            SLOT_EMPTY | SLOT_WAITING => None,
+            p => TaskPtr::from_raw(p as *mut std::ffi::c_void),
+        }
     }
 
     /// Whether a sleeping poller must be woken for the tasks queued: only
@@ -250,18 +298,42 @@ impl TaskQueue {
             });
             if !left.is_zero() && self.idle() {
                 self.spinners.fetch_add(1, Ordering::SeqCst);
+                let mut handed = None;
                 let hit = if self.poll_gate.yields() {
                     // one CPU: let the nginx side run once, then look
                     deadline = None;
                     std::thread::yield_now();
                     !self.idle()
+                } else if self
+                    .slot
+                    .compare_exchange(
+                        SLOT_EMPTY,
+                        SLOT_WAITING,
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+                {
+                    // the one poller on the slot: a post hands it the task
+                    let hit = spin_until(left, || {
+                        self.slot.load(Ordering::Relaxed) > SLOT_WAITING || !self.idle()
+                    });
+                    handed = self.leave_slot();
+                    hit
                 } else {
                     spin_until(left, || !self.idle())
                 };
-                self.spinners.fetch_sub(1, Ordering::SeqCst);
+                if handed.is_none() {
+                    // (the post that handed us a task counted us out)
+                    self.spinners.fetch_sub(1, Ordering::SeqCst);
+                }
                 if !recorded {
                     self.poll_gate.record(hit);
                     recorded = true;
+                }
+                if let Some(task) = handed {
+                    task.mark_picked();
+                    return Some(task);
                 }
             }
             let mut inner = self.lock();
@@ -710,6 +782,55 @@ mod tests {
         let served: Vec<usize> = pollers.into_iter().map(|p| p.join().unwrap()).collect();
         assert_eq!(served, vec![1, 1], "each poller took one of the two");
         assert_eq!(q.chained.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_post_hands_its_task_to_a_spinning_poller_without_the_lock() {
+        let q = Arc::new(TaskQueue::new(16, Duration::from_secs(20), Duration::ZERO));
+        if q.poll_gate.yields() {
+            return; // one CPU: pollers do not spin, so nobody waits on the slot
+        }
+        let poller = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                q.poll().map(|t| {
+                    let id = t.id();
+                    t.free();
+                    id
+                })
+            })
+        };
+        let t0 = Instant::now();
+        while q.slot.load(Ordering::Relaxed) != SLOT_WAITING {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the poller never spun"
+            );
+            std::thread::yield_now();
+        }
+        // With the queue's lock held here, only the hand-off can get the
+        // task to the poller: a post through the queue would block.
+        let inner = q.lock();
+        let poster = {
+            let q = q.clone();
+            std::thread::spawn(move || q.post(task(7)).unwrap())
+        };
+        let t0 = Instant::now();
+        while !poller.is_finished() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the task was not handed over"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(inner);
+        assert!(
+            poster.join().unwrap(),
+            "a handed-over task has a spinning poller"
+        );
+        assert_eq!(poller.join().unwrap(), Some(7.0));
+        assert_eq!(q.slot.load(Ordering::Relaxed), SLOT_EMPTY);
+        assert!(q.is_empty());
     }
 
     #[test]
