@@ -5,7 +5,7 @@ set -euo pipefail
 
 need_pkgs=(nginx-light libnginx-mod-http-lua lua-resty-core lua-cjson
            lua-messagepack wrk python3.11 python3.11-venv libpython3.11-dev
-           curl openssl lua-check g++ dpkg-dev lintian)
+           curl openssl lua-check g++ dpkg-dev lintian linux-perf)
 missing=()
 for p in "${need_pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -97,3 +97,27 @@ def test_ab_compares_two_builds_side_by_side():
         assert rps > 0, line
         if "t1" in line:
             assert "vs plain" in line, line
+
+
+def test_counts_gives_each_threads_syscalls_per_request():
+    """benches/counts.py, the per-request counts that explain the gap under
+    load (benches/README.md), so it cannot rot: one worker, -c16."""
+    cmd = [sys.executable, os.path.join(harness.ROOT, "benches", "counts.py"),
+           "--workers", "1", "--conns", "16", "--dur", "2"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rows = {}
+    for line in p.stdout.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 12 and cells[0] == "1":
+            rows[(cells[2], cells[3])] = [float(c) for c in cells[4:]]
+    assert set(rows) == {("plain", "main"), ("call", "main"), ("call", "runtime")}, p.stdout
+    for key, (rps, futex, epoll, recv, writev, write, cs, cpu) in rows.items():
+        assert rps > 0 and cpu > 0, (key, p.stdout)
+        # every request reads its request and writes its answer
+        if key[1] == "main":
+            assert recv >= 0.5 and writev >= 0.5, (key, p.stdout)
+    # the runtime's threads sleep and are woken in futex, and nginx's event
+    # loop makes no futex call for a plain Lua answer
+    assert rows[("call", "runtime")][1] > 0, p.stdout
+    assert rows[("plain", "main")][1] < 0.01, p.stdout

@@ -410,3 +410,65 @@ def test_a_worker_runs_at_most_two_timer_light_threads_for_its_calls(nginx):
         # "Timers"); pending: the two exit watches
         assert bad == 0 and running <= 2 and pending <= 2, body
     assert deferred > 0, body
+
+
+DROPPED_TIMERS = """
+location /hog {
+    content_by_lua_block {
+        -- takes the only running-timer slot until the worker exits
+        assert(ngx.timer.at(0, function()
+            while not ngx.worker.exiting() do ngx.sleep(0.05) end
+        end))
+        ngx.sleep(0.1)
+        ngx.print(ngx.timer.running_count())
+    }
+}
+location /call {
+    content_by_lua_block {
+        local rt = assert(require("resty.ffi").load("ffi_echo", "threads=2"))
+        local t0 = ngx.now()
+        local ok, res, err = rt:echo("!sleep:100:" .. ngx.var.arg_v, 10)
+        ngx.update_time()
+        ngx.print(tostring(ok), " ", tostring(res or err), " ",
+                  string.format("%.2f", ngx.now() - t0))
+    }
+}
+location /stream {
+    content_by_lua_block {
+        local rt = assert(require("resty.ffi").load("ffi_echo", "threads=2"))
+        local st = assert(rt:__stream("!stream:3:4:50", 10))
+        local n = 0
+        while true do
+            local chunk, err = st:recv()
+            if not chunk then
+                ngx.print(n, " ", tostring(err))
+                return
+            end
+            n = n + 1
+        end
+    }
+}
+"""
+
+
+def test_calls_and_streams_are_answered_when_nginx_drops_the_dispatchers_timer(nginx):
+    # lua_max_running_timers 1, held by the application's own timer: nginx
+    # drops every other timer when it fires, the dispatcher's among them.
+    # Calls must still be answered (polled), not hang to their timeout.
+    n = nginx(DROPPED_TIMERS, http="lua_max_running_timers 1;")
+    status, body = n.get("/hog")
+    assert (status, body) == (200, b"1"), body
+    for i in range(3):
+        status, body = n.get("/call?v=v%d" % i)
+        assert status == 200, body
+        ok, rest = body.decode().split(" ", 1)
+        res, took = rest.rsplit(" ", 1)
+        assert (ok, res) == ("true", "v%d" % i), body
+        assert float(took) < 3, "the call waited for a dispatcher that never ran: " + body
+        if i == 0:
+            time.sleep(1.2)  # the dispatcher's timer is overdue now
+    status, body = n.get("/stream")
+    assert (status, body) == (200, b"3 nil"), body
+    log = n.error_log()
+    assert "lua_max_running_timers are not enough" in log, log[-2000:]
+    assert "the dispatcher's timer did not run within" in log, log[-2000:]

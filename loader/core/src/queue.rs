@@ -27,6 +27,12 @@ use crate::Error;
 /// How long after a deferred post pollers stop spinning for tasks.
 const LAZY_FOR: Duration = Duration::from_millis(20);
 
+/// The hand-off slot holds no task and no poller waits on it.
+const SLOT_EMPTY: usize = 0;
+/// A spinning poller waits on the hand-off slot (tasks are aligned, so no
+/// task's address is 1).
+const SLOT_WAITING: usize = 1;
+
 struct Inner {
     tasks: VecDeque<TaskPtr>,
     sleepers: usize,
@@ -48,8 +54,15 @@ pub struct TaskQueue {
     len: CachePadded<AtomicUsize>,
     /// Pollers spinning right now (see `poll` and `post`).
     spinners: CachePadded<AtomicUsize>,
+    /// A task handed from `post` straight to one spinning poller, or
+    /// `SLOT_WAITING` while a poller waits for one, or `SLOT_EMPTY`. One
+    /// cache line travels between the caller's CPU and the poller's,
+    /// instead of the lock's, the deque's and the counters'.
+    slot: CachePadded<AtomicUsize>,
     /// Sleeping pollers signalled by `post` so far.
     signals: AtomicUsize,
+    /// Of `signals`, those sent by a poller passing a batch on (`pass_on`).
+    chained: AtomicUsize,
     finished: AtomicBool,
     /// When the last deferred post was made (`spin::now_ns`; 0: never).
     /// Deferred posts mean the caller has other calls parked: it is under
@@ -91,7 +104,9 @@ impl TaskQueue {
             ready_cond: Condvar::new(),
             len: CachePadded::new(AtomicUsize::new(0)),
             spinners: CachePadded::new(AtomicUsize::new(0)),
+            slot: CachePadded::new(AtomicUsize::new(SLOT_EMPTY)),
             signals: AtomicUsize::new(0),
+            chained: AtomicUsize::new(0),
             finished: AtomicBool::new(false),
             deferred_at: CachePadded::new(AtomicU64::new(0)),
             lazy_for_ns: LAZY_FOR.as_nanos() as u64,
@@ -114,6 +129,9 @@ impl TaskQueue {
     /// microseconds: one was spinning, or (on one CPU, where a woken thread
     /// runs as soon as the caller yields) a sleeping one was woken.
     pub fn post(&self, task: TaskPtr) -> Result<bool, Error> {
+        if self.hand_off(task) {
+            return Ok(true);
+        }
         let (wake, spinning) = {
             let mut inner = self.lock();
             self.push(&mut inner, task)?;
@@ -123,19 +141,65 @@ impl TaskQueue {
             // and a woken sleeper looks at the queue before it sleeps
             // again, so no task is left without a poller.
             let spinners = self.spinners.load(Ordering::SeqCst);
-            let wake = inner.sleepers > inner.woken && inner.tasks.len() > spinners + inner.woken;
-            if wake {
-                inner.woken += 1;
-            }
-            (wake, spinners > 0)
+            (self.take_wake(&mut inner, spinners), spinners > 0)
         };
         if wake {
-            self.signals.fetch_add(1, Ordering::Relaxed);
-            crate::stats::thread_wakeup();
-            self.ready_cond.notify_one();
+            self.signal();
         }
         self.ready.notify_if_armed();
         Ok(spinning)
+    }
+
+    /// Gives `task` to the poller waiting on the hand-off slot, if one is:
+    /// it takes it without the lock, and nobody needs waking. Never once
+    /// the queue is finished (`post` refuses then); a task handed over as
+    /// it finishes is still served, as queued tasks are.
+    fn hand_off(&self, task: TaskPtr) -> bool {
+        if self.finished.load(Ordering::Acquire)
+            || self
+                .slot
+                .compare_exchange(
+                    SLOT_WAITING,
+                    task.as_raw() as usize,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return false;
+        }
+        // That poller is busy now: the next post must not count on it
+        // (it leaves `spinners` to us, see `poll`).
+        self.spinners.fetch_sub(1, Ordering::SeqCst);
+        true
+    }
+
+    /// Stops waiting on the hand-off slot: the task handed over meanwhile,
+    /// if any. Only the poller that set `SLOT_WAITING` calls it.
+    fn leave_slot(&self) -> Option<TaskPtr> {
+        match self.slot.swap(SLOT_EMPTY, Ordering::AcqRel) {
+            SLOT_EMPTY | SLOT_WAITING => None,
+            p => TaskPtr::from_raw(p as *mut std::ffi::c_void),
+        }
+    }
+
+    /// Whether a sleeping poller must be woken for the tasks queued: only
+    /// for tasks the spinning pollers and the sleepers already woken cannot
+    /// take. If so, counts it as woken (the caller signals it once the lock
+    /// is dropped).
+    fn take_wake(&self, inner: &mut Inner, spinners: usize) -> bool {
+        let wake = inner.sleepers > inner.woken && inner.tasks.len() > spinners + inner.woken;
+        if wake {
+            inner.woken += 1;
+        }
+        wake
+    }
+
+    /// Signals one sleeping poller (counted by `take_wake`).
+    fn signal(&self) {
+        self.signals.fetch_add(1, Ordering::Relaxed);
+        crate::stats::thread_wakeup();
+        self.ready_cond.notify_one();
     }
 
     fn push(&self, inner: &mut Inner, task: TaskPtr) -> Result<(), Error> {
@@ -164,25 +228,21 @@ impl TaskQueue {
         self.push(&mut inner, task)
     }
 
-    /// Wakes sleeping pollers for the tasks deferred posts left: as many as
-    /// `post` would have woken for them, one futex wake per poller rather
-    /// than per task. Event-loop runtimes waiting on the readiness fd are
-    /// told too.
+    /// Wakes a sleeping poller for the tasks deferred posts left, if no
+    /// poller is awake for them. One at most: the caller is nginx's event
+    /// loop, and each futex wake costs it microseconds. A woken poller that
+    /// finds more tasks than pollers wakes the next one itself (`poll`), so
+    /// a batch still reaches as many threads as `post` would have woken,
+    /// one hand-off later each. Event-loop runtimes waiting on the
+    /// readiness fd are told too.
     pub fn flush(&self) {
-        let wakes = {
+        let wake = {
             let mut inner = self.lock();
             let spinners = self.spinners.load(Ordering::SeqCst);
-            let mut n = 0;
-            while inner.sleepers > inner.woken && inner.tasks.len() > spinners + inner.woken {
-                inner.woken += 1;
-                n += 1;
-            }
-            n
+            self.take_wake(&mut inner, spinners)
         };
-        for _ in 0..wakes {
-            self.signals.fetch_add(1, Ordering::Relaxed);
-            crate::stats::thread_wakeup();
-            self.ready_cond.notify_one();
+        if wake {
+            self.signal();
         }
         if !self.is_empty() {
             self.ready.notify_if_armed();
@@ -238,23 +298,47 @@ impl TaskQueue {
             });
             if !left.is_zero() && self.idle() {
                 self.spinners.fetch_add(1, Ordering::SeqCst);
+                let mut handed = None;
                 let hit = if self.poll_gate.yields() {
                     // one CPU: let the nginx side run once, then look
                     deadline = None;
                     std::thread::yield_now();
                     !self.idle()
+                } else if self
+                    .slot
+                    .compare_exchange(
+                        SLOT_EMPTY,
+                        SLOT_WAITING,
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+                {
+                    // the one poller on the slot: a post hands it the task
+                    let hit = spin_until(left, || {
+                        self.slot.load(Ordering::Relaxed) > SLOT_WAITING || !self.idle()
+                    });
+                    handed = self.leave_slot();
+                    hit
                 } else {
                     spin_until(left, || !self.idle())
                 };
-                self.spinners.fetch_sub(1, Ordering::SeqCst);
+                if handed.is_none() {
+                    // (the post that handed us a task counted us out)
+                    self.spinners.fetch_sub(1, Ordering::SeqCst);
+                }
                 if !recorded {
                     self.poll_gate.record(hit);
                     recorded = true;
                 }
+                if let Some(task) = handed {
+                    task.mark_picked();
+                    return Some(task);
+                }
             }
             let mut inner = self.lock();
             if let Some(task) = self.pop(&mut inner) {
-                return Some(task);
+                return Some(self.pass_on(inner, task));
             }
             if inner.finished {
                 return None;
@@ -277,13 +361,28 @@ impl TaskQueue {
                 // costs one more signal later)
                 inner.woken = inner.woken.saturating_sub(1);
                 if let Some(task) = self.pop(&mut inner) {
-                    return Some(task);
+                    return Some(self.pass_on(inner, task));
                 }
                 if inner.finished {
                     return None;
                 }
             }
         }
+    }
+
+    /// A poller took `task`: if more tasks wait than awake pollers can
+    /// take (a flush woke one poller for a batch), it wakes the next
+    /// sleeper itself, so that hand-off costs a runtime thread and not the
+    /// nginx event loop.
+    fn pass_on(&self, mut inner: MutexGuard<'_, Inner>, task: TaskPtr) -> TaskPtr {
+        let spinners = self.spinners.load(Ordering::SeqCst);
+        let wake = self.take_wake(&mut inner, spinners);
+        drop(inner);
+        if wake {
+            self.chained.fetch_add(1, Ordering::Relaxed);
+            self.signal();
+        }
+        task
     }
 
     fn pop(&self, inner: &mut Inner) -> Option<TaskPtr> {
@@ -506,7 +605,7 @@ mod tests {
     }
 
     #[test]
-    fn deferred_posts_wake_nobody_until_the_flush_wakes_each_sleeper_once() {
+    fn deferred_posts_wake_nobody_until_the_flush_wakes_one_sleeper() {
         // a poll budget, to see that deferred posts turn spinning off
         let mut q = TaskQueue::new(256, Duration::from_millis(200), Duration::ZERO);
         // however slow this machine is, the batch is taken while lazy
@@ -525,13 +624,8 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(q.len(), 100, "nobody woke for deferred posts");
         assert_eq!(q.signals(), before, "deferred posts signal no one");
+        let chained = q.chained.load(Ordering::Relaxed);
         q.flush();
-        q.flush(); // a second flush finds the sleepers already woken
-        assert_eq!(
-            q.signals() - before,
-            2,
-            "one signal per sleeper, not per task"
-        );
         let t0 = Instant::now();
         while !q.is_empty() {
             assert!(
@@ -547,6 +641,10 @@ mod tests {
             t0.elapsed() < Duration::from_millis(150),
             "pollers spun under deferred posts"
         );
+        // every signal since the posts: the flush's, and those pollers sent
+        // each other passing the batch on
+        let flushed = q.signals() - before - (q.chained.load(Ordering::Relaxed) - chained);
+        assert_eq!(flushed, 1, "the flush wakes one sleeper, not one per task");
         q.finish();
         let served: usize = pollers.into_iter().map(|p| p.join().unwrap()).sum();
         assert_eq!(served, 101);
@@ -651,6 +749,88 @@ mod tests {
             took < WORK * 8 / 5,
             "the burst ran one task after the other: {took:?}"
         );
+    }
+
+    #[test]
+    fn a_flushed_batch_of_slow_tasks_reaches_every_sleeper_through_the_first_one_woken() {
+        const WORK: Duration = Duration::from_millis(300);
+        let q = Arc::new(TaskQueue::new(16, Duration::ZERO, Duration::ZERO));
+        let pollers: Vec<_> = (0..2)
+            .map(|_| {
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    let mut n = 0;
+                    while let Some(t) = q.poll() {
+                        std::thread::sleep(WORK);
+                        t.free();
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        wait_sleepers(&q, 2);
+        for i in 0..2 {
+            q.post_deferred(task(i)).unwrap();
+        }
+        let before = q.signals();
+        q.flush();
+        assert_eq!(q.signals() - before, 1, "the flush wakes one poller");
+        // the one woken takes a task and, seeing one more and a sleeper,
+        // wakes the other before it works: both run at once
+        q.finish();
+        let served: Vec<usize> = pollers.into_iter().map(|p| p.join().unwrap()).collect();
+        assert_eq!(served, vec![1, 1], "each poller took one of the two");
+        assert_eq!(q.chained.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_post_hands_its_task_to_a_spinning_poller_without_the_lock() {
+        let q = Arc::new(TaskQueue::new(16, Duration::from_secs(20), Duration::ZERO));
+        if q.poll_gate.yields() {
+            return; // one CPU: pollers do not spin, so nobody waits on the slot
+        }
+        let poller = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                q.poll().map(|t| {
+                    let id = t.id();
+                    t.free();
+                    id
+                })
+            })
+        };
+        let t0 = Instant::now();
+        while q.slot.load(Ordering::Relaxed) != SLOT_WAITING {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the poller never spun"
+            );
+            std::thread::yield_now();
+        }
+        // With the queue's lock held here, only the hand-off can get the
+        // task to the poller: a post through the queue would block.
+        let inner = q.lock();
+        let poster = {
+            let q = q.clone();
+            std::thread::spawn(move || q.post(task(7)).unwrap())
+        };
+        let t0 = Instant::now();
+        while !poller.is_finished() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the task was not handed over"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(inner);
+        assert!(
+            poster.join().unwrap(),
+            "a handed-over task has a spinning poller"
+        );
+        assert_eq!(poller.join().unwrap(), Some(7.0));
+        assert_eq!(q.slot.load(Ordering::Relaxed), SLOT_EMPTY);
+        assert!(q.is_empty());
     }
 
     #[test]

@@ -18,7 +18,6 @@ local flush = require "resty.ffi.flush"
 local ngx = ngx
 local get_phase = ngx.get_phase
 local exiting = ngx.worker.exiting
-local ngx_sleep = ngx.sleep
 local log = ngx.log
 local ERR = ngx.ERR
 local sema_new = semaphore.new
@@ -32,8 +31,8 @@ local parked = channel.parked
 local add_waiter = channel.add
 local give_up = channel.give_up
 local drain = channel.drain
-local dispatcher_running = dispatcher.running
-local start_dispatcher = dispatcher.start
+local dispatcher_looping = dispatcher.looping
+local ensure_dispatcher = dispatcher.ensure
 local wake_dispatcher = dispatcher.wake
 local flush_ready = flush.ready
 local flush_request = flush.request
@@ -100,18 +99,6 @@ local function post_error(st, code)
     return "resty_ffi: cannot post the call (code " .. tostring(code) .. ")"
 end
 _M.post_error = post_error
-
--- Waits without the dispatcher: only while the worker exits and no timer
--- can start it. Polls the channel with ngx.sleep.
-local function wait_polling(w, timeout)
-    local waited = 0
-    while not w.done and (timeout == nil or waited < timeout) do
-        ngx_sleep(POLL_INTERVAL)
-        waited = waited + POLL_INTERVAL
-        drain()
-    end
-    return w.done
-end
 
 -- Waiters of parked calls, kept for the next call that parks: a waiter is
 -- a table with its own semaphore, and making both per call (a table, a
@@ -181,15 +168,46 @@ local function wait_sema(w, id, timeout)
     return wait_forever(w, id)
 end
 
+-- Waits while the dispatcher's loop does not run: its timer is not due
+-- yet, or was dropped (lua_max_running_timers), or cannot be set (the
+-- worker exits). In slices of POLL_INTERVAL, handing the channel's answers
+-- over between them (ours among them: our semaphore is posted then), and
+-- on a plain wait once the loop runs. Same returns as wait_sema.
+local function wait_polling(w, id, timeout)
+    local waited = 0
+    while true do
+        ensure_dispatcher()
+        local ok, err = w.sema:wait(POLL_INTERVAL)
+        if ok then
+            return true, true
+        end
+        if w.done then
+            return true, false
+        end
+        if err ~= "timeout" then
+            log(ERR, "resty_ffi: waiting for call ", id, " failed: ", err)
+            return false, false
+        end
+        waited = waited + POLL_INTERVAL
+        if timeout ~= nil and waited >= timeout then
+            return false, false
+        end
+        if dispatcher_looping() then
+            return wait_sema(w, id, timeout and timeout - waited)
+        end
+        drain()
+    end
+end
+
 -- Waits for the answer to a call that did not come while spinning.
 local function park(rt, task, id, req, timeout)
     local w = take_waiter(req)
     add_waiter(id, w)
     local done, reuse
-    if dispatcher_running() or start_dispatcher() then
+    if dispatcher_looping() then
         done, reuse = wait_sema(w, id, timeout)
     else
-        done = wait_polling(w, timeout)
+        done, reuse = wait_polling(w, id, timeout)
     end
     -- Exactly one of "answered" and "timed out": an answer handed over in
     -- the same cycle as the timeout stands (give_up refuses then).

@@ -23,6 +23,7 @@ local ffi_string = ffi.string
 local ngx = ngx
 local exiting = ngx.worker.exiting
 local timer_at = ngx.timer.at
+local ngx_now = ngx.now
 local ngx_sleep = ngx.sleep
 local log = ngx.log
 local ERR = ngx.ERR
@@ -46,10 +47,14 @@ local POLL_IDLE_INTERVAL = 0.1
 -- short timer re-armed while the dispatcher runs does the same job, and
 -- keeps the VM at most that long once the dispatcher stopped.
 local EXIT_WATCH = 0.1
+-- A dispatcher timer that has not run this long after it was due was
+-- dropped (nginx drops timers past lua_max_running_timers): set another.
+local START_GRACE = 1
 
 _M.POLL_INTERVAL = POLL_INTERVAL
 
-local running = false
+local looping = false     -- the dispatcher's loop runs
+local due_at = nil        -- when its timer is due, until it runs
 local exit_timer_set = false
 local wake_mode = "socket" -- or "polling" once no wake socket can be made
 local msg_buf = ffi.new("char[?]", 1024)
@@ -70,7 +75,7 @@ end
 local function exit_watch(premature)
     if premature then
         wake()
-    elseif running then
+    elseif looping then
         timer_at(EXIT_WATCH, exit_watch)
     end
 end
@@ -161,12 +166,15 @@ end
 local start
 
 local function dispatch(premature)
-    if premature then
-        running = false
+    due_at = nil
+    if premature or looping then
+        -- the worker exits before it ran, or a timer thought dropped ran
+        -- late while another dispatcher runs
         return
     end
+    looping = true
     local ok, res, err = pcall(dispatch_loop)
-    running = false
+    looping = false
     C.resty_ffi_log_detach(ch)
     if not ok or not res then
         log(ERR, "resty_ffi: dispatcher stopped: ", ok and err or res)
@@ -185,14 +193,38 @@ start = function(delay)
     if not ok then
         return nil, err
     end
-    running = true
+    due_at = ngx_now() + (delay or 0)
     return true
 end
 _M.start = start
 
--- Whether the dispatcher runs (or its start is scheduled).
-function _M.running()
-    return running
+-- Whether the dispatcher runs, or its timer is set and not overdue.
+local function running()
+    return looping or (due_at ~= nil and ngx_now() - due_at <= START_GRACE)
+end
+_M.running = running
+
+-- Whether the dispatcher's loop runs now: answers to parked calls are
+-- handed over as they come. Until it does, waiters poll (call.lua).
+function _M.looping()
+    return looping
+end
+
+-- Sets the dispatcher's timer unless its loop runs or a timer is due: true
+-- if one runs or is on its way, nil and why not (the worker exits). A
+-- timer overdue by START_GRACE was dropped (lua_max_running_timers, which
+-- nginx checks only when the timer fires): that is logged, and another set.
+function _M.ensure()
+    if running() then
+        return true
+    end
+    if due_at ~= nil then
+        log(ERR, "resty_ffi: the dispatcher's timer did not run within ",
+            START_GRACE, " s of being due (lua_max_running_timers reached?); ",
+            "parked calls poll for their answers every ", POLL_INTERVAL * 1000,
+            " ms meanwhile: raise lua_max_running_timers")
+    end
+    return start()
 end
 
 -- "socket", or "polling" when no wake socket could be made.

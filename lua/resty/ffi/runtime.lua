@@ -247,9 +247,9 @@ local function load(lib_name, cfg, opts, meta, cache, default_timeout)
         return nil, err
     end
     C.resty_ffi_runtime_set_name(rt, name, #name)
-    if not dispatcher.running() and not channel.many_vms() then
+    if not channel.many_vms() then
         -- runtimes may log before any call parks: lines need a writer
-        dispatcher.start()
+        dispatcher.ensure()
     end
     prometheus.start_publishing()
     local obj = setmetatable({

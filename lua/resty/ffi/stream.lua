@@ -42,7 +42,6 @@ local now = ngx.now
 local get_phase = ngx.get_phase
 local exiting = ngx.worker.exiting
 local update_time = ngx.update_time
-local ngx_sleep = ngx.sleep
 local sema_new = semaphore.new
 local setmetatable = setmetatable
 local tostring = tostring
@@ -92,13 +91,22 @@ end
 
 -- Waits for a notice, at most `wait` seconds (nil: for ever).
 local function wait_notice(w, wait)
-    if not (dispatcher.running() or dispatcher.start()) then
-        -- no timer can run the dispatcher (the worker exits): poll
-        ngx_sleep(POLL_INTERVAL)
+    local chunk = wait
+    if not dispatcher.looping() then
+        -- its timer has not run (not due yet, dropped for want of
+        -- lua_max_running_timers, or the worker exits): wait a slice and
+        -- hand the channel's notices over ourselves
+        dispatcher.ensure()
+        if chunk == nil or chunk > POLL_INTERVAL then
+            chunk = POLL_INTERVAL
+        end
+        local ok, err = w.sema:wait(chunk)
+        if not ok and err ~= "timeout" then
+            return nil, err
+        end
         drain()
         return true
     end
-    local chunk = wait
     if chunk == nil or chunk > MAX_WAIT then
         chunk = MAX_WAIT
     end
@@ -256,9 +264,7 @@ function _M.method(self, req, timeout)
         w.deadline = now() + timeout
     end
     add_waiter(id, w)
-    if not dispatcher.running() then
-        dispatcher.start()
-    end
+    dispatcher.ensure()
     -- Closed when collected: the anchor's finalizer holds the waiter, not
     -- the stream object, so the object can be collected (the waiter stays
     -- reachable from the channel until the stream ends).
