@@ -567,10 +567,10 @@ impl TaskPtr {
         // SAFETY: freeing means the answer was published (or never written,
         // answered_ns 0): see `response`. This consumes the last pointer to
         // the call, so taking its response is ours to do.
-        let (rsp, rsp_len, answered_ns) = unsafe {
+        let (rsp, answered_ns) = unsafe {
             let a = &mut *s.answer.get();
             let rsp = std::mem::replace(&mut a.rsp, std::ptr::null_mut());
-            (rsp, a.rsp_len, a.answered_ns)
+            (rsp, a.answered_ns)
         };
         let stats = &self.queue().stats;
         stats.task_freed(s.state.load(Ordering::Acquire) == PARKED);
@@ -589,12 +589,11 @@ impl TaskPtr {
             // SAFETY: rsp was malloc()ed by the runtime and is ours since
             // respond; it was taken out of the slot above, so freed once.
             // A runtime thread frees it (`free_later`) when it has room for
-            // the link and the queue still has threads (unload, which
-            // collects the garbage, runs on this same nginx thread).
+            // the link (asked of malloc: a runtime's length may lie) and
+            // the queue still has threads (unload, which collects the
+            // garbage, runs on this same nginx thread).
             unsafe {
-                if !queue.is_finished()
-                    && (rsp_len >= 8 || libc::malloc_usable_size(rsp.cast()) >= 8)
-                {
+                if !queue.is_finished() && libc::malloc_usable_size(rsp.cast()) >= 8 {
                     queue.free_later(rsp.cast());
                 } else {
                     libc::free(rsp.cast());
