@@ -315,12 +315,17 @@ impl TaskPtr {
         match claimed {
             Some((s, live)) => {
                 let t = TaskPtr(NonNull::from(s));
+                // read before answering: once answered, the caller may free
+                // the slot
+                let queue = t.call().queue;
                 if s.stream.used() && !t.is_stream() {
                     let (rsp, rsp_len) = concatenated(&s.stream, live, rc, rsp, rsp_len);
                     t.respond(rc, rsp, rsp_len);
                 } else {
                     t.respond(rc, rsp, rsp_len);
                 }
+                // SAFETY: queues are never freed (queue.rs).
+                unsafe { &*queue }.free_garbage();
                 true
             }
             None => {
@@ -580,9 +585,20 @@ impl TaskPtr {
                 .observe(answered_ns.saturating_sub(picked_ns));
         }
         if !rsp.is_null() {
+            let queue = self.queue();
             // SAFETY: rsp was malloc()ed by the runtime and is ours since
             // respond; it was taken out of the slot above, so freed once.
-            unsafe { libc::free(rsp.cast()) };
+            // A runtime thread frees it (`free_later`) when it has room for
+            // the link (asked of malloc: a runtime's length may lie) and
+            // the queue still has threads (unload, which collects the
+            // garbage, runs on this same nginx thread).
+            unsafe {
+                if !queue.is_finished() && libc::malloc_usable_size(rsp.cast()) >= 8 {
+                    queue.free_later(rsp.cast());
+                } else {
+                    libc::free(rsp.cast());
+                }
+            }
         }
         let gen = (s.word.load(Ordering::Relaxed) >> 32).wrapping_add(1) & 0xffff_ffff;
         s.word.store(gen << 32 | FREE, Ordering::Release);

@@ -128,42 +128,44 @@ local function give_back(w)
     end
 end
 
+-- One wait on the waiter's semaphore, at most `seconds`: whether the
+-- answer was handed over, whether the semaphore's post was consumed (the
+-- waiter may then be reused), and whether it timed out with no answer
+-- (the caller may wait again).
+local function wait_once(w, id, seconds)
+    local ok, err = w.sema:wait(seconds)
+    if ok then
+        return true, true, false
+    end
+    if w.done then
+        return true, false, false
+    end
+    if err ~= "timeout" then
+        log(ERR, "resty_ffi: waiting for call ", id, " failed: ", err)
+        return false, false, false
+    end
+    return false, false, true
+end
+
 -- The rest of a wait until answered (nil timeout), in chunks of MAX_WAIT
 -- seconds: kept out of wait_sema so the common path has no loop (a loop
 -- there aborts the trace of every call that parks).
 local function wait_forever(w, id)
     while true do
-        local ok, err = w.sema:wait(MAX_WAIT)
-        if ok then
-            return true, true
-        end
-        if w.done then
-            return true, false
-        end
-        if err ~= "timeout" then
-            log(ERR, "resty_ffi: waiting for call ", id, " failed: ", err)
-            return false, false
+        local done, reuse, again = wait_once(w, id, MAX_WAIT)
+        if not again then
+            return done, reuse
         end
     end
 end
 
 -- Waits on the semaphore; nil timeout waits until answered. Returns
 -- whether the answer was handed over, and whether the semaphore's post was
--- consumed (the waiter may then be reused).
+-- consumed.
 local function wait_sema(w, id, timeout)
-    local ok, err = w.sema:wait(timeout or MAX_WAIT)
-    if ok then
-        return true, true
-    end
-    if w.done then
-        return true, false
-    end
-    if err ~= "timeout" then
-        log(ERR, "resty_ffi: waiting for call ", id, " failed: ", err)
-        return false, false
-    end
-    if timeout ~= nil then
-        return false, false
+    local done, reuse, again = wait_once(w, id, timeout or MAX_WAIT)
+    if not again or timeout ~= nil then
+        return done, reuse
     end
     return wait_forever(w, id)
 end
@@ -177,16 +179,9 @@ local function wait_polling(w, id, timeout)
     local waited = 0
     while true do
         ensure_dispatcher()
-        local ok, err = w.sema:wait(POLL_INTERVAL)
-        if ok then
-            return true, true
-        end
-        if w.done then
-            return true, false
-        end
-        if err ~= "timeout" then
-            log(ERR, "resty_ffi: waiting for call ", id, " failed: ", err)
-            return false, false
+        local done, reuse, again = wait_once(w, id, POLL_INTERVAL)
+        if not again then
+            return done, reuse
         end
         waited = waited + POLL_INTERVAL
         if timeout ~= nil and waited >= timeout then
