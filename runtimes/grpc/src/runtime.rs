@@ -217,18 +217,19 @@ impl InFlight {
     /// bursts, one flush per nginx event-loop cycle, and a spin between
     /// bursts burns the CPU nginx needs (as the core's own pollers stay
     /// lazy while posts are deferred).
-    fn answered(mut self) {
-        let Some(calls) = self.0.take() else { return };
+    /// The next call found so comes back, to be served by the same tokio
+    /// task (no spawn, no trip through the scheduler).
+    fn answered(mut self) -> Option<(Task, InFlight)> {
+        let calls = self.0.take()?;
         if calls.in_flight.fetch_sub(1, Ordering::AcqRel) != 1
             || calls.overlapped.swap(false, Ordering::Relaxed)
         {
-            return;
+            return None;
         }
         IDLE_LOOKS.fetch_add(1, Ordering::Relaxed);
-        if let Some(task) = calls.queue.poll_spin() {
-            TAKEN_LOOKING.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(handle(task, InFlight::new(&calls)));
-        }
+        let task = calls.queue.poll_spin()?;
+        TAKEN_LOOKING.fetch_add(1, Ordering::Relaxed);
+        Some((task, InFlight::new(&calls)))
     }
 }
 
@@ -240,9 +241,16 @@ impl Drop for InFlight {
     }
 }
 
-async fn handle(task: Task, in_flight: InFlight) {
-    answer(task).await;
-    in_flight.answered();
+/// Serves a call, then each next call of a sequential caller found on
+/// answering the previous one.
+async fn handle(mut task: Task, mut in_flight: InFlight) {
+    loop {
+        answer(task).await;
+        match in_flight.answered() {
+            Some((next, counted)) => (task, in_flight) = (next, counted),
+            None => return,
+        }
+    }
 }
 
 /// Serves one task and answers it.
