@@ -306,7 +306,7 @@ location /modules {
                              "resty.ffi.call", "resty.ffi.dispatcher", "resty.ffi.flush",
                              "resty.ffi.log", "resty.ffi.runtime",
                              "resty.ffi.stats", "resty.ffi.prometheus",
-                             "resty.ffi.stream",
+                             "resty.ffi.stream", "resty.ffi.timer_thread",
                              "resty.ffi.grpc", "resty_ffi" }) do
             out[#out + 1] = m .. "=" .. tostring(require(m)._VERSION)
         end

@@ -18,12 +18,12 @@ local ffi = require "ffi"
 local C = require("resty.ffi.lib").C
 local channel = require "resty.ffi.channel"
 local runtime_log = require "resty.ffi.log"
+local timer_thread = require "resty.ffi.timer_thread"
 
 local ffi_string = ffi.string
 local ngx = ngx
 local exiting = ngx.worker.exiting
 local timer_at = ngx.timer.at
-local ngx_now = ngx.now
 local ngx_sleep = ngx.sleep
 local log = ngx.log
 local ERR = ngx.ERR
@@ -47,14 +47,10 @@ local POLL_IDLE_INTERVAL = 0.1
 -- short timer re-armed while the dispatcher runs does the same job, and
 -- keeps the VM at most that long once the dispatcher stopped.
 local EXIT_WATCH = 0.1
--- A dispatcher timer that has not run this long after it was due was
--- dropped (nginx drops timers past lua_max_running_timers): set another.
-local START_GRACE = 1
 
 _M.POLL_INTERVAL = POLL_INTERVAL
 
-local looping = false     -- the dispatcher's loop runs
-local due_at = nil        -- when its timer is due, until it runs
+local thread              -- the dispatcher's timer thread (below)
 local exit_timer_set = false
 local wake_mode = "socket" -- or "polling" once no wake socket can be made
 local msg_buf = ffi.new("char[?]", 1024)
@@ -75,7 +71,7 @@ end
 local function exit_watch(premature)
     if premature then
         wake()
-    elseif looping then
+    elseif thread.looping then
         timer_at(EXIT_WATCH, exit_watch)
     end
 end
@@ -163,18 +159,8 @@ local function dispatch_loop()
     return socket_loop()
 end
 
-local start
-
-local function dispatch(premature)
-    due_at = nil
-    if premature or looping then
-        -- the worker exits before it ran, or a timer thought dropped ran
-        -- late while another dispatcher runs
-        return
-    end
-    looping = true
+local function dispatch()
     local ok, res, err = pcall(dispatch_loop)
-    looping = false
     C.resty_ffi_log_detach(ch)
     if not ok or not res then
         log(ERR, "resty_ffi: dispatcher stopped: ", ok and err or res)
@@ -182,49 +168,34 @@ local function dispatch(premature)
     if pending() and not (exiting() and parked() == 0) then
         -- retry soon, not at once: a broken environment must not turn
         -- into a busy loop of timers
-        start((ok and res) and 0 or RESTART_DELAY)
+        thread:start((ok and res) and 0 or RESTART_DELAY)
     end
 end
 
--- Starts the dispatcher after `delay` seconds (0): true, or nil, err when
--- no timer can be made (the worker exits).
-start = function(delay)
-    local ok, err = timer_at(delay or 0, dispatch)
-    if not ok then
-        return nil, err
-    end
-    due_at = ngx_now() + (delay or 0)
-    return true
-end
-_M.start = start
-
--- Whether the dispatcher runs, or its timer is set and not overdue.
-local function running()
-    return looping or (due_at ~= nil and ngx_now() - due_at <= START_GRACE)
-end
-_M.running = running
+thread = timer_thread.new("dispatcher", dispatch)
 
 -- Whether the dispatcher's loop runs now: answers to parked calls are
 -- handed over as they come. Until it does, waiters poll (call.lua).
 function _M.looping()
-    return looping
+    return thread.looping
 end
 
 -- Sets the dispatcher's timer unless its loop runs or a timer is due: true
 -- if one runs or is on its way, nil and why not (the worker exits). A
--- timer overdue by START_GRACE was dropped (lua_max_running_timers, which
--- nginx checks only when the timer fires): that is logged, and another set.
+-- timer nginx dropped (timer_thread.lua) is logged, and another set.
 function _M.ensure()
-    if running() then
+    if thread:on_its_way() then
         return true
     end
-    if due_at ~= nil then
+    if thread:dropped() then
         log(ERR, "resty_ffi: the dispatcher's timer did not run within ",
-            START_GRACE, " s of being due (lua_max_running_timers reached?); ",
-            "parked calls poll for their answers every ", POLL_INTERVAL * 1000,
-            " ms meanwhile: raise lua_max_running_timers")
+            timer_thread.START_GRACE, " s of being due ",
+            "(lua_max_running_timers reached?); parked calls poll for ",
+            "their answers every ",
+            POLL_INTERVAL * 1000, " ms meanwhile: raise ",
+            "lua_max_running_timers")
     end
-    return start()
+    return thread:start(0)
 end
 
 -- "socket", or "polling" when no wake socket could be made.

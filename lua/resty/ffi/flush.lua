@@ -20,11 +20,11 @@
 local semaphore = require "ngx.semaphore"
 local C = require("resty.ffi.lib").C
 local channel = require "resty.ffi.channel"
+local timer_thread = require "resty.ffi.timer_thread"
 
 local ngx = ngx
 local exiting = ngx.worker.exiting
 local timer_at = ngx.timer.at
-local ngx_now = ngx.now
 local log = ngx.log
 local ERR = ngx.ERR
 local pcall = pcall
@@ -37,13 +37,10 @@ local _M = { _VERSION = "0.1.0" }
 -- worker's exit wakes it sooner).
 local IDLE_WAIT = 60
 local RESTART_DELAY = 0.1
--- A flusher timer that has not run this long after it was due was dropped
--- (nginx drops timers past lua_max_running_timers): set another.
-local START_GRACE = 1
 
 local sema = semaphore.new()
-local running = false     -- the flusher's loop runs: calls may be deferred
-local due_at = nil        -- when the flusher's timer is due, until it runs
+local thread              -- the flusher's timer thread: calls may be
+                          -- deferred while its loop runs
 local posted = false      -- the semaphore was posted for this cycle
 local dirty = {}          -- runtimes' states with deferred calls to flush
 local ndirty = 0
@@ -78,19 +75,12 @@ end
 
 local start
 
-local function flusher(premature)
-    due_at = nil
-    if premature or running then
-        -- the worker exits before it ran, or a timer thought dropped ran
-        -- late while another flusher runs
-        return
-    end
-    running = true
+local function flusher()
     local ok, res, err = pcall(loop)
-    -- no yield from here on: a call made after this sees `running` false
-    -- and posts as usual, so nothing deferred is left behind
+    -- no yield from here to the end of the loop (timer_thread then sets
+    -- `looping` false): a call made after it posts as usual, so nothing
+    -- deferred is left behind
     flush_all()
-    running = false
     if not ok or not res then
         log(ERR, "resty_ffi: flusher stopped: ", ok and err or res)
         if not exiting() then
@@ -112,9 +102,10 @@ local function on_worker_exit(premature)
     end
 end
 
+thread = timer_thread.new("flusher", flusher)
+
 start = function(delay)
-    if timer_at(delay or 0, flusher) then
-        due_at = ngx_now() + (delay or 0)
+    if thread:start(delay) then
         if not exit_timer_set then
             exit_timer_set = timer_at(FOREVER, on_worker_exit) and true
         end
@@ -125,11 +116,10 @@ end
 -- loop runs. Starts the flusher when it does not run and is not due (the
 -- calls that find it stopped post as usual).
 function _M.ready()
-    if running then
+    if thread.looping then
         return true
     end
-    if (due_at == nil or ngx_now() - due_at > START_GRACE)
-       and not exiting() and not many_vms() then
+    if not thread:on_its_way() and not exiting() and not many_vms() then
         start(0)
     end
     return false

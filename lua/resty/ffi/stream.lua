@@ -89,30 +89,27 @@ local function finish(w)
     end
 end
 
--- Waits for a notice, at most `wait` seconds (nil: for ever).
+-- Waits for a notice, at most `wait` seconds (nil: for ever). Until the
+-- dispatcher's loop runs (its timer not run yet, dropped for want of
+-- lua_max_running_timers, or the worker exits) it waits a slice at a time
+-- and hands the channel's notices over itself.
 local function wait_notice(w, wait)
-    local chunk = wait
-    if not dispatcher.looping() then
-        -- its timer has not run (not due yet, dropped for want of
-        -- lua_max_running_timers, or the worker exits): wait a slice and
-        -- hand the channel's notices over ourselves
+    local looping = dispatcher.looping()
+    local cap = MAX_WAIT
+    if not looping then
         dispatcher.ensure()
-        if chunk == nil or chunk > POLL_INTERVAL then
-            chunk = POLL_INTERVAL
-        end
-        local ok, err = w.sema:wait(chunk)
-        if not ok and err ~= "timeout" then
-            return nil, err
-        end
-        drain()
-        return true
+        cap = POLL_INTERVAL
     end
-    if chunk == nil or chunk > MAX_WAIT then
-        chunk = MAX_WAIT
+    local chunk = wait
+    if chunk == nil or chunk > cap then
+        chunk = cap
     end
     local ok, err = w.sema:wait(chunk)
     if not ok and err ~= "timeout" then
         return nil, err
+    end
+    if not looping then
+        drain()
     end
     return true
 end
