@@ -160,7 +160,10 @@ impl TaskQueue {
     /// the queue is finished (`post` refuses then); a task handed over as
     /// it finishes is still served, as queued tasks are.
     fn hand_off(&self, task: TaskPtr) -> bool {
-        if self.finished.load(Ordering::Acquire)
+        // (a plain load first: most posts find nobody there, and a failed
+        // compare-and-swap would still take the line for writing)
+        if self.slot.load(Ordering::Relaxed) != SLOT_WAITING
+            || self.finished.load(Ordering::Acquire)
             || self
                 .slot
                 .compare_exchange(
@@ -184,7 +187,7 @@ impl TaskQueue {
     fn leave_slot(&self) -> Option<TaskPtr> {
         match self.slot.swap(SLOT_EMPTY, Ordering::AcqRel) {
             SLOT_EMPTY | SLOT_WAITING => None,
-            p => TaskPtr::from_raw(p as *mut std::ffi::c_void),
+            p => TaskPtr::from_raw(p as *mut c_void),
         }
     }
 
@@ -833,21 +836,34 @@ mod tests {
         }
         let before = q.signals();
         q.flush();
-        assert_eq!(q.signals() - before, 1, "the flush wakes one poller");
         // the one woken takes a task and, seeing one more and a sleeper,
         // wakes the other before it works: both run at once
+        let t0 = Instant::now();
+        while !q.is_empty() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the batch was not taken"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // (finish's wake-ups are not counted in `signals`)
         q.finish();
         let served: Vec<usize> = pollers.into_iter().map(|p| p.join().unwrap()).collect();
         assert_eq!(served, vec![1, 1], "each poller took one of the two");
-        assert_eq!(q.chained.load(Ordering::Relaxed), 1);
+        assert_eq!(q.chained.load(Ordering::Relaxed), 1, "passed on once");
+        assert_eq!(
+            q.signals() - before,
+            2,
+            "the flush's one wake-up and the one passed on"
+        );
     }
 
     #[test]
     fn a_post_hands_its_task_to_a_spinning_poller_without_the_lock() {
-        let q = Arc::new(TaskQueue::new(16, Duration::from_secs(20), Duration::ZERO));
-        if q.poll_gate.yields() {
-            return; // one CPU: pollers do not spin, so nobody waits on the slot
-        }
+        let mut q = TaskQueue::new(16, Duration::ZERO, Duration::ZERO);
+        // a poller that spins even if this machine has one CPU
+        q.poll_gate = SpinGate::spinning(Duration::from_secs(20));
+        let q = Arc::new(q);
         let poller = {
             let q = q.clone();
             std::thread::spawn(move || {

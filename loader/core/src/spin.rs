@@ -106,6 +106,15 @@ impl SpinGate {
         }
     }
 
+    /// A gate that spins within `budget` whatever the CPUs (tests).
+    #[cfg(test)]
+    pub fn spinning(budget: Duration) -> Self {
+        SpinGate {
+            yield_only: false,
+            ..SpinGate::new(budget)
+        }
+    }
+
     /// True when this gate yields once rather than spinning (one CPU).
     pub fn yields(&self) -> bool {
         self.yield_only
