@@ -193,6 +193,66 @@ def test_clients_that_disconnect_mid_call_leave_the_worker_up_and_flat(nginx):
     assert after - before < 4 * 1024, (before, after)
 
 
+ABANDON = """
+location /wait {
+    lua_check_client_abort on;
+    content_by_lua_block {
+        local rt = assert(require("resty.ffi").load("ffi_echo", "threads=2"))
+        local ok, res, err = rt:echo("!wait:" .. ngx.var.arg_ms .. ":answer",
+                                     math.huge)
+        ngx.print(tostring(ok), " ", tostring(res), " ", tostring(err))
+    }
+}
+location /killed {
+    content_by_lua_block {
+        local rt = assert(require("resty.ffi").load("ffi_echo", "threads=2"))
+        local th = ngx.thread.spawn(function()
+            return rt:echo("!wait:60000:never", math.huge)
+        end)
+        ngx.sleep(0.05)
+        local ok, err = ngx.thread.kill(th)
+        ngx.print(ok and "killed" or err)
+    }
+}
+location /stats {
+    content_by_lua_block {
+        local s = require("resty.ffi").stats()
+        ngx.print(s.waiting, " ", s.abandoned)
+    }
+}
+"""
+
+
+def test_calls_whose_request_ended_are_given_up_the_runtime_told_and_quit_is_prompt(nginx):
+    """A call parked with no timeout whose request ends (client gone under
+    lua_check_client_abort, its light thread killed) must not stay parked
+    until a runtime that may never answer does: it would count as waiting
+    forever and hold the worker's graceful exit."""
+    n = nginx(ABANDON, shutdown_timeout="60s")
+    assert n.get("/wait?ms=1") == (200, b"true answer nil")
+
+    def abandon(count):
+        for _ in range(count):
+            s = socket.create_connection(("127.0.0.1", n.port), timeout=5)
+            s.sendall(b"GET /wait?ms=60000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.1)  # parked by now
+            s.close()
+
+    abandon(5)
+    assert n.get("/killed") == (200, b"killed")
+    # given up within the sweep's second, and the runtime hears of each
+    assert harness.wait_until(lambda: n.get("/stats") == (200, b"0 6"), 5), n.get("/stats")
+    assert harness.wait_until(
+        lambda: n.error_log().count("echo call cancelled after") == 6, 5), n.error_log()[-2000:]
+    assert n.get("/wait?ms=1") == (200, b"true answer nil")
+    # callers gone just before a quit do not hold the worker (it used to
+    # wait for the runtime's answers: here a minute, up to
+    # worker_shutdown_timeout)
+    abandon(3)
+    took = n.quit(timeout=30)
+    assert took < 5, took
+
+
 REUSE = """
 location /mixed {
     content_by_lua_block {

@@ -109,20 +109,20 @@ local POOL_MAX = 4096
 local pool = {}
 local npool = 0
 
-local function take_waiter(req)
+local function take_waiter(req, task)
     if npool == 0 then
-        return { sema = sema_new(), req = req }
+        return { sema = sema_new(), req = req, task = task }
     end
     local w = pool[npool]
     pool[npool] = nil
     npool = npool - 1
-    w.req = req
+    w.req, w.task = req, task
     return w
 end
 
 local function give_back(w)
     if npool < POOL_MAX then
-        w.req, w.ok, w.res, w.err, w.done = nil, nil, nil, nil, nil
+        w.req, w.task, w.ok, w.res, w.err, w.done = nil, nil, nil, nil, nil, nil
         npool = npool + 1
         pool[npool] = w
     end
@@ -196,7 +196,7 @@ end
 
 -- Waits for the answer to a call that did not come while spinning.
 local function park(rt, task, id, req, timeout)
-    local w = take_waiter(req)
+    local w = take_waiter(req, task)
     add_waiter(id, w)
     local done, reuse
     if dispatcher_looping() then

@@ -99,6 +99,38 @@ function _M.give_up(id, w, req)
     return true
 end
 
+-- Parked calls whose caller went away: the request ended while the call
+-- waited (the client went away under lua_check_client_abort, ngx.exit()
+-- from another light thread, ngx.thread.kill). nginx then takes the dead
+-- coroutine off its semaphore's wait queue but tells nobody else, so the
+-- call would stay parked until its answer came, forever for a runtime that
+-- never answers, holding the worker's exit (the dispatcher waits for every
+-- parked call). A parked call's coroutine waits on its own semaphore
+-- whenever another light thread runs, so a semaphore with no waiter (count
+-- 0, not -1) means that coroutine is gone. Such calls are given up as a
+-- timeout is (the late answer is freed when it comes) and cancelled in the
+-- core, so the runtime can tell nobody waits and stop early. Streams are
+-- not swept: their readers do other things between two recv().
+local abandoned = 0
+
+function _M.sweep()
+    for id, w in pairs(waiters) do
+        if type(w) == "table" and not w.stream and w.task ~= nil
+           and w.sema:count() == 0 then
+            waiters[id] = w.req or true
+            nwaiting = nwaiting - 1
+            C.resty_ffi_task_cancel(w.task)
+            w.task = nil
+            abandoned = abandoned + 1
+        end
+    end
+end
+
+-- Parked calls given up because their caller went away (sweep), this VM.
+function _M.abandoned()
+    return abandoned
+end
+
 -- Hands one drained answer to its waiter, or frees it if nobody waits
 -- (a late answer to a call that was given up). A stream's waiter is woken
 -- for each notice (a chunk is there: resty.ffi.stream reads it) and for

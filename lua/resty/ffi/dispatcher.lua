@@ -25,12 +25,14 @@ local ngx = ngx
 local exiting = ngx.worker.exiting
 local timer_at = ngx.timer.at
 local ngx_sleep = ngx.sleep
+local ngx_now = ngx.now
 local log = ngx.log
 local ERR = ngx.ERR
 local pcall = pcall
 
 local ch = channel.channel
 local drain = channel.drain
+local sweep = channel.sweep
 local parked = channel.parked
 local pending = channel.pending
 local many_vms = channel.many_vms
@@ -47,6 +49,9 @@ local POLL_IDLE_INTERVAL = 0.1
 -- short timer re-armed while the dispatcher runs does the same job, and
 -- keeps the VM at most that long once the dispatcher stopped.
 local EXIT_WATCH = 0.1
+-- How often parked calls are checked for a caller that went away
+-- (channel.sweep), while any is parked (seconds).
+local SWEEP_EVERY = 1
 
 _M.POLL_INTERVAL = POLL_INTERVAL
 
@@ -76,10 +81,46 @@ local function exit_watch(premature)
     end
 end
 
+local next_sweep = 0
+local sweep_timer_set = false
+
+-- Gives up parked calls whose caller went away, at most every SWEEP_EVERY
+-- seconds (`now`: at once).
+local function sweep_due(now)
+    if parked() > 0 and (now or ngx_now() >= next_sweep) then
+        next_sweep = ngx_now() + SWEEP_EVERY
+        sweep()
+    end
+end
+
+-- The sweep's own timer, set while calls are parked: a dispatcher with
+-- nothing to hand over sleeps on its socket (a read timeout there would
+-- log an error each time). At worker exit it runs early and wakes the
+-- dispatcher, which sweeps before it decides whether it may stop.
+local arm_sweep
+
+local function on_sweep(premature)
+    sweep_timer_set = false
+    if premature then
+        wake()
+        return
+    end
+    sweep_due()
+    arm_sweep()
+end
+
+arm_sweep = function()
+    if not sweep_timer_set and parked() > 0 then
+        sweep_timer_set = timer_at(SWEEP_EVERY, on_sweep) and true
+    end
+end
+
 -- Whether the dispatcher may stop: the worker exits and nothing is parked,
 -- or (many VMs) nothing of this VM waits at all, so the VM can go.
 local function may_stop()
     if exiting() then
+        -- (a call whose caller went away would hold the exit forever)
+        sweep_due(true)
         if parked() == 0 then
             return true
         end
@@ -94,6 +135,7 @@ local function poll_loop()
     while true do
         drain()
         drain_logs()
+        sweep_due(exiting())
         if not pending() or (exiting() and parked() == 0) then
             return true
         end
@@ -142,6 +184,7 @@ local function socket_loop()
             sock:close()
             return true
         end
+        arm_sweep()
         if C.resty_ffi_prepare_sleep(ch) == 0 then
             local data, rerr = sock:receiveany(4096)
             if not data and rerr ~= "timeout" then

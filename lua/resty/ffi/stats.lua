@@ -92,12 +92,15 @@ local stats_buf = ffi.new("uint64_t[?]", #STAT_NAMES)
 -- deferred (calls posted under load, their runtime woken once per
 -- event-loop cycle: resty.ffi.flush), thread_wakeups (sleeping runtime
 -- threads woken by posts and flushes),
--- waiting (parked now, this VM), wake ("socket", or "polling" when no wake
--- socket could be made), vms (Lua VMs this worker has had: more than 1 with
--- lua_code_cache off), pid (this worker's process id).
+-- waiting (parked now, this VM), abandoned (parked calls given up because
+-- their request ended first, this VM: resty.ffi.channel's sweep), wake
+-- ("socket", or "polling" when no wake socket could be made), vms (Lua
+-- VMs this worker has had: more than 1 with lua_code_cache off), pid (this
+-- worker's process id).
 function _M.worker()
     local n = C.resty_ffi_stats(stats_buf, #STAT_NAMES)
-    local out = { waiting = channel.parked(), wake = dispatcher.wake_mode(),
+    local out = { waiting = channel.parked(), abandoned = channel.abandoned(),
+                  wake = dispatcher.wake_mode(),
                   vms = channel.vms(), pid = ngx.worker.pid() }
     for i = 1, n do
         out[STAT_NAMES[i]] = tonumber(stats_buf[i - 1])

@@ -10,6 +10,10 @@
 //!
 //! A request starting with `!` is a command, so tests can drive every path:
 //! - `!sleep:MS:rest`  answer `rest` after MS ms, without blocking other tasks
+//! - `!wait:MS:rest`   answer `rest` after MS ms, on a thread of its own that
+//!   looks every 10 ms whether the caller still waits (the core's optional
+//!   `resty_ffi_task_cancelled`): once it does not, it logs "echo call
+//!   cancelled after K ms" and answers rc=1 "cancelled"
 //! - `!block:MS:rest`  answer `rest` after MS ms, blocking this runtime
 //!   thread (so queued tasks wait: fills the queue on purpose)
 //! - `!fail:RC:msg`    answer rc=RC with `msg`
@@ -120,6 +124,42 @@ fn log_line(level: c_int, msg: &[u8]) {
     }
 }
 
+type CancelledFn = unsafe extern "C" fn(*mut c_void) -> c_int;
+
+/// Whether the caller stopped waiting for `task` (the core's optional
+/// `resty_ffi_task_cancelled`, looked up at run time; never without it).
+fn cancelled(task: Ptr) -> bool {
+    static CANCELLED: std::sync::OnceLock<Option<CancelledFn>> = std::sync::OnceLock::new();
+    let f = CANCELLED.get_or_init(|| {
+        // SAFETY: looking up a symbol by a NUL-terminated name; when found
+        // it is the core's resty_ffi_task_cancelled, with this signature.
+        unsafe {
+            let p = libc::dlsym(libc::RTLD_DEFAULT, c"resty_ffi_task_cancelled".as_ptr());
+            (!p.is_null()).then(|| std::mem::transmute::<*mut c_void, CancelledFn>(p))
+        }
+    });
+    // SAFETY: the core accepts any value and looks only at task handles.
+    f.is_some_and(|f| unsafe { f(task.0) } == 1)
+}
+
+/// `!wait`: answers `body` after `ms` ms, or "cancelled" as soon as the
+/// caller stops waiting.
+fn wait(task: Ptr, ms: u64, body: &[u8]) {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_millis(ms) {
+        if cancelled(task) {
+            let after = t0.elapsed().as_millis();
+            log_line(
+                5,
+                format!("echo call cancelled after {after} ms").as_bytes(),
+            );
+            return respond(task, 1, Some(b"cancelled"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    respond(task, 0, Some(body));
+}
+
 type ChunkFn = unsafe extern "C" fn(*mut c_void, *const c_char, c_int) -> c_int;
 
 /// Sends a chunk through the core's `resty_ffi_respond_chunk` (looked up at
@@ -198,6 +238,12 @@ fn serve(task: Ptr, hung: &Mutex<Vec<Ptr>>) {
                 std::thread::sleep(Duration::from_millis(ms));
                 respond(task, 0, Some(&body));
             });
+        }
+        b"wait" => {
+            let (ms, body) = split_once(rest, b':');
+            let ms = number(ms).unwrap_or(0).max(0) as u64;
+            let body = body.to_vec();
+            std::thread::spawn(move || wait(task, ms, &body));
         }
         b"block" => {
             let (ms, body) = split_once(rest, b':');
