@@ -214,6 +214,15 @@ location /killed {
         ngx.print(ok and "killed" or err)
     }
 }
+location /stream {
+    lua_check_client_abort on;
+    content_by_lua_block {
+        -- no ngx.on_abort closing the stream: the request just ends
+        local rt = assert(require("resty.ffi").load("ffi_echo", "threads=2"))
+        local st = assert(rt:__stream("!stream:600:10:100", math.huge))
+        while st:recv() do end
+    }
+}
 location /stats {
     content_by_lua_block {
         local s = require("resty.ffi").stats()
@@ -249,6 +258,30 @@ def test_calls_whose_request_ended_are_given_up_the_runtime_told_and_quit_is_pro
     # wait for the runtime's answers: here a minute, up to
     # worker_shutdown_timeout)
     abandon(3)
+    took = n.quit(timeout=30)
+    assert took < 5, took
+
+
+def test_streams_whose_reader_is_gone_mid_recv_are_closed_and_quit_is_prompt(nginx):
+    """The same for a stream whose request ends while its reader waits in
+    recv(): it used to stay open until Lua's garbage collector ran, the
+    producer kept sending, and a quit waited for it."""
+    n = nginx(ABANDON, shutdown_timeout="60s")
+
+    def abandon(count):
+        for _ in range(count):
+            s = socket.create_connection(("127.0.0.1", n.port), timeout=5)
+            s.sendall(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.3)  # reading by now
+            s.close()
+
+    abandon(3)
+    # two sweeps a second apart tell a reader that is gone
+    assert harness.wait_until(lambda: n.get("/stats") == (200, b"0 3"), 6), n.get("/stats")
+    assert harness.wait_until(
+        lambda: n.error_log().count("echo stream cancelled after") == 3, 5), \
+        n.error_log()[-2000:]
+    abandon(2)
     took = n.quit(timeout=30)
     assert took < 5, took
 

@@ -103,27 +103,49 @@ end
 -- waited (the client went away under lua_check_client_abort, ngx.exit()
 -- from another light thread, ngx.thread.kill). nginx then takes the dead
 -- coroutine off its semaphore's wait queue but tells nobody else, so the
--- call would stay parked until its answer came, forever for a runtime that
--- never answers, holding the worker's exit (the dispatcher waits for every
--- parked call). A parked call's coroutine waits on its own semaphore
--- whenever another light thread runs, so a semaphore with no waiter (count
--- 0, not -1) means that coroutine is gone. Such calls are given up as a
--- timeout is (the late answer is freed when it comes) and cancelled in the
--- core, so the runtime can tell nobody waits and stop early. Streams are
--- not swept: their readers do other things between two recv().
+-- call would stay parked until its answer came (for ever, for a runtime
+-- that never answers), holding the worker's exit: the dispatcher waits for
+-- every parked call. Such calls are given up as a timeout is (the late
+-- answer is freed when it comes) and cancelled in the core, so the runtime
+-- can tell nobody waits and stop early.
+--
+-- How a gone caller is told: a plain call's coroutine waits on its own
+-- semaphore whenever another light thread runs, so a count of 0, not -1,
+-- means it is gone (an answer takes the waiter out of `waiters` before it
+-- posts). A stream's reader does other things between two recv(), and
+-- chunks post its semaphore while it stays listed: a reader counts as gone
+-- when it was reading (`reading`) with no wait pending (count >= 0) at two
+-- sweeps in a row within the same wait (`waits`), since a posted reader
+-- runs within one event-loop cycle. Returns how many streams were seen
+-- gone once (a second sweep decides).
 local abandoned = 0
 
 function _M.sweep()
+    local suspects = 0
     for id, w in pairs(waiters) do
-        if type(w) == "table" and not w.stream and w.task ~= nil
-           and w.sema:count() == 0 then
-            waiters[id] = w.req or true
-            nwaiting = nwaiting - 1
-            C.resty_ffi_task_cancel(w.task)
-            w.task = nil
-            abandoned = abandoned + 1
+        -- (not a table: given up already, its late answer still to come)
+        local live = type(w) == "table"
+        if live and not w.stream then
+            if w.task ~= nil and w.sema:count() == 0 then
+                waiters[id] = w.req or true
+                nwaiting = nwaiting - 1
+                C.resty_ffi_task_cancel(w.task)
+                w.task = nil
+                abandoned = abandoned + 1
+            end
+        elseif live and w.reading and w.sema:count() >= 0 then
+            if w.gone_at == w.waits then
+                w.abandon(w)
+                abandoned = abandoned + 1
+            else
+                w.gone_at = w.waits
+                suspects = suspects + 1
+            end
+        elseif live then
+            w.gone_at = nil
         end
     end
+    return suspects
 end
 
 -- Parked calls given up because their caller went away (sweep), this VM.

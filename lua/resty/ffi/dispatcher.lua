@@ -89,8 +89,9 @@ local sweep_timer_set = false
 local function sweep_due(now)
     if parked() > 0 and (now or ngx_now() >= next_sweep) then
         next_sweep = ngx_now() + SWEEP_EVERY
-        sweep()
+        return sweep()
     end
+    return 0
 end
 
 -- The sweep's own timer, set while calls are parked: a dispatcher with
@@ -126,6 +127,16 @@ local function may_stop()
         end
         -- streams end when the worker exits (their readers see why)
         wake_streams()
+        -- live readers woken run before this light thread does again; a
+        -- stream whose reader is gone is seen so by a second sweep then
+        ngx_sleep(0.001)
+        if sweep_due(true) > 0 then
+            ngx_sleep(0.001)
+            sweep_due(true)
+        end
+        if parked() == 0 then
+            return true
+        end
     end
     return not pending() and many_vms()
 end

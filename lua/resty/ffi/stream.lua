@@ -104,7 +104,11 @@ local function wait_notice(w, wait)
     if chunk == nil or chunk > cap then
         chunk = cap
     end
+    -- (channel.sweep: a reader gone while reading leaves these set)
+    w.reading = true
+    w.waits = w.waits + 1
     local ok, err = w.sema:wait(chunk)
+    w.reading = false
     if not ok and err ~= "timeout" then
         return nil, err
     end
@@ -255,7 +259,8 @@ function _M.method(self, req, timeout)
     end
     local w = { sema = sema_new(), req = req, stream = true, task = task,
                 id = id, rt = rt, timeout = timeout,
-                recv_timeout = st.timeout, buf = {}, bi = 1, bn = 0 }
+                recv_timeout = st.timeout, buf = {}, bi = 1, bn = 0,
+                reading = false, waits = 0, abandon = finish }
     if timeout ~= nil then
         update_time()
         w.deadline = now() + timeout
