@@ -126,9 +126,8 @@ function _M.sweep()
         -- (not a table: given up already, its late answer still to come)
         local live = type(w) == "table"
         if live and not w.stream then
-            if w.task ~= nil and w.sema:count() == 0 then
-                waiters[id] = w.req or true
-                nwaiting = nwaiting - 1
+            if w.task ~= nil and w.sema:count() == 0
+               and _M.give_up(id, w, w.req) then
                 C.resty_ffi_task_cancel(w.task)
                 w.task = nil
                 abandoned = abandoned + 1
