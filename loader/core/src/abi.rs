@@ -1108,7 +1108,7 @@ pub unsafe extern "C" fn resty_ffi_wake(ch: *mut c_void) {
 
 /// Copies up to `max` process-wide counters into `out` (see stats.rs for
 /// their order: posted, refused, answered_spinning, parked, drained, wakes,
-/// stray_answers, log_lines_dropped);
+/// stray_answers, log_lines_dropped, deferred, thread_wakeups, moved_off);
 /// returns how many.
 ///
 /// # Safety

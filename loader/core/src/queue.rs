@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,9 @@ use crate::Error;
 
 /// How long after a deferred post pollers stop spinning for tasks.
 const LAZY_FOR: Duration = Duration::from_millis(20);
+/// How long after it answered a poller counts as coming back for the
+/// next task (`poller_returning`).
+const RETURNING: Duration = Duration::from_micros(10);
 
 /// The hand-off slot holds no task and no poller waits on it.
 const SLOT_EMPTY: usize = 0;
@@ -77,6 +80,14 @@ pub struct TaskQueue {
     deferred_at: CachePadded<AtomicU64>,
     /// `LAZY_FOR` in ns (tests lengthen it).
     lazy_for_ns: u64,
+    /// The CPU the last post came from (-1: none yet): a poller on that
+    /// same CPU moves off it (`step_aside`). Written only when it changes,
+    /// so in steady state the line stays shared.
+    caller_cpu: CachePadded<AtomicI32>,
+    /// When a poller last answered a task it took (`spin::now_ns`; 0:
+    /// never), as the caller learns it when it reads the answer. Written
+    /// and read by the caller only.
+    poller_answered_ns: CachePadded<AtomicU64>,
     max: usize,
     poll_gate: SpinGate,
     /// The caller's spin for answers to this queue's tasks, adapted to
@@ -115,6 +126,8 @@ impl TaskQueue {
             finished: AtomicBool::new(false),
             deferred_at: CachePadded::new(AtomicU64::new(0)),
             lazy_for_ns: LAZY_FOR.as_nanos() as u64,
+            caller_cpu: CachePadded::new(AtomicI32::new(-1)),
+            poller_answered_ns: CachePadded::new(AtomicU64::new(0)),
             max: max.max(1),
             poll_gate: SpinGate::new(poll_spin),
             caller_gate: SpinGate::new(caller_spin),
@@ -131,9 +144,11 @@ impl TaskQueue {
     }
 
     /// Queues `task`. Returns whether a poller will take it within
-    /// microseconds: one was spinning, or (on one CPU, where a woken thread
-    /// runs as soon as the caller yields) a sleeping one was woken.
+    /// microseconds: one was spinning, or one is on its way back to `poll`
+    /// (`poller_returning`).
     pub fn post(&self, task: TaskPtr) -> Result<bool, Error> {
+        // (read before the task is queued: a poller may take its line then)
+        let returning = self.poller_returning(task.posted_ns());
         if self.hand_off(task) {
             return Ok(true);
         }
@@ -148,11 +163,36 @@ impl TaskQueue {
             let spinners = self.spinners.load(Ordering::SeqCst);
             (self.take_wake(&mut inner, spinners), spinners > 0)
         };
+        if !spinning && !returning {
+            // the caller parks: a poller woken for it must not share its CPU
+            self.note_caller_cpu();
+        }
         if wake {
             self.signal();
         }
         self.ready.notify_if_armed();
-        Ok(spinning)
+        Ok(spinning || returning)
+    }
+
+    /// Notes that a poller answered a task it took at `answered_ns` (the
+    /// caller, reading that answer).
+    pub fn poller_answered(&self, answered_ns: u64) {
+        self.poller_answered_ns
+            .store(answered_ns, Ordering::Relaxed);
+    }
+
+    /// Whether a poller answered within `RETURNING` before `now_ns`: it is
+    /// on its way back to `poll` and takes the next task within
+    /// microseconds, though it is not spinning yet. A caller that posts
+    /// right after reading an answer (a loop of calls) races that poller
+    /// back; when the post came first, the caller parked, and a parked
+    /// call costs 15-20 µs against 1-2 spun (a Python handler thread's way
+    /// back, GIL released, lost the race for 28% of calls). The caller may
+    /// spin for it then; its spin gate bounds what that costs when the
+    /// poller does not come back.
+    fn poller_returning(&self, now_ns: u64) -> bool {
+        let at = self.poller_answered_ns.load(Ordering::Relaxed);
+        at != 0 && now_ns.saturating_sub(at) < RETURNING.as_nanos() as u64
     }
 
     /// Gives `task` to the poller waiting on the hand-off slot, if one is:
@@ -276,6 +316,35 @@ impl TaskQueue {
         }
     }
 
+    /// Remembers the CPU of a caller about to park (see `caller_cpu`).
+    fn note_caller_cpu(&self) {
+        let cpu = crate::spin::current_cpu();
+        if self.caller_cpu.load(Ordering::Relaxed) != cpu {
+            self.caller_cpu.store(cpu, Ordering::Relaxed);
+        }
+    }
+
+    /// A poller that finds itself on the CPU of a caller that parked moves
+    /// to another CPU it may use (`spin::move_off_cpu`), and the poll gate
+    /// forgets the misses of spins made there. Asked only off the fast
+    /// path: by a poller just woken (the kernel may have put it on its
+    /// waker's CPU) or whose gate closed after misses. Not on one CPU (the
+    /// gate yields there) and not under load (pollers do not spin then:
+    /// sharing the caller's CPU costs nothing).
+    fn step_aside(&self) {
+        if self.lazy() {
+            return;
+        }
+        let caller = self.caller_cpu.load(Ordering::Relaxed);
+        if caller < 0 || self.poll_gate.yields() || crate::spin::current_cpu() != caller {
+            return;
+        }
+        if crate::spin::move_off_cpu(caller) {
+            crate::stats::moved_off();
+            self.poll_gate.reopen();
+        }
+    }
+
     /// Whether posts were deferred lately (see `deferred_at`).
     fn lazy(&self) -> bool {
         let at = self.deferred_at.load(Ordering::Relaxed);
@@ -296,7 +365,12 @@ impl TaskQueue {
         let budget = if self.lazy() {
             Duration::ZERO
         } else {
-            self.poll_gate.budget()
+            let mut budget = self.poll_gate.budget();
+            if budget.is_zero() {
+                self.step_aside();
+                budget = self.poll_gate.budget();
+            }
+            budget
         };
         let mut deadline = (!budget.is_zero()).then(|| Instant::now() + budget);
         let mut recorded = false;
@@ -373,6 +447,12 @@ impl TaskQueue {
                 // (a spurious wake-up may take another's count: that only
                 // costs one more signal later)
                 inner.woken = inner.woken.saturating_sub(1);
+                if self.caller_cpu.load(Ordering::Relaxed) == crate::spin::current_cpu() {
+                    // woken onto the parked caller's CPU (move without the lock)
+                    drop(inner);
+                    self.step_aside();
+                    inner = self.lock();
+                }
                 if let Some(task) = self.pop(&mut inner) {
                     return Some(self.pass_on(inner, task));
                 }
@@ -424,7 +504,11 @@ impl TaskQueue {
         if let Some(task) = self.try_poll() {
             return Some(task);
         }
-        let budget = self.poll_gate.budget();
+        let mut budget = self.poll_gate.budget();
+        if budget.is_zero() {
+            self.step_aside();
+            budget = self.poll_gate.budget();
+        }
         if budget.is_zero() || !self.idle() {
             return self.try_poll();
         }
@@ -528,6 +612,35 @@ mod tests {
 
     static NO_QUEUE: std::sync::LazyLock<TaskQueue> =
         std::sync::LazyLock::new(|| TaskQueue::new(1, Duration::ZERO, Duration::ZERO));
+
+    #[test]
+    fn a_poller_on_the_callers_cpu_moves_off_it_and_spins_again() {
+        use crate::spin::{cpus, current_cpu};
+        std::thread::spawn(|| {
+            let q = TaskQueue::new(8, Duration::from_micros(200), Duration::ZERO);
+            let own = cpus::allowed();
+            assert!(own.len() >= 2, "this test needs 2 CPUs, has {own:?}");
+            let c = own[0];
+            // the caller posts from CPU c ...
+            cpus::pin(&[c]);
+            q.post(task(1)).unwrap();
+            // ... and this poller runs there too, its spins having missed
+            cpus::pin(&own);
+            assert_eq!(current_cpu(), c as i32);
+            for _ in 0..64 {
+                q.poll_gate.record(false);
+            }
+            assert!(q.poll_gate.budget().is_zero(), "gate closed by misses");
+            let moved = crate::stats::snapshot()[10];
+            q.poll().unwrap().free();
+            assert_ne!(current_cpu(), c as i32, "moved off the caller's CPU");
+            assert!(!q.poll_gate.budget().is_zero(), "gate open again");
+            assert!(crate::stats::snapshot()[10] > moved, "counted");
+            assert_eq!(cpus::allowed(), own);
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn full_queue_refuses_at_once_and_finished_queue_refuses_always() {

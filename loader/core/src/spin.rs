@@ -43,6 +43,72 @@ pub fn multi_cpu() -> bool {
     }
 }
 
+/// The CPU this thread runs on now (-1: unknown). glibc answers from the
+/// thread's rseq area or the vDSO: nanoseconds, no system call.
+pub fn current_cpu() -> i32 {
+    // SAFETY: sched_getcpu takes no arguments and only reads.
+    unsafe { libc::sched_getcpu() }
+}
+
+/// Least time between two moves of one thread (`move_off_cpu`).
+const MOVE_EVERY_NS: u64 = 1_000_000;
+
+thread_local! {
+    /// When this thread last moved itself (`now_ns`; 0: never).
+    static MOVED_AT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Moves the calling thread off `cpu` onto another CPU it may use, then
+/// gives it back its own CPU mask (the kernel leaves a running thread
+/// where it is when its mask widens, so it stays moved until the scheduler
+/// places it again). Returns whether it moved: not when `cpu` is its only
+/// CPU, not more than once a millisecond per thread, not when the kernel
+/// refuses.
+///
+/// Why: a runtime thread that sleeps and is woken by the nginx thread it
+/// serves can be placed by the kernel on that thread's CPU, and then the
+/// two take turns on one CPU (a context switch per call) while the other
+/// CPUs idle; neither side's spin can pay off then, so both stop spinning,
+/// and nothing breaks the pattern (seen on a 2-vCPU KVM guest: 4-6 µs a
+/// call instead of 0.7, `perf sched timehist` showing both on CPU 0).
+pub fn move_off_cpu(cpu: i32) -> bool {
+    if cpu < 0 || cpu as usize >= libc::CPU_SETSIZE as usize {
+        return false;
+    }
+    let now = now_ns().max(1);
+    if MOVED_AT.with(|m| {
+        let at = m.get();
+        at != 0 && now.saturating_sub(at) < MOVE_EVERY_NS
+    }) {
+        return false;
+    }
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity and
+    // sched_setaffinity read or write exactly `size` bytes of the sets we
+    // pass, and `cpu` is below CPU_SETSIZE (checked above), as CPU_ISSET and
+    // CPU_CLR need.
+    unsafe {
+        let mut own: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size, &mut own) != 0
+            || !libc::CPU_ISSET(cpu as usize, &own)
+            || libc::CPU_COUNT(&own) < 2
+        {
+            return false;
+        }
+        MOVED_AT.with(|m| m.set(now));
+        let mut elsewhere = own;
+        libc::CPU_CLR(cpu as usize, &mut elsewhere);
+        if libc::sched_setaffinity(0, size, &elsewhere) != 0 {
+            return false;
+        }
+        // (a thread whose own mask cannot be set back keeps the narrower
+        // one; sched_setaffinity accepted `own` a moment ago, as part of
+        // the thread's allowed set)
+        libc::sched_setaffinity(0, size, &own);
+    }
+    true
+}
+
 /// Monotonic nanoseconds since the first call in this process.
 pub fn now_ns() -> u64 {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
@@ -155,6 +221,13 @@ impl SpinGate {
         self.recent_ns.store(new.max(1), Ordering::Relaxed);
     }
 
+    /// Forgets the misses and opens a closed gate: the spins that missed
+    /// were made where they could not succeed (see `move_off_cpu`).
+    pub fn reopen(&self) {
+        self.misses.store(0, Ordering::Relaxed);
+        self.closed_until_ns.store(0, Ordering::Relaxed);
+    }
+
     /// Records whether the last spin found what it waited for.
     pub fn record(&self, hit: bool) {
         if hit {
@@ -186,6 +259,37 @@ impl SpinGate {
         };
         self.record(hit);
         hit
+    }
+}
+
+/// The calling thread's CPU mask, for tests.
+#[cfg(test)]
+pub(crate) mod cpus {
+    const SIZE: usize = std::mem::size_of::<libc::cpu_set_t>();
+
+    /// The CPUs this thread may run on.
+    pub fn allowed() -> Vec<usize> {
+        // SAFETY: cpu_set_t is plain data, written by sched_getaffinity
+        // within SIZE bytes; CPU_ISSET reads it below CPU_SETSIZE.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            assert_eq!(libc::sched_getaffinity(0, SIZE, &mut set), 0);
+            (0..libc::CPU_SETSIZE as usize)
+                .filter(|&c| libc::CPU_ISSET(c, &set))
+                .collect()
+        }
+    }
+
+    /// Lets this thread run on `cpus` only.
+    pub fn pin(cpus: &[usize]) {
+        // SAFETY: as above; every c comes from `allowed`, below CPU_SETSIZE.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            for &c in cpus {
+                libc::CPU_SET(c, &mut set);
+            }
+            assert_eq!(libc::sched_setaffinity(0, SIZE, &set), 0);
+        }
     }
 }
 
@@ -266,6 +370,31 @@ mod tests {
         }));
         assert_eq!(calls, 2, "looks before and after one yield");
         assert!(t0.elapsed() < Duration::from_millis(100), "no spinning");
+    }
+
+    #[test]
+    fn a_thread_moves_off_a_cpu_once_a_millisecond_and_keeps_its_mask() {
+        std::thread::spawn(|| {
+            let own = cpus::allowed();
+            assert!(own.len() >= 2, "this test needs 2 CPUs, has {own:?}");
+            let c = own[0];
+            cpus::pin(&[c]);
+            assert_eq!(current_cpu(), c as i32);
+            assert!(!move_off_cpu(c as i32), "its only CPU: stays");
+            assert_eq!(current_cpu(), c as i32);
+            // widening the mask leaves the thread where it runs
+            cpus::pin(&own);
+            assert_eq!(current_cpu(), c as i32);
+            assert!(move_off_cpu(c as i32), "moves off");
+            assert_ne!(current_cpu(), c as i32);
+            assert_eq!(cpus::allowed(), own, "its own mask back");
+            let here = current_cpu();
+            assert!(!move_off_cpu(here), "not twice within a millisecond");
+            assert_eq!(current_cpu(), here);
+            assert!(!move_off_cpu(-1) && !move_off_cpu(libc::CPU_SETSIZE));
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

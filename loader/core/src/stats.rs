@@ -24,6 +24,7 @@ struct Caller {
 #[derive(Default)]
 struct Runtime {
     wakes: AtomicU64,
+    moved_off: AtomicU64,
 }
 
 static CALLER: CachePadded<Caller> = CachePadded::new(Caller {
@@ -37,6 +38,7 @@ static CALLER: CachePadded<Caller> = CachePadded::new(Caller {
 });
 static RUNTIME: CachePadded<Runtime> = CachePadded::new(Runtime {
     wakes: AtomicU64::new(0),
+    moved_off: AtomicU64::new(0),
 });
 
 fn bump(c: &AtomicU64) {
@@ -69,11 +71,16 @@ pub fn thread_wakeup() {
 pub fn wake_written() {
     bump(&RUNTIME.wakes);
 }
+/// A runtime thread moved itself off the CPU of the nginx thread it serves
+/// (see `TaskQueue::step_aside`).
+pub fn moved_off() {
+    bump(&RUNTIME.moved_off);
+}
 
 /// The counters in the order `resty_ffi_stats` copies them: posted,
 /// refused, answered_spinning, parked, drained, wakes, stray_answers,
-/// log_lines_dropped, deferred, thread_wakeups.
-pub fn snapshot() -> [u64; 10] {
+/// log_lines_dropped, deferred, thread_wakeups, moved_off.
+pub fn snapshot() -> [u64; 11] {
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
     [
         load(&CALLER.posted),
@@ -86,6 +93,7 @@ pub fn snapshot() -> [u64; 10] {
         crate::log::dropped(),
         load(&CALLER.deferred),
         load(&CALLER.thread_wakeups),
+        load(&RUNTIME.moved_off),
     ]
 }
 

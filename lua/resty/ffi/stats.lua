@@ -80,7 +80,7 @@ end
 
 local STAT_NAMES = { "posted", "refused", "answered_spinning", "parked",
                      "drained", "wakes", "stray_answers", "log_lines_dropped",
-                     "deferred", "thread_wakeups" }
+                     "deferred", "thread_wakeups", "moved_off" }
 local stats_buf = ffi.new("uint64_t[?]", #STAT_NAMES)
 
 -- Counters of this worker's call path since it started: posted (calls
@@ -91,7 +91,9 @@ local stats_buf = ffi.new("uint64_t[?]", #STAT_NAMES)
 -- log_lines_dropped (runtime log lines dropped because too many waited),
 -- deferred (calls posted under load, their runtime woken once per
 -- event-loop cycle: resty.ffi.flush), thread_wakeups (sleeping runtime
--- threads woken by posts and flushes),
+-- threads woken by posts and flushes), moved_off (times a runtime thread
+-- found itself on the CPU of the nginx thread it serves and moved to
+-- another one: resty_ffi's poll, see README "Spinning"),
 -- waiting (parked now, this VM), abandoned (parked calls given up because
 -- their request ended first, this VM: resty.ffi.channel's sweep), wake
 -- ("socket", or "polling" when no wake socket could be made), vms (Lua
