@@ -309,6 +309,8 @@ class Bench:
             "location = /stream_socket { content_by_lua_block { "
             "require('bench.run').stream_socket() } }",
             "location = /plain { content_by_lua_block { require('bench.run').plain() } }",
+            "location = /stats { content_by_lua_block { "
+            "ngx.say(require('cjson').encode(require('resty.ffi').stats())) } }",
         ]
         for rt in self.runtimes:
             opts = ", ".join("%s = %d" % kv for kv in sorted(rt.get("opts", {}).items()))
@@ -446,9 +448,13 @@ class Run:
             cpus=len(bench.cpus) if bench.cpus else self.cpus, pinned=pinned,
             wall_us_per_call=r["wall_us_per_call"], cpu_us_per_call=r["cpu_us_per_call"],
             p50_us=r["p50_us"], p99_us=r["p99_us"], runs_us=r.get("runs_us"))
+        for k in ("spun", "parked", "thread_wakeups", "moved_off"):
+            if k in r:
+                rec[k] = r[k]
         self.log("  [%s] %-15s %7d B  wall %8.2f us  p50 %7.2f  p99 %8.2f  cpu %8.2f us"
+                 "  spinning %s"
                  % (section, runtime, payload, rec["wall_us_per_call"], rec["p50_us"],
-                    rec["p99_us"], rec["cpu_us_per_call"]))
+                    rec["p99_us"], rec["cpu_us_per_call"], spun_share(rec)))
 
     def sections_1_3(self, stage, ctx, runtimes):
         self.log("== 1+3: sequential echo (%d calls per loop)" % self.args.calls)
@@ -823,20 +829,31 @@ def seq_table(run, section, pinned):
         if r["runtime"] not in names:
             names.append(r["runtime"])
     lines = ["| runtime | payload | wall µs/call | p50 µs | p99 µs | CPU µs/call "
-             "| speed-up vs %s (wall) | CPU vs %s |" % (BASELINE, BASELINE),
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| speed-up vs %s (wall) | CPU vs %s | answered spinning |"
+             % (BASELINE, BASELINE),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for payload in sorted({r["payload"] for r in recs}):
         base = find(recs, runtime=BASELINE, payload=payload)
         for name in names:
             r = find(recs, runtime=name, payload=payload)
             if not r:
                 continue
-            lines.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
                 name, human(payload), fmt(r["wall_us_per_call"]), fmt(r["p50_us"]),
                 fmt(r["p99_us"]), fmt(r["cpu_us_per_call"]),
                 ratio(base and base["wall_us_per_call"], r["wall_us_per_call"]),
-                ratio(base and base["cpu_us_per_call"], r["cpu_us_per_call"])))
+                ratio(base and base["cpu_us_per_call"], r["cpu_us_per_call"]),
+                spun_share(r)))
     return lines
+
+
+def spun_share(r):
+    """Share of a sequential loop's calls answered while the caller spun
+    (the rest parked and were handed over by the dispatcher)."""
+    if "spun" not in r:
+        return "-"
+    done = r["spun"] + r["parked"]
+    return "%.0f%%" % (100.0 * r["spun"] / done) if done else "-"
 
 
 def human(n):

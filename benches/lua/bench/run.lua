@@ -112,6 +112,7 @@ function _M.seq_ffi()
         return fail(500, err)
     end
     local lat = ffi.new("double[?]", n)
+    local s0 = resty_ffi.stats()
     local t0 = now_ns()
     local prev = t0
     for i = 0, n - 1 do
@@ -124,7 +125,14 @@ function _M.seq_ffi()
         lat[i] = t - prev
         prev = t
     end
-    report(lat, n, t0, prev, { parked_now = resty_ffi.waiting() })
+    local s1 = resty_ffi.stats()
+    report(lat, n, t0, prev, {
+        parked_now = resty_ffi.waiting(),
+        spun = s1.answered_spinning - s0.answered_spinning,
+        parked = s1.parked - s0.parked,
+        thread_wakeups = s1.thread_wakeups - s0.thread_wakeups,
+        moved_off = (s1.moved_off or 0) - (s0.moved_off or 0),
+    })
 end
 
 -- ---- the proxy model: cosockets, keepalive pool, length-prefixed frames --
