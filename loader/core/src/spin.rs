@@ -141,8 +141,12 @@ pub fn spin_until(budget: Duration, mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// Shortest adaptive budget: below this a spin cannot beat a park anyway.
-const MIN_ADAPTIVE_NS: u64 = 2_000;
+/// Shortest adaptive budget. Twice the service time is too short when
+/// the runtime thread still has to come back to `poll` for the call (see
+/// `TaskQueue::post`): with 2 µs, Java's way back (JNI, the poll loop)
+/// missed for 3-14% of calls, each then parked (java-handler 3.5 -> 1.9 µs
+/// a call with 5 µs).
+const MIN_ADAPTIVE_NS: u64 = 5_000;
 
 /// A spin budget that closes itself after repeated misses.
 ///
