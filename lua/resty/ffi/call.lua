@@ -32,6 +32,7 @@ local add_waiter = channel.add
 local give_up = channel.give_up
 local drain = channel.drain
 local dispatcher_looping = dispatcher.looping
+local arm_sweep = dispatcher.arm_sweep
 local ensure_dispatcher = dispatcher.ensure
 local wake_dispatcher = dispatcher.wake
 local flush_ready = flush.ready
@@ -200,6 +201,7 @@ local function park(rt, task, id, req, timeout)
     add_waiter(id, w)
     local done, reuse
     if dispatcher_looping() then
+        arm_sweep()
         done, reuse = wait_sema(w, id, timeout)
     else
         done, reuse = wait_polling(w, id, timeout)

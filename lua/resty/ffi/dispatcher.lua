@@ -118,6 +118,12 @@ arm_sweep = function()
     end
 end
 
+-- For a call or stream that parks: the loop arms the sweep only when it
+-- wakes, and one that went to sleep with nothing parked wakes for an
+-- answer or a log line, which a runtime that never answers never sends;
+-- calls parked then, their callers gone, stayed parked for ever.
+_M.arm_sweep = arm_sweep
+
 -- Whether the dispatcher may stop: the worker exits and nothing is parked,
 -- or (many VMs) nothing of this VM waits at all, so the VM can go.
 local function may_stop()

@@ -267,6 +267,7 @@ function _M.method(self, req, timeout)
     end
     add_waiter(id, w)
     dispatcher.ensure()
+    dispatcher.arm_sweep()
     -- Closed when collected: the anchor's finalizer holds the waiter, not
     -- the stream object, so the object can be collected (the waiter stays
     -- reachable from the channel until the stream ends).
