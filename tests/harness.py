@@ -444,6 +444,78 @@ def stream_location(loader, path="/stream"):
     return STREAM_LOCATION.replace("@LOADER@", loader).replace("@PATH@", path)
 
 
+# For calls whose request ends while they wait (the client goes away):
+# /abandon_stats answers "<waiting> <abandoned>" of ffi.stats(); /parked
+# (abandon_locations) calls runtime `cfg` with `req` and no timeout, its
+# request ending when the client goes away (lua_check_client_abort).
+ABANDON_STATS = r"""
+location /abandon_stats {
+    content_by_lua_block {
+        local s = require("resty.ffi").stats()
+        ngx.print(s.waiting, " ", s.abandoned)
+    }
+}
+"""
+
+PARKED = r"""
+location /parked {
+    lua_check_client_abort on;
+    content_by_lua_block {
+        local args = ngx.req.get_uri_args()
+        local rt = assert(require("resty.ffi").load("@LOADER@", args.cfg))
+        local ok, res, err = rt:call(args.req, math.huge)
+        ngx.print(tostring(ok), " ", tostring(res), " ", tostring(err))
+    }
+}
+"""
+
+
+def abandon_locations(loader):
+    """/parked for `loader`, and /abandon_stats."""
+    return PARKED.replace("@LOADER@", loader) + ABANDON_STATS
+
+
+def parked_path(cfg, req):
+    """The /parked path calling runtime `cfg` with `req`."""
+    return "/parked?cfg=%s&req=%s" % (q(cfg), q(req))
+
+
+def abandon(port, path, count, wait=0.3):
+    """Sends `count` GETs for `path`, each closed once its call waits
+    (`wait` s after it was sent)."""
+    if isinstance(path, str):
+        path = path.encode()
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(wait)  # parked (or reading) by now
+        s.close()
+
+
+def abandon_stats(n):
+    """(waiting, abandoned) of ffi.stats() in `n`'s (one) worker."""
+    status, body = n.get("/abandon_stats")
+    assert status == 200, body
+    waiting, abandoned = body.split()
+    return int(waiting), int(abandoned)
+
+
+def given_up_soon(n, abandoned, timeout=5):
+    """Asserts that within `timeout` s nothing waits in `n`'s worker and
+    `abandoned` calls in all were given up because their caller was gone."""
+    assert wait_until(lambda: abandon_stats(n) == (0, abandoned), timeout), \
+        (abandon_stats(n), abandoned)
+
+
+def quit_is_prompt(n, paths, count=2):
+    """Leaves `count` calls of each path abandoned, quits `n` (whose
+    worker_shutdown_timeout is long) and asserts it took under 5 s."""
+    for path in paths:
+        abandon(n.port, path, count)
+    took = n.quit(timeout=30)
+    assert took < 5, took
+
+
 # Clients of LOADER_LOCATIONS, shared by the loaders' suites: `n` is a
 # running Nginx serving them, `cfg` the loader's cfg string.
 

@@ -223,22 +223,7 @@ location /stream {
         while st:recv() do end
     }
 }
-location /stats {
-    content_by_lua_block {
-        local s = require("resty.ffi").stats()
-        ngx.print(s.waiting, " ", s.abandoned)
-    }
-}
-"""
-
-
-def abandon(port, path, count):
-    """Sends `count` requests for `path`, each closed once its call waits."""
-    for _ in range(count):
-        s = socket.create_connection(("127.0.0.1", port), timeout=5)
-        s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
-        time.sleep(0.3)  # parked (or reading) by now
-        s.close()
+""" + harness.ABANDON_STATS
 
 
 def test_calls_whose_request_ended_are_given_up_the_runtime_told_and_quit_is_prompt(nginx):
@@ -249,19 +234,17 @@ def test_calls_whose_request_ended_are_given_up_the_runtime_told_and_quit_is_pro
     n = nginx(ABANDON, shutdown_timeout="60s")
     assert n.get("/wait?ms=1") == (200, b"true answer nil")
 
-    abandon(n.port, b"/wait?ms=60000", 5)
+    harness.abandon(n.port, b"/wait?ms=60000", 5)
     assert n.get("/killed") == (200, b"killed")
     # given up within the sweep's second, and the runtime hears of each
-    assert harness.wait_until(lambda: n.get("/stats") == (200, b"0 6"), 5), n.get("/stats")
+    harness.given_up_soon(n, 6)
     assert harness.wait_until(
         lambda: n.error_log().count("echo call cancelled after") == 6, 5), n.error_log()[-2000:]
     assert n.get("/wait?ms=1") == (200, b"true answer nil")
     # callers gone just before a quit do not hold the worker (it used to
     # wait for the runtime's answers: here a minute, up to
     # worker_shutdown_timeout)
-    abandon(n.port, b"/wait?ms=60000", 3)
-    took = n.quit(timeout=30)
-    assert took < 5, took
+    harness.quit_is_prompt(n, [b"/wait?ms=60000"], 3)
 
 
 def test_streams_whose_reader_is_gone_mid_recv_are_closed_and_quit_is_prompt(nginx):
@@ -270,15 +253,13 @@ def test_streams_whose_reader_is_gone_mid_recv_are_closed_and_quit_is_prompt(ngi
     producer kept sending, and a quit waited for it."""
     n = nginx(ABANDON, shutdown_timeout="60s")
 
-    abandon(n.port, b"/stream", 3)
+    harness.abandon(n.port, b"/stream", 3)
     # two sweeps a second apart tell a reader that is gone
-    assert harness.wait_until(lambda: n.get("/stats") == (200, b"0 3"), 6), n.get("/stats")
+    harness.given_up_soon(n, 3, timeout=6)
     assert harness.wait_until(
         lambda: n.error_log().count("echo stream cancelled after") == 3, 5), \
         n.error_log()[-2000:]
-    abandon(n.port, b"/stream", 2)
-    took = n.quit(timeout=30)
-    assert took < 5, took
+    harness.quit_is_prompt(n, [b"/stream"])
 
 
 REUSE = """

@@ -952,6 +952,54 @@ def test_calls_the_lua_side_gave_up_on_are_cancelled_on_the_server(run, servers)
     assert res["streams"] == res["streams0"], res
 
 
+# A unary Sleep whose request ends when the client goes away: `addr`,
+# `ms`, `tag`; no deadline, so the Lua side waits NO_DEADLINE_WAIT (an hour).
+GRPC_PARKED = r"""
+location /grpc_parked {
+    lua_check_client_abort on;
+    content_by_lua_block {
+        local grpc = require "resty.ffi.grpc"
+        local args = ngx.req.get_uri_args()
+        local ok, conn = grpc.connect(args.addr)
+        assert(ok, conn)
+        local ok, res, err = conn:unary("/resty.test.Probe/Sleep",
+                                        { ms = tonumber(args.ms), tag = args.tag })
+        ngx.print(tostring(ok), " ", tostring(res), " ", tostring(err))
+    }
+}
+"""
+
+
+def test_unary_calls_whose_client_went_away_are_cancelled_on_the_server_and_quit_is_prompt(
+        stage, grpc_stage, servers):
+    """A unary call waiting for a slow server (no deadline) whose client
+    goes away is given up within the sweep's second, the runtime cancels
+    the RPC (the server sees it cancelled, not finished), the worker serves
+    on, and a quit does not wait for such calls."""
+    addr = servers["plain"].addr
+    tag = "abandoned-%d" % os.getpid()
+    path = "/grpc_parked?addr=%s&ms=60000&tag=%s" % (addr, tag)
+    with harness.Nginx(stage, RUN + GRPC_PARKED + harness.ABANDON_STATS,
+                       http=http_block(grpc_stage["proto"]), shutdown_timeout="60s") as n:
+        # control: a call that is answered
+        status, body = n.get("/grpc_parked?addr=%s&ms=1&tag=%s-done" % (addr, tag))
+        assert status == 200 and body.startswith(b"true "), body
+        # two rounds: the second parks while nothing else is parked
+        for batch, given_up in ((3, 3), (2, 5)):
+            harness.abandon(n.port, path, batch)
+            harness.given_up_soon(n, given_up)
+            status, body = n.post("/lua?addr=%s&tag=%s&want=%d" % (addr, tag, given_up),
+                                  (ENDED + """
+                local ok, conn = grpc.connect(args.addr)
+                local want = tonumber(args.want)
+                return ended(conn, args.tag, function(e) return e.cancelled >= want end)
+            """).encode())
+            assert status == 200, body
+            assert json.loads(body) == {"started": given_up, "finished": 0,
+                                        "cancelled": given_up}, body
+        harness.quit_is_prompt(n, [path])
+
+
 DEEP = r"""
     local deep = {}
     -- messages nested 4,000 deep, an option value nested 10,000 deep (each

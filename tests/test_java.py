@@ -99,13 +99,13 @@ location /nt {
 
 @pytest.fixture
 def j_nginx(nginx, jstage):
-    def start(java_opts=None, java_home=None, main="", classpath=None, **kw):
+    def start(java_opts=None, java_home=None, main="", classpath=None, extra="", **kw):
         env = "env CLASSPATH=%s;\n" % (classpath or jstage.java_classpath)
         if java_opts is not None:
             env += "env \"JAVA_OPTS=%s\";\n" % java_opts
         if java_home:
             env += "env JAVA_HOME=%s;\n" % java_home
-        return nginx(SERVER + NO_TIMEOUT, main=env + main, **kw)
+        return nginx(SERVER + NO_TIMEOUT + extra, main=env + main, **kw)
     return start
 
 
@@ -241,6 +241,26 @@ def test_handler_exceptions_become_error_answers_and_the_runtime_keeps_serving(j
 # ---- out of memory --------------------------------------------------------
 
 OOM = b"rc=1 err=java.lang.OutOfMemoryError"
+
+
+def test_calls_whose_client_went_away_are_given_up_the_runtime_sees_it_and_quit_is_prompt(
+        j_nginx):
+    """Calls parked with no timeout on Java runtimes that answer in a
+    minute or never: when their clients go away they are given up within
+    the sweep's second (nothing counts as waiting), a native runtime sees
+    Task.cancelled(), the worker serves on, and a quit does not wait for
+    them (nor for the JVM's threads still on them)."""
+    n = j_nginx(extra=harness.abandon_locations("ffi_java"), shutdown_timeout="60s")
+    cfgs = ["t.Parked,init", "t.Parked,sleeper", "t.Parked,never"]
+    native = cfgs[0]
+    assert call(n, native, b"seen") == (200, b"0")
+    for cfg in cfgs:
+        harness.abandon(n.port, harness.parked_path(cfg, "x"), 3)
+    harness.given_up_soon(n, 9)
+    assert harness.wait_until(lambda: call(n, native, b"seen") == (200, b"3"), 5), \
+        call(n, native, b"seen")
+    assert call(n, "demo.echo.Handler,echo", b"e") == (200, b"e")
+    harness.quit_is_prompt(n, [harness.parked_path(cfg, "y") for cfg in cfgs])
 
 
 def nt_call(n, cfg, body):

@@ -54,8 +54,8 @@ def write_module(folder, name, src):
 
 @pytest.fixture
 def py_nginx(nginx, pystage):
-    def start(**kw):
-        return nginx(SERVER, **kw)
+    def start(extra="", **kw):
+        return nginx(SERVER + extra, **kw)
     return start
 
 
@@ -276,6 +276,63 @@ def test_handler_threads_end_on_unload_and_quit_is_prompt(py_nginx, moddir):
     # load again, leave it busy, and quit
     assert call(n, a_cfg, b"again") == (200, b"again")
     assert n.quit() < 5
+
+
+def test_calls_whose_client_went_away_are_given_up_the_runtime_sees_it_and_quit_is_prompt(
+        py_nginx, pystage, moddir):
+    """Calls parked with no timeout on Python runtimes that answer in a
+    minute or never: when their clients go away they are given up within
+    the sweep's second (nothing counts as waiting), a native runtime sees
+    `task.cancelled`, the worker serves on, and a quit does not wait for
+    them (nor for the handler threads or the asyncio loop still on them)."""
+    write_module(moddir, "parked", """
+        import threading, time, resty_ffi
+        lock = threading.Lock()
+        seen = [0]
+        def wait(task):
+            deadline = time.monotonic() + 60
+            while not task.cancelled and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if task.cancelled:
+                with lock:
+                    seen[0] += 1
+            task.respond(0, b"woke")
+        def serve(tq):
+            while True:
+                task = resty_ffi.poll(tq)
+                if task is None:
+                    return
+                if task.req == b"seen":
+                    task.respond(0, str(seen[0]))
+                else:
+                    threading.Thread(target=wait, args=(task,), daemon=True).start()
+        def init(cfg, tq):
+            threading.Thread(target=serve, args=(tq,), daemon=True).start()
+            return 0
+        def sleeper(cfg, tq):
+            def handle(req):
+                time.sleep(60)
+                return req
+            handle.threads = 8
+            return handle
+        def never(cfg, tq):
+            async def handle(req):
+                import asyncio
+                await asyncio.sleep(3600)
+                return req
+            return handle
+    """)
+    n = py_nginx(extra=harness.abandon_locations("ffi_python3"), shutdown_timeout="60s")
+    cfgs = [moddir + "/parked," + f for f in ("init", "sleeper", "never")]
+    native = cfgs[0]
+    assert call(n, native, b"seen") == (200, b"0")
+    for cfg in cfgs:
+        harness.abandon(n.port, harness.parked_path(cfg, "x"), 3)
+    harness.given_up_soon(n, 9)
+    assert harness.wait_until(lambda: call(n, native, b"seen") == (200, b"3"), 5), \
+        call(n, native, b"seen")
+    assert call(n, pystage.examples + "/ffi.echo_handler,init", b"e") == (200, b"e")
+    harness.quit_is_prompt(n, [harness.parked_path(cfg, "y") for cfg in cfgs])
 
 
 # ---- loading ------------------------------------------------------------
