@@ -583,6 +583,26 @@ def load_fails(n, cfg, rc, text, background=False):
     return new
 
 
+def loader_gives_up_abandoned_calls(n, native, others, echo):
+    """The loaders' test of calls whose client went away, on `n` (serving
+    LOADER_LOCATIONS and abandon_locations, with a long
+    worker_shutdown_timeout): runtime `native` waits on each call until it
+    is cancelled and answers "seen" with how many it saw so; the runtimes
+    `others` answer in a minute or never. Three calls to each, their
+    clients gone, must be given up within seconds, `native` must see its
+    three cancelled, `echo` must still answer "e", and a quit with two more
+    to each outstanding must be prompt."""
+    cfgs = [native] + list(others)
+    assert call(n, native, b"seen") == (200, b"0")
+    for cfg in cfgs:
+        abandon(n.port, parked_path(cfg, "x"), 3)
+    given_up_soon(n, 3 * len(cfgs))
+    assert wait_until(lambda: call(n, native, b"seen") == (200, b"3"), 5), \
+        call(n, native, b"seen")
+    assert call(n, echo, b"e") == (200, b"e")
+    quit_is_prompt(n, [parked_path(cfg, "y") for cfg in cfgs])
+
+
 class Nginx:
     """A running nginx with the lua module. Use as a context manager."""
 

@@ -251,16 +251,9 @@ def test_calls_whose_client_went_away_are_given_up_the_runtime_sees_it_and_quit_
     Task.cancelled(), the worker serves on, and a quit does not wait for
     them (nor for the JVM's threads still on them)."""
     n = j_nginx(extra=harness.abandon_locations("ffi_java"), shutdown_timeout="60s")
-    cfgs = ["t.Parked,init", "t.Parked,sleeper", "t.Parked,never"]
-    native = cfgs[0]
-    assert call(n, native, b"seen") == (200, b"0")
-    for cfg in cfgs:
-        harness.abandon(n.port, harness.parked_path(cfg, "x"), 3)
-    harness.given_up_soon(n, 9)
-    assert harness.wait_until(lambda: call(n, native, b"seen") == (200, b"3"), 5), \
-        call(n, native, b"seen")
-    assert call(n, "demo.echo.Handler,echo", b"e") == (200, b"e")
-    harness.quit_is_prompt(n, [harness.parked_path(cfg, "y") for cfg in cfgs])
+    harness.loader_gives_up_abandoned_calls(
+        n, "t.Parked,init", ["t.Handlers,sleepSync,60000", "t.Parked,never"],
+        "demo.echo.Handler,echo")
 
 
 def nt_call(n, cfg, body):

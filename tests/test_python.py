@@ -323,16 +323,9 @@ def test_calls_whose_client_went_away_are_given_up_the_runtime_sees_it_and_quit_
             return handle
     """)
     n = py_nginx(extra=harness.abandon_locations("ffi_python3"), shutdown_timeout="60s")
-    cfgs = [moddir + "/parked," + f for f in ("init", "sleeper", "never")]
-    native = cfgs[0]
-    assert call(n, native, b"seen") == (200, b"0")
-    for cfg in cfgs:
-        harness.abandon(n.port, harness.parked_path(cfg, "x"), 3)
-    harness.given_up_soon(n, 9)
-    assert harness.wait_until(lambda: call(n, native, b"seen") == (200, b"3"), 5), \
-        call(n, native, b"seen")
-    assert call(n, pystage.examples + "/ffi.echo_handler,init", b"e") == (200, b"e")
-    harness.quit_is_prompt(n, [harness.parked_path(cfg, "y") for cfg in cfgs])
+    harness.loader_gives_up_abandoned_calls(
+        n, moddir + "/parked,init", [moddir + "/parked,sleeper", moddir + "/parked,never"],
+        pystage.examples + "/ffi.echo_handler,init")
 
 
 # ---- loading ------------------------------------------------------------

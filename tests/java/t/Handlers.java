@@ -24,10 +24,12 @@ public class Handlers {
                 CompletableFuture.delayedExecutor(1, TimeUnit.SECONDS));
     }
 
+    /** Sleeps cfg ms (1000 without a cfg) on the calling thread. */
     public static Function<byte[], byte[]> sleepSync(String cfg) {
+        long ms = cfg == null ? 1000 : Long.parseLong(cfg);
         return req -> {
             try {
-                Thread.sleep(1000);
+                Thread.sleep(ms);
             } catch (InterruptedException e) {
                 throw new RuntimeException(e);
             }

@@ -1,8 +1,8 @@
 /*
- * Test runtimes whose calls park for a minute or for ever: the native style
- * waiting on each task until it is cancelled (counting what it saw, asked
- * with "seen"), a sync handler sleeping a minute, and an async handler
- * whose stage never completes.
+ * Test runtimes whose calls park until cancelled or for ever: the native
+ * style waiting on each task until it is cancelled (counting what it saw,
+ * asked with "seen"), and an async handler whose stage never completes.
+ * (A sync handler that sleeps long: Handlers.sleepSync with a cfg.)
  */
 package t;
 
@@ -52,17 +52,6 @@ public class Parked {
             SEEN.incrementAndGet();
         }
         t.respond("woke".getBytes(StandardCharsets.UTF_8));
-    }
-
-    public static Function<byte[], byte[]> sleeper(String cfg) {
-        return req -> {
-            try {
-                Thread.sleep(60_000);
-            } catch (InterruptedException e) {
-                throw new RuntimeException(e);
-            }
-            return req;
-        };
     }
 
     public static Function<byte[], CompletionStage<byte[]>> never(String cfg) {
