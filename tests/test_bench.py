@@ -7,6 +7,7 @@ speed goals live in the bench output, never in tests.
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -97,6 +98,27 @@ def test_ab_compares_two_builds_side_by_side():
         assert rps > 0, line
         if "t1" in line:
             assert "vs plain" in line, line
+
+
+def test_seq_ab_compares_two_builds_loop_by_loop():
+    """benches/seq_ab.py, the A/B tool for the sequential path, so it
+    cannot rot: this checkout against itself, Rust echo, two short rounds;
+    every loop shows the share of calls spun, and the summary a line per
+    build with the slow rounds counted."""
+    cmd = [sys.executable, os.path.join(harness.ROOT, "benches", "seq_ab.py"),
+           "--build", "a=" + harness.ROOT, "--build", "b=" + harness.ROOT,
+           "--runtimes", "rust-echo", "--rounds", "2", "--calls", "2000"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    loops = [l for l in p.stdout.splitlines() if re.match(r"r\d+ ", l)]
+    assert len(loops) == 4, p.stdout
+    for line in loops:
+        share = float(line.split("spun")[1].split("%")[0])
+        assert 0 <= share <= 100, line
+    summary = p.stdout.split("== ")[1].splitlines()[1:]
+    assert [l.split()[:2] for l in summary] == [["rust-echo", "a"], ["rust-echo", "b"]]
+    for line in summary:
+        assert float(line.split()[3]) > 0 and "slow rounds" in line, line
 
 
 def test_counts_gives_each_threads_syscalls_per_request():

@@ -80,9 +80,12 @@ pub struct TaskQueue {
     deferred_at: CachePadded<AtomicU64>,
     /// `LAZY_FOR` in ns (tests lengthen it).
     lazy_for_ns: u64,
-    /// The CPU the last post came from (-1: none yet): a poller on that
-    /// same CPU moves off it (`step_aside`). Written only when it changes,
-    /// so in steady state the line stays shared.
+    /// The CPU of the last caller that parked, reset (-1) by a post that
+    /// finds a poller spinning in or coming back to `poll` (not by one
+    /// handed over through the slot: a load there cost the bridge's round
+    /// trip 0.1 µs). A poller on that CPU moves off it (`step_aside`).
+    /// Written only when it changes, so in steady state the line stays
+    /// shared.
     caller_cpu: CachePadded<AtomicI32>,
     /// When a poller last answered a task it took (`spin::now_ns`; 0:
     /// never), as the caller learns it when it reads the answer. Written
@@ -165,7 +168,9 @@ impl TaskQueue {
         };
         if !spinning && !returning {
             // the caller parks: a poller woken for it must not share its CPU
-            self.note_caller_cpu();
+            self.note_caller_cpu(crate::spin::current_cpu());
+        } else {
+            self.note_caller_cpu(-1);
         }
         if wake {
             self.signal();
@@ -316,9 +321,9 @@ impl TaskQueue {
         }
     }
 
-    /// Remembers the CPU of a caller about to park (see `caller_cpu`).
-    fn note_caller_cpu(&self) {
-        let cpu = crate::spin::current_cpu();
+    /// Remembers the CPU of a caller about to park, or -1 (see
+    /// `caller_cpu`).
+    fn note_caller_cpu(&self, cpu: i32) {
         if self.caller_cpu.load(Ordering::Relaxed) != cpu {
             self.caller_cpu.store(cpu, Ordering::Relaxed);
         }
