@@ -350,6 +350,17 @@ impl TaskQueue {
         }
     }
 
+    /// The poll gate's budget; a gate closed by misses may have missed for
+    /// sharing the caller's CPU, so the poller steps aside first.
+    fn spin_budget(&self) -> Duration {
+        let budget = self.poll_gate.budget();
+        if !budget.is_zero() {
+            return budget;
+        }
+        self.step_aside();
+        self.poll_gate.budget()
+    }
+
     /// Whether posts were deferred lately (see `deferred_at`).
     fn lazy(&self) -> bool {
         let at = self.deferred_at.load(Ordering::Relaxed);
@@ -370,12 +381,7 @@ impl TaskQueue {
         let budget = if self.lazy() {
             Duration::ZERO
         } else {
-            let mut budget = self.poll_gate.budget();
-            if budget.is_zero() {
-                self.step_aside();
-                budget = self.poll_gate.budget();
-            }
-            budget
+            self.spin_budget()
         };
         let mut deadline = (!budget.is_zero()).then(|| Instant::now() + budget);
         let mut recorded = false;
@@ -452,6 +458,8 @@ impl TaskQueue {
                 // (a spurious wake-up may take another's count: that only
                 // costs one more signal later)
                 inner.woken = inner.woken.saturating_sub(1);
+                // (step_aside checks this too; asked here first so the lock
+                // is dropped only when a move may follow)
                 if self.caller_cpu.load(Ordering::Relaxed) == crate::spin::current_cpu() {
                     // woken onto the parked caller's CPU (move without the lock)
                     drop(inner);
@@ -509,11 +517,7 @@ impl TaskQueue {
         if let Some(task) = self.try_poll() {
             return Some(task);
         }
-        let mut budget = self.poll_gate.budget();
-        if budget.is_zero() {
-            self.step_aside();
-            budget = self.poll_gate.budget();
-        }
+        let budget = self.spin_budget();
         if budget.is_zero() || !self.idle() {
             return self.try_poll();
         }
@@ -645,6 +649,52 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn a_post_just_after_a_pollers_own_answer_counts_on_it_coming_back() {
+        // One round: a poller thread (asleep in poll) takes a task and
+        // answers it while the caller spins for the answer, as a loop of
+        // calls does; then the caller posts the next task at once. A queue
+        // per round: its caller gate spins its whole second for the first
+        // answer (none observed yet), however slowly the poller wakes.
+        // Pollers never spin: only a returning poller makes post say yes.
+        let round = |answered_by_taker: bool| {
+            let q = TaskQueue::new(8, Duration::ZERO, Duration::from_secs(1));
+            let on_q = |id| TaskPtr::new(&q, None, id, std::ptr::null(), 0, None).unwrap();
+            std::thread::scope(|s| {
+                let poller = s.spawn(|| {
+                    let t = q.poll().unwrap();
+                    if answered_by_taker {
+                        t.respond(0, std::ptr::null_mut(), 0);
+                    } else {
+                        // handed to another thread to answer
+                        s.spawn(move || t.respond(0, std::ptr::null_mut(), 0));
+                    }
+                });
+                let t = on_q(1.0);
+                assert!(!q.post(t).unwrap(), "nobody spins, nobody just answered");
+                t.set_poller_spinning(true);
+                assert!(t.wait(true), "answered within the caller's spin");
+                t.free();
+                let next = on_q(2.0);
+                let returning = q.post(next).unwrap();
+                poller.join().unwrap();
+                q.poll().unwrap().free();
+                next.free();
+                returning
+            })
+        };
+        // (a caller preempted for RETURNING between answer and post misses
+        // it: one round of many must see it)
+        assert!(
+            (0..50).any(|_| round(true)),
+            "the thread that took the call answered it: it is coming back"
+        );
+        assert!(
+            !(0..5).any(|_| round(false)),
+            "answered by a thread that did not take it: nobody is coming back"
+        );
     }
 
     #[test]

@@ -30,17 +30,29 @@ const MISSES_TO_CLOSE: u32 = 16;
 /// How long a closed gate stays closed.
 const CLOSED_FOR: Duration = Duration::from_millis(100);
 
-/// True when this process may run on more than one CPU right now.
-pub fn multi_cpu() -> bool {
+/// The calling thread's CPU mask; `None` when the kernel will not tell
+/// (more CPUs than a `cpu_set_t` holds).
+fn own_mask() -> Option<libc::cpu_set_t> {
     // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most
     // size_of::<cpu_set_t>() bytes into it and we pass exactly that size.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return true;
-        }
-        libc::CPU_COUNT(&set) > 1
+        (libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0)
+            .then_some(set)
     }
+}
+
+/// Sets the calling thread's CPU mask; whether the kernel took it.
+fn set_own_mask(set: &libc::cpu_set_t) -> bool {
+    // SAFETY: sched_setaffinity reads exactly size_of::<cpu_set_t>() bytes
+    // of `set`, a valid reference.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) == 0 }
+}
+
+/// True when this process may run on more than one CPU right now.
+pub fn multi_cpu() -> bool {
+    // SAFETY: CPU_COUNT reads a cpu_set_t the kernel filled.
+    own_mask().is_none_or(|set| unsafe { libc::CPU_COUNT(&set) } > 1)
 }
 
 /// The CPU this thread runs on now (-1: unknown). glibc answers from the
@@ -82,30 +94,25 @@ pub fn move_off_cpu(cpu: i32) -> bool {
     }) {
         return false;
     }
-    let size = std::mem::size_of::<libc::cpu_set_t>();
-    // SAFETY: cpu_set_t is plain data; sched_getaffinity and
-    // sched_setaffinity read or write exactly `size` bytes of the sets we
-    // pass, and `cpu` is below CPU_SETSIZE (checked above), as CPU_ISSET and
-    // CPU_CLR need.
+    let Some(own) = own_mask() else {
+        return false;
+    };
+    let mut elsewhere = own;
+    // SAFETY: `cpu` is below CPU_SETSIZE (checked above), as CPU_ISSET and
+    // CPU_CLR need; both only touch the cpu_set_t passed.
     unsafe {
-        let mut own: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, size, &mut own) != 0
-            || !libc::CPU_ISSET(cpu as usize, &own)
-            || libc::CPU_COUNT(&own) < 2
-        {
+        if !libc::CPU_ISSET(cpu as usize, &own) || libc::CPU_COUNT(&own) < 2 {
             return false;
         }
-        MOVED_AT.with(|m| m.set(now));
-        let mut elsewhere = own;
         libc::CPU_CLR(cpu as usize, &mut elsewhere);
-        if libc::sched_setaffinity(0, size, &elsewhere) != 0 {
-            return false;
-        }
-        // (a thread whose own mask cannot be set back keeps the narrower
-        // one; sched_setaffinity accepted `own` a moment ago, as part of
-        // the thread's allowed set)
-        libc::sched_setaffinity(0, size, &own);
     }
+    MOVED_AT.with(|m| m.set(now));
+    if !set_own_mask(&elsewhere) {
+        return false;
+    }
+    // (a thread whose own mask cannot be set back keeps the narrower one;
+    // the kernel accepted `own` a moment ago, as the thread's allowed set)
+    set_own_mask(&own);
     true
 }
 
@@ -266,34 +273,30 @@ impl SpinGate {
     }
 }
 
-/// The calling thread's CPU mask, for tests.
+/// The calling thread's CPUs, for tests.
 #[cfg(test)]
 pub(crate) mod cpus {
-    const SIZE: usize = std::mem::size_of::<libc::cpu_set_t>();
-
     /// The CPUs this thread may run on.
     pub fn allowed() -> Vec<usize> {
-        // SAFETY: cpu_set_t is plain data, written by sched_getaffinity
-        // within SIZE bytes; CPU_ISSET reads it below CPU_SETSIZE.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            assert_eq!(libc::sched_getaffinity(0, SIZE, &mut set), 0);
-            (0..libc::CPU_SETSIZE as usize)
-                .filter(|&c| libc::CPU_ISSET(c, &set))
-                .collect()
-        }
+        let set = super::own_mask().expect("sched_getaffinity");
+        (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: c is below CPU_SETSIZE; CPU_ISSET only reads `set`.
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+            .collect()
     }
 
     /// Lets this thread run on `cpus` only.
     pub fn pin(cpus: &[usize]) {
-        // SAFETY: as above; every c comes from `allowed`, below CPU_SETSIZE.
-        unsafe {
+        // SAFETY: cpu_set_t is plain data; every c comes from `allowed`,
+        // below CPU_SETSIZE, as CPU_SET needs.
+        let set = unsafe {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
             for &c in cpus {
                 libc::CPU_SET(c, &mut set);
             }
-            assert_eq!(libc::sched_setaffinity(0, SIZE, &set), 0);
-        }
+            set
+        };
+        assert!(super::set_own_mask(&set), "sched_setaffinity");
     }
 }
 

@@ -71,7 +71,12 @@ struct Answer {
 const BY_POLLER: u64 = 1 << 63;
 
 thread_local! {
-    /// The task this thread last took from a queue (`mark_picked`).
+    /// The task this thread last took from a queue (`mark_picked`). A hint
+    /// only: a thread that answers a task another thread took (a Go
+    /// goroutine moved to another OS thread, a Java stage completed
+    /// elsewhere) is not counted as a poller coming back, and a slot
+    /// reused since may match by chance; either costs at most one caller
+    /// spin within its gate's budget.
     static PICKED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 

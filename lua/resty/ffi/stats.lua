@@ -93,7 +93,7 @@ local stats_buf = ffi.new("uint64_t[?]", #STAT_NAMES)
 -- event-loop cycle: resty.ffi.flush), thread_wakeups (sleeping runtime
 -- threads woken by posts and flushes), moved_off (times a runtime thread
 -- found itself on the CPU of the nginx thread it serves and moved to
--- another one: resty_ffi's poll, see README "Spinning"),
+-- another one: resty_ffi's poll, see README below the load options),
 -- waiting (parked now, this VM), abandoned (parked calls given up because
 -- their request ended first, this VM: resty.ffi.channel's sweep), wake
 -- ("socket", or "polling" when no wake socket could be made), vms (Lua
