@@ -336,6 +336,7 @@ impl TaskQueue {
     /// waker's CPU) or whose gate closed after misses. Not on one CPU (the
     /// gate yields there) and not under load (pollers do not spin then:
     /// sharing the caller's CPU costs nothing).
+    #[cold]
     fn step_aside(&self) {
         if self.lazy() {
             return;
@@ -352,6 +353,7 @@ impl TaskQueue {
 
     /// The poll gate's budget; a gate closed by misses may have missed for
     /// sharing the caller's CPU, so the poller steps aside first.
+    #[inline]
     fn spin_budget(&self) -> Duration {
         let budget = self.poll_gate.budget();
         if !budget.is_zero() {

@@ -32,6 +32,7 @@ const CLOSED_FOR: Duration = Duration::from_millis(100);
 
 /// The calling thread's CPU mask; `None` when the kernel will not tell
 /// (more CPUs than a `cpu_set_t` holds).
+#[cold]
 fn own_mask() -> Option<libc::cpu_set_t> {
     // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most
     // size_of::<cpu_set_t>() bytes into it and we pass exactly that size.
@@ -43,6 +44,7 @@ fn own_mask() -> Option<libc::cpu_set_t> {
 }
 
 /// Sets the calling thread's CPU mask; whether the kernel took it.
+#[cold]
 fn set_own_mask(set: &libc::cpu_set_t) -> bool {
     // SAFETY: sched_setaffinity reads exactly size_of::<cpu_set_t>() bytes
     // of `set`, a valid reference.
@@ -83,6 +85,7 @@ thread_local! {
 /// CPUs idle; neither side's spin can pay off then, so both stop spinning,
 /// and nothing breaks the pattern (seen on a 2-vCPU KVM guest: 4-6 µs a
 /// call instead of 0.7, `perf sched timehist` showing both on CPU 0).
+#[cold]
 pub fn move_off_cpu(cpu: i32) -> bool {
     if cpu < 0 || cpu as usize >= libc::CPU_SETSIZE as usize {
         return false;
