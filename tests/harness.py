@@ -447,7 +447,9 @@ def stream_location(loader, path="/stream"):
 # For calls whose request ends while they wait (the client goes away):
 # /abandon_stats answers "<waiting> <abandoned>" of ffi.stats(); /parked
 # (abandon_locations) calls runtime `cfg` with `req` and no timeout, its
-# request ending when the client goes away (lua_check_client_abort).
+# request ending when the client goes away (lua_check_client_abort);
+# /in_flight answers how many tasks of runtime `cfg` the core holds (not
+# yet answered by the runtime, or answered and not yet freed).
 ABANDON_STATS = r"""
 location /abandon_stats {
     content_by_lua_block {
@@ -465,6 +467,13 @@ location /parked {
         local rt = assert(require("resty.ffi").load("@LOADER@", args.cfg))
         local ok, res, err = rt:call(args.req, math.huge)
         ngx.print(tostring(ok), " ", tostring(res), " ", tostring(err))
+    }
+}
+location /in_flight {
+    content_by_lua_block {
+        local cfg = ngx.req.get_uri_args().cfg
+        local rt = assert(require("resty.ffi").load("@LOADER@", cfg))
+        ngx.print(rt:__stats().in_flight)
     }
 }
 """
@@ -498,6 +507,14 @@ def abandon_stats(n):
     assert status == 200, body
     waiting, abandoned = body.split()
     return int(waiting), int(abandoned)
+
+
+def in_flight(n, cfg):
+    """How many tasks of runtime `cfg` `n`'s (one) worker holds (see
+    abandon_locations)."""
+    status, body = n.get("/in_flight?cfg=" + q(cfg))
+    assert status == 200, body
+    return int(body)
 
 
 def given_up_soon(n, abandoned, timeout=5):

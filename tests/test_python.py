@@ -328,6 +328,68 @@ def test_calls_whose_client_went_away_are_given_up_the_runtime_sees_it_and_quit_
         pystage.examples + "/ffi.echo_handler,init")
 
 
+def test_an_async_handler_of_a_call_given_up_sees_cancelled_error_and_its_answer_reaches_nobody(
+        py_nginx, pystage, moddir):
+    """A plain call to an `async def` handler that is given up (its timeout,
+    its client gone) cancels the handler's coroutine: CancelledError where
+    it awaits, at once, not when the await would end. A handler that
+    swallows it and answers anyway answers nobody (the core frees the late
+    answer); other calls get their own answers, and no traceback is
+    logged for a cancellation."""
+    write_module(moddir, "cancelme", """
+        import asyncio
+        seen = {"cancelled": 0, "swallowed": 0}
+        async def handle(req):
+            if req == b"seen":
+                return "%(cancelled)d %(swallowed)d" % seen
+            if req == b"wait":
+                try:
+                    await asyncio.sleep(3600)
+                except asyncio.CancelledError:
+                    seen["cancelled"] += 1
+                    raise
+                return b"slept"
+            if req == b"swallow":
+                try:
+                    await asyncio.sleep(3600)
+                except asyncio.CancelledError:
+                    seen["swallowed"] += 1
+                return b"late answer of a call given up"
+            return req
+        def init(cfg, tq):
+            return handle
+    """)
+    n = py_nginx(extra=harness.abandon_locations("ffi_python3"), shutdown_timeout="60s")
+    cfg = moddir + "/cancelme,init"
+    assert call(n, cfg, b"seen") == (200, b"0 0")
+
+    def seen(want):
+        return harness.wait_until(lambda: call(n, cfg, b"seen") == (200, want), 3)
+
+    # the call's timeout: the coroutine is cancelled at once, not in an hour
+    status, body = call(n, cfg, b"wait", timeout=0.3)
+    assert (status, b"timed out" in body) == (502, True), body
+    assert seen(b"1 0"), call(n, cfg, b"seen")
+    status, body = call(n, cfg, b"swallow", timeout=0.3)
+    assert (status, b"timed out" in body) == (502, True), body
+    assert seen(b"1 1"), call(n, cfg, b"seen")
+    # the client went away (the sweep gives the calls up within its second)
+    harness.abandon(n.port, harness.parked_path(cfg, "wait"), 2)
+    harness.abandon(n.port, harness.parked_path(cfg, "swallow"), 1)
+    harness.given_up_soon(n, 3)
+    assert seen(b"3 2"), call(n, cfg, b"seen")
+    # every task was answered and freed
+    assert harness.wait_until(lambda: harness.in_flight(n, cfg) == 0, 3), \
+        harness.in_flight(n, cfg)
+    # the late answers went to nobody: every call gets its own
+    for body in (b"a", b"b" * 70000, b"c"):
+        assert call(n, cfg, body) == (200, body)
+    assert call(n, pystage.examples + "/ffi.echo_handler,init", b"e") == (200, b"e")
+    log = n.error_log()
+    assert "CancelledError" not in log, log[-3000:]
+    assert n.quit() < 5
+
+
 # ---- loading ------------------------------------------------------------
 
 def test_reload_with_question_mark_picks_up_a_changed_module_after_unload(py_nginx, moddir):

@@ -328,8 +328,11 @@ pub unsafe extern "C" fn resty_ffi_task_cancelled(task: *mut c_void) -> c_int {
 }
 
 /// An eventfd of the queue that becomes readable after a stream of it made
-/// room in its window or was cancelled: what an event-loop producer waits
-/// for after `resty_ffi_try_respond_chunk` answered 2. -1 on error.
+/// room in its window or a task of it (stream or plain call) was
+/// cancelled: what an event-loop producer waits for after
+/// `resty_ffi_try_respond_chunk` answered 2, and how a loop learns that a
+/// call it serves was given up. Created on first request: until then a
+/// cancellation writes nothing. -1 on error.
 ///
 /// # Safety
 /// `tq` is a queue handed to `libffi_init`.

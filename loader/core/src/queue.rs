@@ -100,7 +100,8 @@ pub struct TaskQueue {
     /// Readiness fd for event-loop runtimes (see ready.rs).
     pub ready: ReadyFd,
     /// Readable after a stream of this queue made room in its window or
-    /// was cancelled, for producers told "full" (see stream.rs).
+    /// a task of it was cancelled, for producers told "full" (see
+    /// stream.rs) and loops that cancel what they serve.
     pub space: ReadyFd,
     /// Per-runtime call counters and latency histogram, written on every
     /// call by the caller: on lines of their own, away from what spinning

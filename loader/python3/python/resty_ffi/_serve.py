@@ -30,6 +30,18 @@ then the task ends with rc 0. A plain call gets the chunks joined.
   the loop then looks at its streams (`task.cancelled`). A sync generator
   learns it at its next `yield`. The task then ends (rc 1, "cancelled").
 
+A plain call given up (its timeout, its client gone, its light thread
+killed) cancels an `async def` handler's coroutine the same way: the core
+signals the space fd for a plain call too, and the loop looks at its calls
+in flight as at its streams, so the coroutine sees `CancelledError` where
+it awaits, at once. The task then ends (rc 1, "cancelled", to nobody: the
+core frees an answer nobody waits for); a coroutine that catches the error
+and answers anyway answers nobody too. Nothing is logged for it. A sync
+handler running on a thread cannot be interrupted: it runs to its end
+(a native runtime can watch `task.cancelled`). Costs nothing per call:
+the calls in flight are the loop's own bookkeeping, looked at only when
+the space fd says something was cancelled or made room.
+
 An exception in the handler (or a response of the wrong type) becomes an
 error answer, rc 1 with "ExceptionType: text", plus a traceback in
 error.log; the runtime keeps serving. Mid-stream, the chunks already sent
@@ -214,22 +226,25 @@ class SyncRuntime:
 
 
 class Streams:
-    """The streams one asyncio loop produces for one queue.
+    """The streams one asyncio loop produces for one queue, and the plain
+    calls it serves.
 
     One reader of the queue's space fd per queue (an eventfd read by two
     loops would lose wake-ups): on readable it wakes every producer that
     waits for window room (they offer again; readiness may be spurious)
-    and cancels the asyncio task of every stream nobody waits for any more
-    (the core also signals the fd when a stream is cancelled), so a
-    generator awaiting its next item sees CancelledError at once.
-    Loop thread only.
+    and cancels the asyncio task of every stream or call nobody waits for
+    any more (the core signals the fd when a task is cancelled), so a
+    generator awaiting its next item, or a handler awaiting anything,
+    sees CancelledError at once. `calls` is the runner's calls in flight
+    (asyncio task -> resty_ffi.Task), None without. Loop thread only.
     """
 
-    def __init__(self, loop, tq, name):
+    def __init__(self, loop, tq, name, calls=None):
         self.loop = loop
         self.name = name
         self.fd = resty_ffi.queue_space_fd(tq)
         self.live = {}       # resty_ffi.Task -> the asyncio task serving it
+        self.calls = calls
         self.waiting = []    # futures of producers waiting for room
         loop.add_reader(self.fd, self._space)
 
@@ -242,8 +257,14 @@ class Streams:
         for fut in waiting:
             if not fut.done():
                 fut.set_result(None)
-        for task in [t for t in self.live if t.cancelled]:
-            self.live.pop(task).cancel()
+        gone = {self.live.pop(t) for t in [t for t in self.live if t.cancelled]}
+        if self.calls:
+            # a stream served by a call's coroutine is in both: cancel once
+            gone.update(f for f, t in self.calls.items()
+                        if t is not None and t.cancelled)
+        for fut in gone:
+            if not fut.done():
+                fut.cancel()
 
     async def stream(self, task, ait):
         """Sends the items of async iterator `ait` as chunks of `task`'s
@@ -293,10 +314,12 @@ class AsyncRunner:
         self.name = name
         self.serve = serve
         self.loop = asyncio.new_event_loop()
-        self.inflight = set()
+        # asyncio task -> the resty_ffi.Task it serves (None: a stream
+        # handed over by submit, which Streams follows itself)
+        self.inflight = {}
         self.finishing = False
         self.fd = resty_ffi.queue_fd(tq) if serve else None
-        self.streams = Streams(self.loop, tq, name)
+        self.streams = Streams(self.loop, tq, name, self.inflight)
 
     def start(self):
         threading.Thread(target=self._run_loop, daemon=True,
@@ -344,15 +367,15 @@ class AsyncRunner:
 
     def _spawn(self, tasks):
         for task in tasks:
-            self._spawn_one(self._serve(task))
+            self._spawn_one(self._serve(task), task)
 
-    def _spawn_one(self, coro):
+    def _spawn_one(self, coro, task=None):
         fut = self.loop.create_task(coro)
-        self.inflight.add(fut)
+        self.inflight[fut] = task
         fut.add_done_callback(self._done)
 
     def _done(self, fut):
-        self.inflight.discard(fut)
+        self.inflight.pop(fut, None)
         if self.finishing and not self.inflight:
             self.loop.stop()
 
@@ -366,7 +389,17 @@ class AsyncRunner:
             rsp = self.handler(task.req)
             if inspect.isawaitable(rsp):
                 rsp = await rsp
-        except BaseException as exc:  # CancelledError too: answer, go on
+        except asyncio.CancelledError as exc:
+            if not task.cancelled:  # not ours: an error like any other
+                _fail(self.name, task, exc)
+                return
+            me = asyncio.current_task()
+            if hasattr(me, "uncancel") and me.cancelling():
+                me.uncancel()
+            if not task.answered:
+                task.respond(1, CANCELLED)
+            return
+        except BaseException as exc:  # the runtime keeps serving
             _fail(self.name, task, exc)
             return
         if _is_async_iterator(rsp):
