@@ -3,10 +3,13 @@
  * style waiting on each task until it is cancelled (counting what it saw,
  * asked with "seen"), and an async handler whose stage never completes.
  * (A sync handler that sleeps long: Handlers.sleepSync with a cfg.)
+ * And an async handler whose stages never complete unless cancelled,
+ * counting the cancellations its own whenComplete saw ("seen").
  */
 package t;
 
 import java.nio.charset.StandardCharsets;
+import java.util.concurrent.CancellationException;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.CompletionStage;
 import java.util.concurrent.atomic.AtomicInteger;
@@ -56,5 +59,35 @@ public class Parked {
 
     public static Function<byte[], CompletionStage<byte[]>> never(String cfg) {
         return req -> new CompletableFuture<>();
+    }
+
+    static final AtomicInteger CANCELLED = new AtomicInteger();
+
+    /**
+     * "seen": how many "wait" stages were cancelled; "wait": a stage that
+     * completes only by being cancelled; "minimal": one that cannot be
+     * cancelled at all (minimalCompletionStage); anything else: echoed.
+     */
+    public static Function<byte[], CompletionStage<byte[]>> cancellable(String cfg) {
+        return req -> {
+            String r = new String(req, StandardCharsets.UTF_8);
+            if (r.equals("seen")) {
+                return CompletableFuture.completedFuture(
+                        String.valueOf(CANCELLED.get()).getBytes(StandardCharsets.UTF_8));
+            }
+            if (r.equals("wait")) {
+                CompletableFuture<byte[]> f = new CompletableFuture<>();
+                f.whenComplete((v, e) -> {
+                    if (f.isCancelled() && e instanceof CancellationException) {
+                        CANCELLED.incrementAndGet();
+                    }
+                });
+                return f;
+            }
+            if (r.equals("minimal")) {
+                return new CompletableFuture<byte[]>().minimalCompletionStage();
+            }
+            return CompletableFuture.completedFuture(req);
+        };
     }
 }

@@ -13,7 +13,11 @@
  * is applied on the poller and answered when its stage completes, from
  * whatever thread completes it: many calls are in flight with few threads.
  * Any result that is a CompletionStage is treated so, whatever the
- * declared type.
+ * declared type. When the call is given up (its Lua timeout, its client
+ * gone) the stage is cancelled within about 50 ms (see Stages): the
+ * handler's code sees isCancelled(), a whenComplete a
+ * CancellationException, and the task is answered to nobody, nothing
+ * logged. A sync handler running on a thread is not interrupted.
  *
  * -Dresty.ffi.executor=virtual (JDK 21+) hands each sync call from the
  * poller to a new virtual thread instead: no thread bound for handlers that
@@ -49,6 +53,7 @@
  */
 package resty.ffi;
 
+import java.util.concurrent.CancellationException;
 import java.util.concurrent.CompletionException;
 import java.util.concurrent.CompletionStage;
 import java.util.concurrent.ExecutionException;
@@ -214,8 +219,9 @@ final class Serve {
         try {
             Object rsp = handler.apply(task.request());
             if (rsp instanceof CompletionStage) {
-                stages.add(task);
-                ((CompletionStage<?>) rsp).whenComplete((v, e) -> complete(task, v, e));
+                CompletionStage<?> stage = (CompletionStage<?>) rsp;
+                stages.add(task, stage);
+                stage.whenComplete((v, e) -> complete(task, v, e));
             } else if (async && rsp == null) {
                 fail(task, new NullPointerException("the async handler returned null instead of a CompletionStage"));
             } else {
@@ -228,11 +234,27 @@ final class Serve {
 
     private void complete(Task task, Object v, Throwable e) {
         stages.remove(task);
-        if (e != null) {
+        if (e != null && givenUp(task, e)) {
+            try {
+                if (!task.answered()) {
+                    task.respond(0, null); // nobody reads it: the core frees it
+                }
+            } catch (Throwable t) {
+                // answered by Stages meanwhile
+            }
+        } else if (e != null) {
             fail(task, e);
         } else {
             answer(task, v, false, false);
         }
+    }
+
+    /** Whether e is the cancellation Stages made because nobody waits for task any more. */
+    private static boolean givenUp(Task task, Throwable e) {
+        if (e instanceof CompletionException && e.getCause() != null) {
+            e = e.getCause();
+        }
+        return e instanceof CancellationException && task.cancelled();
     }
 
     /**

@@ -16,13 +16,29 @@
  * watcher allocates nothing while it looks, marks and answers, so it works
  * with the heap full.
  *
+ * The same watcher cancels the stage of a call given up (its Lua timeout,
+ * its client gone, its light thread killed: Task.cancelled()): each round
+ * it asks the core about every stage in flight (one native call each, no
+ * heap), and for a call nobody waits for any more it takes the slot,
+ * cancels the stage (Future.cancel(true), else
+ * toCompletableFuture().cancel(true)), so the handler's code sees it
+ * cancelled (isCancelled(), a whenComplete gets a CancellationException)
+ * within about EVERY_NS, and answers the task itself if cancelling did not
+ * (a stage that cannot be cancelled; the core frees that answer). Cancelling
+ * a stage does not reach the stages it was derived from (Java's rule):
+ * a handler that wants its source stopped returns the stage it can
+ * cancel, or stops the source in a whenComplete. A call costs nothing
+ * more: its stage takes the slot it took already.
+ *
  * More than SLOTS stages in flight at once: the others are not watched
- * (they are answered when they complete, as always).
+ * (they are answered when they complete, as always, and not cancelled).
  */
 package resty.ffi;
 
 import java.lang.invoke.MethodHandles;
 import java.lang.invoke.VarHandle;
+import java.util.concurrent.CompletionStage;
+import java.util.concurrent.Future;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.locks.LockSupport;
@@ -78,7 +94,8 @@ final class Stages {
     }
 
     /** Watches task's stage from now until remove(task). Never throws. */
-    void add(Task task) {
+    void add(Task task, CompletionStage<?> stage) {
+        task.stage = stage;
         int start = hint.getAndIncrement();
         for (int k = 0; k < SLOTS; k++) {
             int i = (start + k) & (SLOTS - 1);
@@ -107,16 +124,22 @@ final class Stages {
     }
 
     /**
-     * Marks the stages in flight now if the JVM ran out of memory since the
-     * last round (oom), and answers those marked GRACE_MS ago or earlier.
+     * Cancels the stages of calls nobody waits for any more; marks the
+     * stages in flight now if the JVM ran out of memory since the last
+     * round (oom), and answers those marked GRACE_MS ago or earlier.
      */
     private void sweep(long now, boolean oom) {
         for (int i = 0; i < SLOTS; i++) {
-            Task t = inFlight[i];
+            // acquire: the stage was set before the slot was taken
+            Task t = (Task) SLOT.getAcquire(inFlight, i);
             if (t == null) {
                 continue;
             }
-            if (oom && !t.oomSeen) {
+            if (t.cancelled()) {
+                if (SLOT.compareAndSet(inFlight, i, t, (Task) null)) {
+                    cancel(t);
+                }
+            } else if (oom && !t.oomSeen) {
                 t.oomAt = now;
                 t.oomSeen = true;
             } else if (t.oomSeen && now - t.oomAt >= GRACE_MS * 1_000_000L
@@ -127,6 +150,27 @@ final class Stages {
                     // its stage completed meanwhile
                 }
             }
+        }
+    }
+
+    /** t's call was given up: cancel its stage, then make sure t is answered. Never throws. */
+    private static void cancel(Task t) {
+        CompletionStage<?> s = t.stage;
+        try {
+            if (s instanceof Future) {
+                ((Future<?>) s).cancel(true);
+            } else if (s != null) {
+                s.toCompletableFuture().cancel(true);
+            }
+        } catch (Throwable e) {
+            // a stage that refuses (UnsupportedOperationException), or no heap: answered below
+        }
+        try {
+            if (!t.answered()) {
+                t.respond(0, null); // nobody reads it: the core frees it
+            }
+        } catch (Throwable e) {
+            // its stage completed meanwhile
         }
     }
 

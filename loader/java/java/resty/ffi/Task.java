@@ -37,6 +37,8 @@ public final class Task {
     private volatile long handle;
     /** Where Stages watches this task's stage (-1: not watched). */
     int slot = -1;
+    /** The stage Stages watches for this task (set before its slot is taken). */
+    java.util.concurrent.CompletionStage<?> stage;
     /** Set by Stages' watcher only: when it saw the JVM run out of memory while this stage ran. */
     boolean oomSeen;
     long oomAt;
