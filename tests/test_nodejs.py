@@ -95,11 +95,11 @@ def nstage(stage):
 
 @pytest.fixture
 def n_nginx(nginx, nstage):
-    def start(env=None, main="", **kw):
+    def start(env=None, main="", extra="", **kw):
         lines = "env NODE_PATH=%s;\n" % nstage.node_path
         for k, v in (env or {}).items():
             lines += "env %s=%s;\n" % (k, v)
-        return nginx(SERVER, main=lines + main, **kw)
+        return nginx(SERVER + extra, main=lines + main, **kw)
     return start
 
 
@@ -151,6 +151,46 @@ def test_100_concurrent_calls_to_an_async_handler_awaiting_1s_finish_in_about_1s
     assert good == 100
     # all in flight at once on Node's one thread: ~1 s, not 100 s
     assert elapsed < 3.0, elapsed
+
+
+def test_a_handler_taking_a_signal_sees_it_aborted_when_its_call_is_given_up_and_its_answer_reaches_nobody(
+        n_nginx):
+    """A handler declared `(req, signal)` gets an AbortSignal that is
+    aborted when its call is given up (its timeout, its client gone), at
+    once: a timers/promises sleep of an hour rejects with AbortError. The
+    call is answered then (to nobody), even when the handler ignores the
+    signal and never settles; other calls get their own answers, and
+    nothing is logged for it."""
+    n = n_nginx(extra=harness.abandon_locations("ffi_nodejs"), shutdown_timeout="60s")
+    cfg = "handler,abortable"
+    assert call(n, cfg, b"seen") == (200, b"0")
+
+    def seen(want):
+        return harness.wait_until(lambda: call(n, cfg, b"seen") == (200, want), 3)
+
+    # the call's timeout: the signal is aborted at once, not in an hour
+    status, body = call(n, cfg, b"wait", timeout=0.3)
+    assert (status, b"timed out" in body) == (502, True), body
+    assert seen(b"1"), call(n, cfg, b"seen")
+    status, body = call(n, cfg, b"ignore", timeout=0.3)
+    assert (status, b"timed out" in body) == (502, True), body
+    # the client went away (the sweep gives the calls up within its second)
+    harness.abandon(n.port, harness.parked_path(cfg, "wait"), 2)
+    harness.abandon(n.port, harness.parked_path(cfg, "ignore"), 1)
+    harness.given_up_soon(n, 3)
+    assert seen(b"3"), call(n, cfg, b"seen")
+    # every task was answered and freed
+    assert harness.wait_until(lambda: harness.in_flight(n, cfg) == 0, 3), \
+        harness.in_flight(n, cfg)
+    # the late answers went to nobody: every call gets its own
+    for body in (b"a", b"b" * 70000, b"c"):
+        assert call(n, cfg, body) == (200, body)
+    assert call(n, "handler,echo", b"e") == (200, b"e")
+    # a handler with one parameter gets no signal
+    assert call(n, "handler,arity", b"x") == (200, b"undefined")
+    log = n.error_log()
+    assert "AbortError" not in log and "handler failed" not in log, log[-3000:]
+    assert n.quit() < 5
 
 
 def test_throws_and_rejections_answer_rc_1_log_the_stack_and_the_runtime_goes_on(n_nginx):

@@ -14,6 +14,32 @@ exports.later = (cfg) => async (req) => {
   return 'late:' + req.toString();
 };
 
+// A handler taking a signal: "seen" answers how many "wait" calls saw
+// theirs aborted; "wait" sleeps an hour unless aborted; "ignore" never
+// settles, whatever happens; anything else is echoed.
+let aborted = 0;
+exports.abortable = () => async (req, signal) => {
+  const r = req.toString();
+  if (r === 'seen') return String(aborted);
+  if (r === 'wait') {
+    try {
+      await require('timers/promises').setTimeout(3600e3, null, { signal });
+    } catch (e) {
+      if (e.name === 'AbortError' && signal.aborted) aborted += 1;
+      throw e;
+    }
+    return 'slept';
+  }
+  if (r === 'ignore') await new Promise(() => {});
+  return req;
+};
+
+// what a handler declared with one parameter gets as a second argument
+exports.arity = () => async function arity(req) {
+  // eslint-disable-next-line prefer-rest-params
+  return String(arguments[1]);
+};
+
 exports.throws = () => (req) => {
   throw new TypeError('bad request: ' + req.toString());
 };

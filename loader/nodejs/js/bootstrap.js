@@ -17,7 +17,9 @@
 //   module, calls `func(cfg, tq)` and picks the style; it reports through
 //   `_loaded(id, rc, text)`, rc 0 or one of the codes below;
 // - `track(value, id)` follows a handler's Promise or streams its async
-//   iterable (see src/serve.rs).
+//   iterable (see src/serve.rs);
+// - a handler declared with two parameters, `(req, signal)`, gets an
+//   AbortSignal per call, aborted when the call is given up (see onSpace).
 
 const B = process._linkedBinding('resty_ffi');
 const Module = require('module');
@@ -270,7 +272,7 @@ async function start(spec, reload, func, rest, tq) {
   }
   if (typeof ret === 'function') {
     try {
-      B._serve(tq, ret, name);
+      B._serve(tq, ret.length >= 2 ? withSignal(ret) : ret, name);
     } catch (e) {
       throw new LoadError(RC_SERVE, `cannot serve ${name}: ${describe(e)}`);
     }
@@ -292,12 +294,44 @@ function load(id, spec, reload, func, rest, tq) {
     });
 }
 
+// Calls in flight whose handler takes a signal: id -> AbortController.
+const signals = new Map();
+// The controller of the handler call just made, when its answer is one
+// `track` follows next (serve.rs calls it right after the handler).
+let lastController = null;
+
+// `handler(req, signal)`: an AbortController per call (only for handlers
+// that declare the parameter: the others pay nothing), kept by `track`
+// when the answer is a Promise or a stream, dropped when it is not.
+function withSignal(handler) {
+  return function handle(req) {
+    lastController = null;
+    const ac = new AbortController();
+    const v = handler(req, ac.signal);
+    if (isThenable(v) || isStream(v)) lastController = ac;
+    return v;
+  };
+}
+
+// The call `id` settled (its answer goes to serve.rs next): its signal,
+// if any, is no longer watched.
+function settled(id) {
+  if (signals.size !== 0) signals.delete(id);
+}
+
 // A handler's answer that is neither bytes, a string nor nil (serve.rs
 // hands it over with the task's id): a Promise is followed, an async
 // iterable or a generator streams, anything else is a wrong answer.
 function track(value, id) {
+  if (lastController !== null) {
+    signals.set(id, lastController);
+    lastController = null;
+  }
   if (isThenable(value)) {
-    Promise.resolve(value).then((v) => settle(v, id), (e) => B._fail(id, e));
+    Promise.resolve(value).then((v) => settle(v, id), (e) => {
+      settled(id);
+      B._fail(id, e);
+    });
   } else {
     settle(value, id);
   }
@@ -315,6 +349,7 @@ function settle(value, id) {
   if (isStream(value)) {
     stream(value, id);
   } else {
+    settled(id);
     B._answer(id, value);
   }
 }
@@ -322,10 +357,31 @@ function settle(value, id) {
 // Producers waiting for room in a stream's window (see onSpace).
 let spaceWaiters = [];
 
+// A queue's space fd was readable: a stream made room, or a call was
+// given up (its timeout, its client gone: the core signals the fd for
+// every cancelled task). Producers waiting for room offer again; every
+// call with a signal that nobody waits for any more has it aborted, and
+// is answered now (to nobody: the core frees it), so it is freed however
+// the handler takes the abort; what the handler settles with later goes
+// nowhere.
 function onSpace() {
   const waiters = spaceWaiters;
   spaceWaiters = [];
   for (const wake of waiters) wake();
+  if (signals.size === 0) return;
+  for (const [id, ac] of signals) {
+    const c = B._cancelled(id);
+    if (c === 0) continue;
+    signals.delete(id);
+    if (c === 1) {
+      try {
+        ac.abort();
+      } catch (e) {
+        log(ERR, `an abort listener threw: ${stackOf(e)}`);
+      }
+      B._answer(id, null);
+    }
+  }
 }
 
 // Sends each value of `source` as one chunk; the end answers nil (the
@@ -351,9 +407,11 @@ async function stream(source, id) {
       }
     }
   } catch (e) {
+    settled(id);
     B._fail(id, e);
     return;
   }
+  settled(id);
   B._answer(id, null);
 }
 

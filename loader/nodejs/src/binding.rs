@@ -18,7 +18,8 @@
 //! `_loaded(id, rc, text)`, a job's outcome; `_serve(tq, handler, name)`,
 //! the handler style (serve.rs); `_answer(id, value)` / `_fail(id, error)`,
 //! a handler's settled Promise or ended stream; `_chunk(id, value)`, one
-//! chunk of a streamed answer.
+//! chunk of a streamed answer; `_cancelled(id)`, whether a call in flight
+//! was given up.
 
 use std::collections::HashMap;
 use std::ffi::{c_void, CStr};
@@ -419,6 +420,18 @@ unsafe extern "C" fn fail_fn(raw: RawEnv, info: CallbackInfo) -> RawValue {
     })
 }
 
+/// # Safety
+/// Called only by Node through N-API, on the thread that owns `raw`, with
+/// that call's live callback info; `guarded` keeps panics and errors from
+/// crossing into Node (they become JS exceptions).
+unsafe extern "C" fn cancelled_fn(raw: RawEnv, info: CallbackInfo) -> RawValue {
+    guarded(raw, "_cancelled", |env| {
+        let ([id], _, _) = env.args::<1>(info).map_err(fail_text)?;
+        let id = env.u64(id).ok_or("bad call id")?;
+        env.int(serve::cancelled(id)).map_err(fail_text)
+    })
+}
+
 type Native = unsafe extern "C" fn(RawEnv, CallbackInfo) -> RawValue;
 
 const FUNCTIONS: &[(&CStr, Native)] = &[
@@ -433,6 +446,7 @@ const FUNCTIONS: &[(&CStr, Native)] = &[
     (c"_answer", answer_fn),
     (c"_fail", fail_fn),
     (c"_chunk", chunk_fn),
+    (c"_cancelled", cancelled_fn),
 ];
 
 /// The module's init, run by Node for each environment (main thread and

@@ -31,6 +31,14 @@
 //! the stack at error level. Any other value answers rc 1 saying what it
 //! was.
 //!
+//! A call given up (its timeout, its client gone): the core marks the task
+//! cancelled and signals the queue's space fd. Every time that fd is
+//! readable the bootstrap's `onSpace()` runs (not only when a producer
+//! waits for room), and aborts the AbortSignal of each call in flight
+//! whose handler took one and whose task [`cancelled`] says is given up.
+//! A call that is answered costs nothing more: nothing looks at calls in
+//! flight until the fd fires.
+//!
 //! Shutdown: when the queue is finished (`rt:__unload()`) and drained, the
 //! watch and the idle handle are closed; Promises still pending answer
 //! when they settle (the core drops answers nobody waits for).
@@ -62,10 +70,9 @@ struct Server {
     idle: Cell<*mut c_void>,
     idling: Cell<bool>,
     /// The queue's space fd and its watch (for streams whose window is
-    /// full), and whether a producer waits for it.
+    /// full, and calls given up).
     space_fd: c_int,
     space_watch: Cell<*mut c_void>,
-    space_wanted: Cell<bool>,
 }
 
 /// What every server shares: the bootstrap's `track(value, id)` and
@@ -126,7 +133,6 @@ pub fn start(env: Env, tq: usize, handler: Value, name: String) -> Result<(), St
         idling: Cell::new(false),
         space_fd,
         space_watch: Cell::new(std::ptr::null_mut()),
-        space_wanted: Cell::new(false),
     }));
     let data = server as *const Server as *mut c_void;
     // SAFETY: the loop is this thread's; data is the leaked server, which
@@ -175,9 +181,7 @@ unsafe extern "C" fn on_space(data: *mut c_void) {
     let mut buf = [0u8; 8];
     // SAFETY: as for on_readable.
     unsafe { libc::read(server.space_fd, buf.as_mut_ptr().cast(), 8) };
-    if !server.space_wanted.replace(false) {
-        return;
-    }
+    // a producer waiting for room, or a call given up: the bootstrap looks
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let Some((resource, ctx, _)) = scope_parts() else {
             return;
@@ -365,7 +369,7 @@ impl Server {
 pub fn chunk(env: Env, id: u64, v: Value) -> Result<i32, String> {
     INFLIGHT.with(|m| {
         let m = m.borrow();
-        let Some((task, server)) = m.get(&id) else {
+        let Some((task, _)) = m.get(&id) else {
             return Ok(-1);
         };
         let outcome = match binding::body(env, v) {
@@ -386,12 +390,18 @@ pub fn chunk(env: Env, id: u64, v: Value) -> Result<i32, String> {
         Ok(match outcome {
             Chunk::Taken => 0,
             Chunk::Cancelled => 1,
-            Chunk::Full => {
-                server.space_wanted.set(true);
-                2
-            }
+            Chunk::Full => 2,
             Chunk::Stale => -1,
         })
+    })
+}
+
+/// Whether tracked call `id` was given up (1), still has a reader (0),
+/// or is no call in flight (-1: answered already).
+pub fn cancelled(id: u64) -> i32 {
+    INFLIGHT.with(|m| match m.borrow().get(&id) {
+        Some((task, _)) => task.cancelled() as i32,
+        None => -1,
     })
 }
 
