@@ -309,6 +309,7 @@ class Bench:
             "location = /stream_socket { content_by_lua_block { "
             "require('bench.run').stream_socket() } }",
             "location = /plain { content_by_lua_block { require('bench.run').plain() } }",
+            "location = /yield { content_by_lua_block { require('bench.run').yield_plain() } }",
             "location = /stats { content_by_lua_block { "
             "ngx.say(require('cjson').encode(require('resty.ffi').stats())) } }",
         ]
@@ -480,7 +481,7 @@ class Run:
             self.log("== 4: wrk, %d worker(s), %d s per run, median of %d"
                      % (workers, a.duration, a.wrk_runs))
             with Bench(stage, ctx, runtimes, workers=workers) as bench:
-                targets = [("plain", "/plain", False)]
+                targets = [("plain", "/plain", False), ("yield", "/yield", False)]
                 targets += [(rt["name"], "/call/" + rt["name"], False) for rt in runtimes]
                 targets += [(b["name"], "/proxy/" + b["proto"], True) for b in BASELINES]
                 live = []
@@ -489,7 +490,7 @@ class Run:
                         bench.get(path)
                         wrk(bench.nginx.url(path), 16, 1)   # warm every worker
                     except Exception as e:  # noqa: BLE001
-                        if name in ("plain", "rust-echo", "go-echo") or side:
+                        if name in ("plain", "yield", "rust-echo", "go-echo") or side:
                             raise
                         self.failed[("4", name)] = str(e).splitlines()[0][:200]
                         continue
@@ -682,7 +683,7 @@ def harness_find(stage, lib):
 
 
 # What the busy-CPU variant of section 4 measures (the issue's targets).
-BUSY_TARGETS = ("plain", "rust-echo")
+BUSY_TARGETS = ("plain", "yield", "rust-echo")
 
 
 @contextlib.contextmanager
@@ -908,18 +909,24 @@ def report(run, mach, stage_runtimes):
               "Median of %d wrk run(s) each (req/s of every run in results.json, "
               "`runs_rps`); the ratios are medians of each round's ratio (one "
               "round runs every location back to back)." % a.wrk_runs, "",
-              "| workers | connections | location | req/s | vs plain Lua | vs %s | CPU µs/req | errors |"
-              % BASELINE, "|---:|---:|---|---:|---:|---:|---:|---:|"]
+              "`yield` is the plain answer after one bare `ngx.sleep(0)`: no thread, "
+              "no runtime, the least a call that does not block the worker costs in "
+              "nginx-lua; \"vs yield\" is each row against it.", "",
+              "| workers | connections | location | req/s | vs plain Lua | vs yield | vs %s "
+              "| CPU µs/req | errors |"
+              % BASELINE, "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
         for workers in sorted({r["workers"] for r in thr}):
             for conns in sorted({r["connections"] for r in thr}):
                 plain = find(thr, runtime="plain", workers=workers, connections=conns)
+                floor = find(thr, runtime="yield", workers=workers, connections=conns)
                 proxy = find(thr, runtime=BASELINE, workers=workers, connections=conns)
                 for r in thr:
                     if r["workers"] != workers or r["connections"] != conns:
                         continue
-                    L.append("| %d | %d | %s | %.0f | %s | %s | %s | %d |" % (
+                    L.append("| %d | %d | %s | %.0f | %s | %s | %s | %s | %d |" % (
                         workers, conns, r["runtime"], r["rps"],
                         "%.0f%%" % (100 * vs(r, plain)) if plain else "-",
+                        "%.0f%%" % (100 * vs(r, floor)) if floor else "-",
                         "%.2fx" % vs(r, proxy) if proxy else "-",
                         fmt(r["cpu_us_per_request"]), r["errors"]))
         L.append("")
@@ -1000,7 +1007,38 @@ def report(run, mach, stage_runtimes):
                     "%.1fx" % (r["chunks_per_s"] / base["chunks_per_s"]) if base else "-"))
         L.append("")
     L += targets(run)
+    L += floor_table(run)
     return "\n".join(L) + "\n"
+
+
+def floor_table(run):
+    """Section 4's gap to plain Lua split at the bare yield: what any call
+    that does not block the worker pays in nginx-lua, and what the Rust
+    echo call adds to it (output only)."""
+    thr = [r for r in run.records if r["bench"] == "throughput" and not r.get("busy")]
+    rows = []
+    for workers in sorted({r["workers"] for r in thr}):
+        for conns in sorted({r["connections"] for r in thr}):
+            q = dict(workers=workers, connections=conns, busy=False)
+            plain, floor, rust = (find(thr, runtime=n, **q)
+                                  for n in ("plain", "yield", "rust-echo"))
+            if not (plain and floor and rust):
+                continue
+            rows.append("| %d | %d | %.0f%% | %+.2f | %.0f%% | %.0f%% | %+.2f |" % (
+                workers, conns, 100 * vs(floor, plain),
+                floor["cpu_us_per_request"] - plain["cpu_us_per_request"],
+                100 * vs(rust, plain), 100 * vs(rust, floor),
+                rust["cpu_us_per_request"] - floor["cpu_us_per_request"]))
+    if not rows:
+        return []
+    return ["## Section 4's gap: the yield, then the call", "",
+            "A bare yield (`ngx.sleep(0)`, no thread) against plain Lua, and the Rust "
+            "echo call against both: the yield's share is nginx-lua's, paid by any "
+            "call that does not block the worker; the rest is the call's own "
+            "(the bridge, the runtime's thread, its wake-ups).", "",
+            "| workers | connections | yield vs plain | yield CPU µs/req over plain "
+            "| call vs plain | call vs yield | call CPU µs/req over yield |",
+            "|---:|---:|---:|---:|---:|---:|---:|"] + rows + [""]
 
 
 def targets(run):

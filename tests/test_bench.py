@@ -57,7 +57,7 @@ def test_quick_bench_produces_sane_records_for_every_section(tmp_path):
     delay = by(section="3", bench="rpc-delay")[0]
     assert delay["took_ms"] >= delay["delay_ms"]
 
-    for runtime in ("plain", "rust-echo", "go-echo", "socket-raw", "socket-msgpack"):
+    for runtime in ("plain", "yield", "rust-echo", "go-echo", "socket-raw", "socket-msgpack"):
         recs = by(section="4", bench="throughput", runtime=runtime)
         assert len(recs) == 1, (runtime, stdout[-2000:])
         assert recs[0]["rps"] > 0 and recs[0]["errors"] == 0, recs[0]
@@ -78,8 +78,12 @@ def test_quick_bench_produces_sane_records_for_every_section(tmp_path):
 
     assert os.path.getsize(tmp_path / "echo.png") > 1000
     md = (tmp_path / "results.md").read_text()
-    for heading in ("## 1 + 3.", "## 2.", "## 4.", "## 5.", "## 6.", "## Targets"):
+    for heading in ("## 1 + 3.", "## 2.", "## 4.", "## 5.", "## 6.", "## Targets",
+                    "## Section 4's gap: the yield, then the call"):
         assert heading in md
+    # the floor table has a row per worker count and connection count run
+    gap = md.split("## Section 4's gap")[1]
+    assert gap.count("\n| 1 | ") >= 1, gap
 
 
 def test_ab_compares_two_builds_side_by_side():

@@ -343,6 +343,15 @@ function _M.plain()
     ngx.print(PAYLOAD_512)
 end
 
+-- The plain answer after one bare yield and resume (ngx.sleep(0): the
+-- coroutine yields, a posted event resumes it in the same event-loop
+-- cycle). No thread, no runtime: the least any call that does not block
+-- the worker costs in nginx-lua, the floor under section 4's call rows.
+function _M.yield_plain()
+    ngx.sleep(0)
+    ngx.print(PAYLOAD_512)
+end
+
 -- One 512 B echo call to a runtime per request. `opts` may carry spin_us
 -- and poll_spin_us (a runtime entry's variant in run.py).
 function _M.call(lib, cfg, opts)
