@@ -184,6 +184,9 @@ RUNTIMES = [
          cfg="{stage}/python/resty_ffi_bench.echo_handler,init",
          stage=stage_python("handler"), required=False,
          stream="!stream:{n}:{size}"),  # an async generator (echo_handler.py)
+    dict(name="python-async", lib="ffi_python3",
+         cfg="{stage}/python/resty_ffi_bench.echo_async,init",
+         stage=stage_python("handler"), required=False),
     dict(name="python-cffi", lib="ffi_python3",
          cfg="venv={venv}:{stage}/python/ffi.echo,init,threads=1",
          stage=stage_python("cffi"), required=False),
