@@ -14,8 +14,8 @@ use std::ffi::{c_char, c_int, c_void};
 use crate::load;
 
 pub use resty_ffi_loader::task::{
-    finished, is_queue, poll, poll_batch, queue_arm, queue_fd, queue_space_fd, register_queue,
-    try_poll, Chunk, Chunks, TaskRef,
+    finished, is_queue, poll, poll_batch, poll_spin, queue_arm, queue_fd, queue_space_fd,
+    register_queue, try_poll, Chunk, Chunks, TaskRef,
 };
 pub use resty_ffi_loader::{log, name_thread};
 

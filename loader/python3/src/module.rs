@@ -6,6 +6,7 @@
 //! req = task.req                     # the request, bytes (None for a nil request)
 //! task.respond(0, b"answer")         # rc, bytes | bytearray | memoryview | str | None
 //! tasks = resty_ffi.poll_batch(tq)   # one blocking wait, then up to 63 queued more
+//! task = resty_ffi.poll_spin(tq)     # never blocks beyond the poll spin; None: nothing came
 //!
 //! # streaming: chunks before the final answer
 //! if task.respond_chunk(b"part") == 1:  # blocks (GIL released) while the window is full
@@ -264,6 +265,18 @@ fn try_poll(tq: usize) -> PyResult<Option<Task>> {
     Ok(abi::try_poll(tq).map(Task::new))
 }
 
+/// Never blocks beyond the queue's poll spin (ffi.load's `poll_spin_us`,
+/// 50 µs by default; the core closes it for a while after misses, and on
+/// one CPU it yields once instead): a task queued now or posted while it
+/// spins (GIL released), else None. The core counts it as a spinning
+/// poller, so the caller of a task taken so spins for its answer instead
+/// of parking. For event loops, before they arm the readiness fd and sleep.
+#[pyfunction]
+fn poll_spin(py: Python<'_>, tq: usize) -> PyResult<Option<Task>> {
+    check_queue(tq)?;
+    Ok(py.allow_threads(|| abi::poll_spin(tq)).map(Task::new))
+}
+
 /// Never blocks: up to `max` tasks queued right now (maybe none).
 #[pyfunction]
 #[pyo3(signature = (tq, max = 64))]
@@ -356,6 +369,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(poll, m)?)?;
     m.add_function(wrap_pyfunction!(poll_batch, m)?)?;
     m.add_function(wrap_pyfunction!(try_poll, m)?)?;
+    m.add_function(wrap_pyfunction!(poll_spin, m)?)?;
     m.add_function(wrap_pyfunction!(finished, m)?)?;
     m.add_function(wrap_pyfunction!(drain, m)?)?;
     m.add_function(wrap_pyfunction!(queue_fd, m)?)?;
