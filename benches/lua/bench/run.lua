@@ -75,7 +75,19 @@ local function report(lat, n, t0, t1, extra)
         wall_us_per_call = (t1 - t0) / n / 1e3,
         p50_us = sorted[math.floor((n - 1) * 0.50 + 0.5) + 1] / 1e3,
         p99_us = sorted[math.floor((n - 1) * 0.99 + 0.5) + 1] / 1e3,
+        p999_us = sorted[math.floor((n - 1) * 0.999 + 0.5) + 1] / 1e3,
+        max_us = sorted[n] / 1e3,
     }
+    -- the calls slower than 1 ms: where a mean far above the p99 comes from
+    local slow, slow_us = 0, 0
+    for i = n, 1, -1 do
+        if sorted[i] < 1e6 then
+            break
+        end
+        slow, slow_us = slow + 1, slow_us + sorted[i] / 1e3
+    end
+    out.over_1ms = slow
+    out.over_1ms_us = slow_us
     for k, v in pairs(extra or {}) do
         out[k] = v
     end
