@@ -25,8 +25,10 @@ A runtime's init may return a handler instead of 0; the loader then calls
   the fd; only when nothing came does the loop arm the fd and sleep. This
   is the selector's `select` (`_Selector`), so timers and I/O keep their
   turns: the loop polls its I/O every turn, and spins only where it would
-  have slept. Calls in bursts (concurrent callers, nginx under load) are
-  never looked for so: a spin between bursts takes the CPU nginx needs.
+  have slept. Calls in flight together (a burst: concurrent callers, nginx
+  under load) stop the looks until the loop next sleeps: a spin between
+  bursts takes the CPU nginx needs. (A lone call between bursts still
+  starts them again; the core's gate closes them after misses.)
 
 A handler that is a generator function or an async generator function, or
 that returns an iterator or an async iterator, *streams*: each item (bytes,
