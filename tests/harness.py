@@ -524,6 +524,32 @@ def given_up_soon(n, abandoned, timeout=5):
         (abandon_stats(n), abandoned)
 
 
+def calls_given_up_reach_nobody(n, cfg, kinds, seen):
+    """The handler styles' cancellation scenario: a call of `cfg` for each
+    of the two `kinds` (requests its handler waits on for ever) is given
+    up by its 0.3 s timeout, then two of the first kind and one of the
+    second by clients that go away. `seen` holds what `cfg` answers to
+    b"seen" after each timeout (None: not asked) and after the clients.
+    Then every task of `cfg` was answered and freed, and the late answers
+    went to nobody: each later call gets its own."""
+    def seen_is(want):
+        return wait_until(lambda: call(n, cfg, b"seen") == (200, want), 3)
+
+    for kind, want in zip(kinds, seen):
+        status, body = call(n, cfg, kind, timeout=0.3)
+        assert (status, b"timed out" in body) == (502, True), body
+        if want is not None:
+            assert seen_is(want), call(n, cfg, b"seen")
+    # the clients went away (the sweep gives the calls up within its second)
+    abandon(n.port, parked_path(cfg, kinds[0]), 2)
+    abandon(n.port, parked_path(cfg, kinds[1]), 1)
+    given_up_soon(n, 3)
+    assert seen_is(seen[-1]), call(n, cfg, b"seen")
+    assert wait_until(lambda: in_flight(n, cfg) == 0, 3), in_flight(n, cfg)
+    for body in (b"a", b"b" * 70000, b"c"):
+        assert call(n, cfg, body) == (200, body)
+
+
 def quit_is_prompt(n, paths, count=2):
     """Leaves `count` calls of each path abandoned, quits `n` (whose
     worker_shutdown_timeout is long) and asserts it took under 5 s."""

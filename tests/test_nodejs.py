@@ -165,26 +165,8 @@ def test_a_handler_taking_a_signal_sees_it_aborted_when_its_call_is_given_up_and
     cfg = "handler,abortable"
     assert call(n, cfg, b"seen") == (200, b"0")
 
-    def seen(want):
-        return harness.wait_until(lambda: call(n, cfg, b"seen") == (200, want), 3)
-
-    # the call's timeout: the signal is aborted at once, not in an hour
-    status, body = call(n, cfg, b"wait", timeout=0.3)
-    assert (status, b"timed out" in body) == (502, True), body
-    assert seen(b"1"), call(n, cfg, b"seen")
-    status, body = call(n, cfg, b"ignore", timeout=0.3)
-    assert (status, b"timed out" in body) == (502, True), body
-    # the client went away (the sweep gives the calls up within its second)
-    harness.abandon(n.port, harness.parked_path(cfg, "wait"), 2)
-    harness.abandon(n.port, harness.parked_path(cfg, "ignore"), 1)
-    harness.given_up_soon(n, 3)
-    assert seen(b"3"), call(n, cfg, b"seen")
-    # every task was answered and freed
-    assert harness.wait_until(lambda: harness.in_flight(n, cfg) == 0, 3), \
-        harness.in_flight(n, cfg)
-    # the late answers went to nobody: every call gets its own
-    for body in (b"a", b"b" * 70000, b"c"):
-        assert call(n, cfg, body) == (200, body)
+    # the signal is aborted at once on the call's timeout, not in an hour
+    harness.calls_given_up_reach_nobody(n, cfg, (b"wait", b"ignore"), (b"1", None, b"3"))
     assert call(n, "handler,echo", b"e") == (200, b"e")
     # a handler with one parameter gets no signal
     assert call(n, "handler,arity", b"x") == (200, b"undefined")

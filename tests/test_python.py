@@ -364,27 +364,8 @@ def test_an_async_handler_of_a_call_given_up_sees_cancelled_error_and_its_answer
     cfg = moddir + "/cancelme,init"
     assert call(n, cfg, b"seen") == (200, b"0 0")
 
-    def seen(want):
-        return harness.wait_until(lambda: call(n, cfg, b"seen") == (200, want), 3)
-
-    # the call's timeout: the coroutine is cancelled at once, not in an hour
-    status, body = call(n, cfg, b"wait", timeout=0.3)
-    assert (status, b"timed out" in body) == (502, True), body
-    assert seen(b"1 0"), call(n, cfg, b"seen")
-    status, body = call(n, cfg, b"swallow", timeout=0.3)
-    assert (status, b"timed out" in body) == (502, True), body
-    assert seen(b"1 1"), call(n, cfg, b"seen")
-    # the client went away (the sweep gives the calls up within its second)
-    harness.abandon(n.port, harness.parked_path(cfg, "wait"), 2)
-    harness.abandon(n.port, harness.parked_path(cfg, "swallow"), 1)
-    harness.given_up_soon(n, 3)
-    assert seen(b"3 2"), call(n, cfg, b"seen")
-    # every task was answered and freed
-    assert harness.wait_until(lambda: harness.in_flight(n, cfg) == 0, 3), \
-        harness.in_flight(n, cfg)
-    # the late answers went to nobody: every call gets its own
-    for body in (b"a", b"b" * 70000, b"c"):
-        assert call(n, cfg, body) == (200, body)
+    # the coroutine is cancelled at once on the call's timeout, not in an hour
+    harness.calls_given_up_reach_nobody(n, cfg, (b"wait", b"swallow"), (b"1 0", b"1 1", b"3 2"))
     assert call(n, pystage.examples + "/ffi.echo_handler,init", b"e") == (200, b"e")
     log = n.error_log()
     assert "CancelledError" not in log, log[-3000:]
