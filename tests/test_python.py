@@ -421,13 +421,6 @@ def sequential(n, cfg, calls, req="x", ms=None):
     return int(spun), int(parked), float(took)
 
 
-def spinning_pays():
-    """Whether a caller may spin here: two CPUs at least (on one the core
-    yields instead, and every call parks)."""
-    return len(os.sched_getaffinity(0)) >= 2
-
-
-@pytest.mark.skipif(not spinning_pays(), reason="one CPU: callers park by design")
 def test_sequential_calls_to_an_async_handler_are_mostly_answered_while_the_caller_spins(
         py_nginx, moddir):
     """Having answered its last call, with nothing else to do, the asyncio
@@ -446,13 +439,18 @@ def test_sequential_calls_to_an_async_handler_are_mostly_answered_while_the_call
     best = 0.0
     for _ in range(3):  # a busy machine may close the core's gates a while
         spun, parked, took = sequential(n, cfg, 3000)
+        # every call answered, and answered right (sequential checks each)
+        assert spun + parked == 3000, (spun, parked)
         share = spun / (spun + parked)
         print("async echo: %d spun, %d parked, %.1f us a call" % (spun, parked,
                                                                  took * 1000 / 3000))
         best = max(best, share)
         if best >= 0.6:
             break
-    assert best >= 0.6, (spun, parked)
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert best >= 0.6, (spun, parked)
+    # on one CPU the core yields instead of spinning and callers park by
+    # design: what must hold there is that every call was answered, above
 
 
 def test_an_async_handler_doing_asyncio_work_is_not_starved_by_quick_sequential_calls(
